@@ -1,0 +1,89 @@
+"""Find plugins through entry points and check them before the core uses them.
+
+Each entry point of a Stella group must load to an object with a `manifest` (`PluginManifest`) whose
+`api_version` equals `PLUGIN_API_VERSION`, and that satisfies the Protocol of its kind. Offline mode
+refuses plugins that declare `network: True`. A plugin that fails any check is not used; the reason is
+kept in `Plugins.broken` so that only what needs it is affected, and `stella doctor` can show it.
+There is no global state: `discover()` returns a `Plugins` value that callers pass on.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from importlib.metadata import EntryPoint, entry_points
+from typing import Any
+
+from .errors import PluginError
+from .protocols import PLUGIN_API_VERSION, PluginManifest, RegistryPlugin
+
+log = logging.getLogger(__name__)
+
+GROUPS = {
+    "registries": ("stella.registries", RegistryPlugin),
+}
+
+
+@dataclass(frozen=True)
+class Plugins:
+    """The plugins usable in this run, by kind and name, and those refused with the reason."""
+
+    registries: dict[str, RegistryPlugin] = field(default_factory=dict)
+    broken: dict[tuple[str, str], str] = field(default_factory=dict)
+    offline: bool = False
+
+    def registry(self, name: str) -> RegistryPlugin:
+        if name in self.registries:
+            return self.registries[name]
+        reason = self.broken.get(("registries", name))
+        if reason:
+            raise PluginError(f"registry plugin {name!r} is not usable: {reason}")
+        known = ", ".join(sorted(self.registries)) or "none"
+        raise PluginError(
+            f"no registry plugin named {name!r} is installed (installed: {known}); "
+            "install the distribution that provides it"
+        )
+
+
+def check(obj: Any, protocol: type, *, offline: bool) -> str | None:
+    """Why `obj` cannot be used as a plugin of `protocol`, or None when it can."""
+    manifest = getattr(obj, "manifest", None)
+    if not isinstance(manifest, PluginManifest):
+        return "has no PluginManifest `manifest` attribute"
+    if manifest.api_version != PLUGIN_API_VERSION:
+        return (
+            f"targets plugin API version {manifest.api_version}, "
+            f"this Stella provides version {PLUGIN_API_VERSION}"
+        )
+    if not isinstance(obj, protocol):
+        return f"does not implement the {protocol.__name__} interface"
+    if offline and manifest.network:
+        return (
+            f"plugin {manifest.name!r} needs the network and offline mode is on "
+            "(`offline: true` in stella.yaml, or --offline)"
+        )
+    return None
+
+
+def _load(ep: EntryPoint) -> tuple[Any, str | None]:
+    try:
+        return ep.load(), None
+    except Exception as exc:  # a broken plugin must not crash the core
+        return None, f"failed to import {ep.value}: {type(exc).__name__}: {exc}"
+
+
+def discover(*, offline: bool = False, kinds: tuple[str, ...] = tuple(GROUPS)) -> Plugins:
+    """Load every installed plugin of `kinds` through its entry point group."""
+    found: dict[str, dict[str, Any]] = {kind: {} for kind in GROUPS}
+    broken: dict[tuple[str, str], str] = {}
+    for kind in kinds:
+        group, protocol = GROUPS[kind]
+        for ep in sorted(entry_points(group=group), key=lambda e: e.name):
+            obj, error = _load(ep)
+            error = error or check(obj, protocol, offline=offline)
+            if error:
+                log.warning("%s plugin %s refused: %s", kind, ep.name, error)
+                broken[(kind, ep.name)] = error
+            else:
+                found[kind][ep.name] = obj
+    return Plugins(registries=found["registries"], broken=broken, offline=offline)

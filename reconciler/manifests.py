@@ -1,0 +1,374 @@
+"""The one loader: a repository's files (at a commit, or a work tree) -> validated models.
+
+It finds every manifest (DESIGN §3), parses its YAML safely (size limit, no anchors or aliases, no
+duplicate keys, one document), validates it against its model, and cross-checks references between
+manifests. It collects every problem, each with its file and line, instead of stopping at the first:
+`stella validate` shows them all. Reads only through a `FileSource`; writes nothing.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any, Protocol, TypeVar
+
+import yaml
+from pydantic import BaseModel, ValidationError
+
+from .errors import Problem, ValidationFailed
+from .models import (
+    Approval,
+    Environment,
+    Groups,
+    Promotion,
+    Release,
+    Repository,
+    Settings,
+)
+
+MAX_MANIFEST_BYTES = 256 * 1024
+SETTINGS_FILE = "stella.yaml"
+GROUPS_FILE = "trust/groups.yaml"
+_SAFE_STEM = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@%+-]{0,190}$")
+
+M = TypeVar("M", bound=BaseModel)
+
+
+class Files(Protocol):
+    """What the loader needs of a file source (`repo.WorkTree`, `repo.GitTree`)."""
+
+    def read(self, path: str) -> bytes | None: ...
+    def size(self, path: str) -> int | None: ...
+    def listdir(self, path: str) -> list[str]: ...
+    def isdir(self, path: str) -> bool: ...
+
+
+@dataclass
+class _Doc:
+    """A parsed YAML document and the line (1-based) of every key and value path in it."""
+
+    data: Any
+    lines: dict[tuple[str | int, ...], int] = field(default_factory=dict)
+
+    def line_of(self, loc: tuple[str | int, ...]) -> int | None:
+        for end in range(len(loc), -1, -1):
+            line = self.lines.get(tuple(loc[:end]))
+            if line is not None:
+                return line
+        return None
+
+
+class _YamlProblem(Exception):
+    def __init__(self, message: str, line: int | None) -> None:
+        super().__init__(message)
+        self.line = line
+
+
+def _show(path: str) -> str:
+    """A path safe to print: control characters escaped."""
+    return path.encode("unicode_escape").decode("ascii") if not path.isprintable() else path
+
+
+def parse_yaml(text: str) -> _Doc:
+    """Parse one YAML document, keeping lines; raise _YamlProblem on anything unsafe or invalid."""
+    try:
+        for event in yaml.parse(text, Loader=yaml.SafeLoader):
+            if isinstance(event, yaml.AliasEvent) or getattr(event, "anchor", None):
+                line = event.start_mark.line + 1 if event.start_mark else None
+                raise _YamlProblem("YAML anchors and aliases are not allowed in manifests", line)
+        loader = yaml.SafeLoader(text)
+        try:
+            node = loader.get_single_node()
+            doc = _Doc(None)
+            doc.data = _build(loader, node, (), doc) if node is not None else None
+            return doc
+        finally:
+            loader.dispose()
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        line = mark.line + 1 if mark else None
+        raise _YamlProblem(f"YAML syntax error: {exc.problem or exc}", line) from None
+    except yaml.YAMLError as exc:
+        raise _YamlProblem(f"YAML error: {exc}", None) from None
+
+
+def _build(loader: yaml.SafeLoader, node: yaml.Node, path: tuple[str | int, ...], doc: _Doc) -> Any:
+    doc.lines.setdefault(path, node.start_mark.line + 1)
+    if isinstance(node, yaml.MappingNode):
+        out: dict[str, Any] = {}
+        for key_node, value_node in node.value:
+            if not isinstance(key_node, yaml.ScalarNode):
+                raise _YamlProblem("mapping keys must be plain strings", key_node.start_mark.line + 1)
+            key = loader.construct_object(key_node)
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                raise _YamlProblem("YAML merge keys (<<) are not allowed", key_node.start_mark.line + 1)
+            if not isinstance(key, str):
+                key = str(key)
+            if key in out:
+                raise _YamlProblem(f"duplicate key {key!r}", key_node.start_mark.line + 1)
+            doc.lines[(*path, key)] = key_node.start_mark.line + 1
+            out[key] = _build(loader, value_node, (*path, key), doc)
+        return out
+    if isinstance(node, yaml.SequenceNode):
+        return [_build(loader, item, (*path, i), doc) for i, item in enumerate(node.value)]
+    return loader.construct_object(node, deep=True)
+
+
+def _pydantic_problems(file: str, doc: _Doc, exc: ValidationError) -> list[Problem]:
+    problems = []
+    for err in exc.errors(include_url=False):
+        loc = tuple(p for p in err["loc"] if p not in ("absolute", "recurring"))
+        dotted = ".".join(str(p) for p in loc)
+        kind = err["type"]
+        if kind == "extra_forbidden":
+            message = f"unknown field {dotted!r}"
+        elif kind == "missing":
+            message = f"missing required field {dotted!r}"
+        elif kind == "literal_error" and loc and loc[-1] == "apiVersion":
+            message = f"apiVersion must be 'stella/v1', not {err.get('input')!r}"
+        else:
+            text = err["msg"].removeprefix("Value error, ")
+            message = f"{dotted}: {text}" if dotted else text
+        problems.append(Problem(file, doc.line_of(loc), message))
+    return problems
+
+
+class Loader:
+    """Collects problems while loading; `load()` returns the repository or raises ValidationFailed."""
+
+    def __init__(self, files: Files) -> None:
+        self.files = files
+        self.problems: list[Problem] = []
+        self.seen: dict[str, set[str]] = {}
+        """Stems found per directory, loadable or not: a broken file is not also 'unknown'."""
+
+    def problem(self, file: str, line: int | None, message: str) -> None:
+        self.problems.append(Problem(_show(file), line, message))
+
+    def _document(self, path: str) -> _Doc | None:
+        size = self.files.size(path)
+        if size is None:
+            self.problem(path, None, "not a regular file")
+            return None
+        if size > MAX_MANIFEST_BYTES:
+            self.problem(path, None, f"file is {size} bytes, over the {MAX_MANIFEST_BYTES}-byte limit")
+            return None
+        raw = self.files.read(path) or b""
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            self.problem(path, None, f"not UTF-8 text (byte {exc.start})")
+            return None
+        try:
+            doc = parse_yaml(text)
+        except _YamlProblem as exc:
+            self.problem(path, exc.line, str(exc))
+            return None
+        if not isinstance(doc.data, dict):
+            self.problem(path, 1, "expected a mapping of fields (apiVersion, kind, ...)")
+            return None
+        return doc
+
+    def _model(self, path: str, model: type[M], kind: str) -> tuple[M, _Doc] | None:
+        doc = self._document(path)
+        if doc is None:
+            return None
+        found = doc.data.get("kind")
+        if found != kind:
+            line = doc.lines.get(("kind",), 1)
+            self.problem(path, line, f"kind must be {kind!r} here, not {found!r}")
+            return None
+        try:
+            return model.model_validate(doc.data), doc
+        except ValidationError as exc:
+            self.problems.extend(_pydantic_problems(_show(path), doc, exc))
+            return None
+
+    def _manifests(self, directory: str) -> Iterator[tuple[str, str]]:
+        """(path, stem) of each manifest in `directory`; odd file names are problems."""
+        for name in self.files.listdir(directory):
+            path = f"{directory}/{name}"
+            if name.startswith("."):
+                continue
+            if name.endswith(".yml"):
+                self.problem(path, None, "manifests use the .yaml extension")
+                continue
+            if not name.endswith(".yaml"):
+                if self.files.isdir(path):
+                    self.problem(path, None, f"unexpected directory in {directory}/")
+                continue
+            stem = name[: -len(".yaml")]
+            self.seen.setdefault(directory, set()).add(stem)
+            if not _SAFE_STEM.match(stem) or ".." in stem:
+                self.problem(
+                    path,
+                    None,
+                    f"file name {_show(stem)!r} is not a valid name (letters, digits, . _ -)",
+                )
+                continue
+            yield path, stem
+
+    def _named(self, directory: str, model: type[M], kind: str) -> dict[str, tuple[M, _Doc]]:
+        out: dict[str, tuple[M, _Doc]] = {}
+        lowered: dict[str, str] = {}
+        for path, stem in self._manifests(directory):
+            loaded = self._model(path, model, kind)
+            if loaded is None:
+                continue
+            name = getattr(loaded[0], "name", stem)
+            if name != stem:
+                line = loaded[1].lines.get(("name",))
+                self.problem(path, line, f"name {name!r} does not match the file name {stem!r}")
+                continue
+            if stem.lower() in lowered:
+                self.problem(path, None, f"duplicate name: {lowered[stem.lower()]} has the same name")
+                continue
+            lowered[stem.lower()] = path
+            out[stem] = loaded
+        return out
+
+    def load(self) -> Repository:
+        settings = None
+        if self.files.size(SETTINGS_FILE) is None:
+            self.problem(SETTINGS_FILE, None, "missing: every Stella repository has a stella.yaml")
+        else:
+            loaded = self._model(SETTINGS_FILE, Settings, "Settings")
+            settings = loaded[0] if loaded else None
+        groups: Groups | None = Groups(apiVersion="stella/v1", kind="Groups")
+        if self.files.size(GROUPS_FILE) is not None:
+            loaded_groups = self._model(GROUPS_FILE, Groups, "Groups")
+            groups = loaded_groups[0] if loaded_groups else None  # broken: skip group checks
+        environments = self._named("environments", Environment, "Environment")
+        releases = self._named("releases", Release, "Release")
+        promotions: dict[str, tuple[Promotion, _Doc]] = {}
+        for path, stem in self._manifests("promotions"):
+            loaded_promotion = self._model(path, Promotion, "Promotion")
+            if loaded_promotion:
+                promotions[stem] = loaded_promotion
+        approvals = self._approvals(promotions)
+        self._cross_check(environments, releases, promotions, groups)
+        if self.problems or settings is None or groups is None:
+            raise ValidationFailed(self.problems)
+        return Repository(
+            settings=settings,
+            environments={k: v[0] for k, v in environments.items()},
+            releases={k: v[0] for k, v in releases.items()},
+            promotions={k: v[0] for k, v in promotions.items()},
+            approvals=approvals,
+            groups=groups,
+            commit=getattr(self.files, "commit", None),
+        )
+
+    def _approvals(self, promotions: dict[str, tuple[Promotion, _Doc]]) -> dict[str, dict[str, Approval]]:
+        out: dict[str, dict[str, Approval]] = {}
+        for directory in self.files.listdir("approvals"):
+            dir_path = f"approvals/{directory}"
+            if directory.startswith("."):
+                continue
+            if not self.files.isdir(dir_path):
+                self.problem(dir_path, None, "expected a directory approvals/<promotion>/")
+                continue
+            if not _SAFE_STEM.match(directory) or ".." in directory:
+                self.problem(dir_path, None, f"{_show(directory)!r} is not a valid promotion id")
+                continue
+            if directory not in promotions:
+                self.problem(dir_path, None, f"approvals for unknown promotion {directory!r}")
+            for path, identity in self._manifests(dir_path):
+                loaded = self._model(path, Approval, "Approval")
+                if loaded is None:
+                    continue
+                approval, doc = loaded
+                if approval.promotion != directory:
+                    self.problem(
+                        path,
+                        doc.lines.get(("promotion",)),
+                        f"promotion {approval.promotion!r} does not match its directory {directory!r}",
+                    )
+                    continue
+                if "@" not in identity:
+                    self.problem(path, None, f"file name {identity!r} must be the approver's identity")
+                    continue
+                out.setdefault(directory, {})[identity] = approval
+        return out
+
+    def _cross_check(
+        self,
+        environments: dict[str, tuple[Environment, _Doc]],
+        releases: dict[str, tuple[Release, _Doc]],
+        promotions: dict[str, tuple[Promotion, _Doc]],
+        groups: Groups | None,
+    ) -> None:
+        known_envs = self.seen.get("environments", set())
+        known_releases = self.seen.get("releases", set())
+        known_groups = None if groups is None else set(groups.groups)
+        targets: dict[str, str] = {}
+        for name, (env, doc) in sorted(environments.items()):
+            path = f"environments/{name}.yaml"
+            if env.promotesFrom and env.promotesFrom not in known_envs:
+                self.problem(
+                    path,
+                    doc.lines.get(("promotesFrom",)),
+                    f"unknown environment {env.promotesFrom!r}",
+                )
+            if env.approvals:
+                for i, group in enumerate(env.approvals.groups):
+                    if known_groups is not None and group not in known_groups:
+                        self.problem(
+                            path,
+                            doc.lines.get(("approvals", "groups", i)),
+                            f"unknown approver group {group!r} (groups live in {GROUPS_FILE})",
+                        )
+            if env.template and self.files.size(env.template) is None:
+                self.problem(path, doc.lines.get(("template",)), f"template {env.template!r} not found")
+            for i, target in enumerate(env.targets):
+                if target.name in targets:
+                    self.problem(
+                        path,
+                        doc.lines.get(("targets", i, "name")),
+                        f"target {target.name!r} is also defined in {targets[target.name]}",
+                    )
+                targets.setdefault(target.name, path)
+        self._check_cycles(environments)
+        for pid, (promotion, doc) in sorted(promotions.items()):
+            path = f"promotions/{pid}.yaml"
+            if promotion.release not in known_releases:
+                self.problem(path, doc.lines.get(("release",)), f"unknown release {promotion.release!r}")
+            if promotion.environment not in known_envs:
+                self.problem(
+                    path,
+                    doc.lines.get(("environment",)),
+                    f"unknown environment {promotion.environment!r}",
+                )
+
+    def _check_cycles(self, environments: dict[str, tuple[Environment, _Doc]]) -> None:
+        for start in sorted(environments):
+            seen = [start]
+            current = environments[start][0].promotesFrom
+            while current in environments:
+                if current in seen:
+                    if current == start:
+                        self.problem(
+                            f"environments/{start}.yaml",
+                            environments[start][1].lines.get(("promotesFrom",)),
+                            "promotesFrom forms a cycle: " + " -> ".join([*seen, current]),
+                        )
+                    break
+                seen.append(current)
+                current = environments[current][0].promotesFrom
+
+
+def load_repository(files: Files) -> Repository:
+    """Load and validate every manifest; raise ValidationFailed listing all problems."""
+    return Loader(files).load()
+
+
+def load_settings(files: Files) -> Settings:
+    """Only `stella.yaml` (for commands that need no more)."""
+    loader = Loader(files)
+    loaded = loader._model(SETTINGS_FILE, Settings, "Settings") if files.size(SETTINGS_FILE) else None
+    if loaded is None:
+        if not loader.problems:
+            loader.problem(SETTINGS_FILE, None, "missing: every Stella repository has a stella.yaml")
+        raise ValidationFailed(loader.problems)
+    return loaded[0]

@@ -1,0 +1,370 @@
+"""Pydantic models of everything Stella reads from a repository.
+
+Parse at the boundary: `manifests.py` turns YAML into these frozen models, and the core never sees a raw
+dict. Every model forbids unknown fields and pins `apiVersion`/`kind`; names, identities, digests and
+secret references are constrained strings. JSON Schemas in `schemas/` are generated from these models
+(`python -m reconciler.schemas`) and a test fails when they drift. No I/O here.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import timedelta
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    AfterValidator,
+    AwareDatetime,
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    StringConstraints,
+    Tag,
+    model_validator,
+)
+
+from . import reference
+
+API_VERSION = "stella/v1"
+
+_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"
+_IDENTITY_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._%+-]{0,63}@[A-Za-z0-9][A-Za-z0-9.-]{0,190}$"
+_DURATION_RE = re.compile(r"^(?:(\d+)d)?(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?$")
+
+
+def _no_double_dot(value: str) -> str:
+    if ".." in value:
+        raise ValueError(f"{value!r} contains '..', which could escape a directory")
+    return value
+
+
+def _valid_duration(value: str) -> str:
+    if not value or not _DURATION_RE.match(value) or parse_duration(value) <= timedelta(0):
+        raise ValueError(f"invalid duration {value!r}: use e.g. 30m, 1h, 2d, 1h30m")
+    return value
+
+
+def _valid_image(value: str) -> str:
+    try:
+        reference.parse(value)
+    except reference.ReferenceError as exc:
+        raise ValueError(str(exc)) from None
+    return value
+
+
+def _valid_repo_path(value: str) -> str:
+    parts = value.split("/")
+    if value.startswith("/") or any(p in ("", ".", "..") for p in parts) or "\\" in value:
+        raise ValueError(f"{value!r} must be a relative path inside the repository (no '..', no '/')")
+    if any(ord(c) < 32 or ord(c) == 127 for c in value):
+        raise ValueError(f"{value!r} contains control characters")
+    return value
+
+
+def _valid_cron(value: str) -> str:
+    fields = value.split()
+    if len(fields) != 5:
+        raise ValueError(f"cron {value!r} must have 5 fields (minute hour day month weekday)")
+    return value
+
+
+Name = Annotated[
+    str,
+    StringConstraints(pattern=_NAME_PATTERN),
+    AfterValidator(_no_double_dot),
+]
+"""A manifest, component or environment name: safe as a single path component."""
+
+Identity = Annotated[
+    str,
+    StringConstraints(pattern=_IDENTITY_PATTERN),
+    AfterValidator(_no_double_dot),
+]
+"""A principal as `trust/allowed_signers` names it (an email address)."""
+
+Digest = Annotated[str, StringConstraints(pattern=r"^sha256:[0-9a-f]{64}$")]
+Duration = Annotated[str, StringConstraints(pattern=r"^[0-9dhms]+$"), AfterValidator(_valid_duration)]
+SecretRef = Annotated[
+    str,
+    StringConstraints(pattern=r"^(env:[A-Za-z_][A-Za-z0-9_]*|file:/[^\x00-\x1f]+|plugin:[a-z0-9-]+:.+)$"),
+]
+"""Where a secret comes from, never the secret: `env:NAME`, `file:/path` or `plugin:<name>:<ref>`."""
+ImageText = Annotated[str, AfterValidator(_valid_image)]
+RepoPath = Annotated[str, AfterValidator(_valid_repo_path)]
+Cron = Annotated[str, AfterValidator(_valid_cron)]
+
+
+def parse_duration(value: str) -> timedelta:
+    """`1h30m` -> timedelta(hours=1, minutes=30)."""
+    match = _DURATION_RE.match(value)
+    if not match:
+        raise ValueError(f"invalid duration {value!r}")
+    d, h, m, s = (int(g) if g else 0 for g in match.groups())
+    return timedelta(days=d, hours=h, minutes=m, seconds=s)
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True, populate_by_name=False)
+
+
+class _Manifest(_Model):
+    apiVersion: Literal["stella/v1"]
+
+
+# --- stella.yaml ---------------------------------------------------------------------------------
+
+
+class RegistrySettings(_Model):
+    """How to reach one registry host."""
+
+    host: Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9.\-\[\]:]+$", max_length=255)]
+    plugin: Annotated[str, StringConstraints(pattern=r"^[a-z0-9][a-z0-9-]*$")] = "oci"
+    insecure: bool = False
+    path: RepoPath | None = None
+    credentials: SecretRef | None = None
+    options: dict[str, str | int | float | bool] = Field(default_factory=dict)
+
+
+class SignerSettings(_Model):
+    plugin: Annotated[str, StringConstraints(pattern=r"^[a-z0-9][a-z0-9-]*$")] = "key"
+    key: SecretRef = "env:STELLA_SIGNING_KEY"
+
+
+class EvidenceSettings(_Model):
+    ref: Annotated[str, StringConstraints(pattern=r"^refs/heads/[A-Za-z0-9._/-]+$")] = (
+        "refs/heads/stella/evidence"
+    )
+    repository: str | None = None
+    """A separate evidence repository (path or URL); default: the same repository."""
+
+
+class Limit(_Model):
+    hard: Annotated[int, Field(ge=0)]
+    soft: Annotated[int, Field(ge=0)] | None = None
+
+
+class Limits(_Model):
+    environments: Limit | None = None
+    newDigestsPerDay: Limit | None = None
+    deploymentsPerDay: Limit | None = None
+
+
+class Settings(_Manifest):
+    """`stella.yaml`: tenant, registries, signer, evidence location, limits, offline."""
+
+    kind: Literal["Settings"]
+    tenant: Name
+    branch: Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9._/-]+$")] = "main"
+    offline: bool = False
+    mirror: RepoPath = "mirror"
+    registries: list[RegistrySettings] = Field(default_factory=list)
+    signer: SignerSettings = Field(default_factory=SignerSettings)
+    evidence: EvidenceSettings = Field(default_factory=EvidenceSettings)
+    limits: Limits = Field(default_factory=Limits)
+
+    @model_validator(mode="after")
+    def _unique_hosts(self) -> Settings:
+        seen: set[str] = set()
+        for r in self.registries:
+            if r.host in seen:
+                raise ValueError(f"registry host {r.host!r} is listed twice")
+            seen.add(r.host)
+        return self
+
+
+# --- environments/<env>.yaml ----------------------------------------------------------------------
+
+
+class ApprovalPolicy(_Model):
+    required: Annotated[int, Field(ge=0, le=100)] = 1
+    groups: list[Name] = Field(default_factory=list)
+    separationOfDuties: bool = True
+
+
+class AbsoluteWindow(_Model):
+    start: Annotated[AwareDatetime, Field(strict=False)]
+    end: Annotated[AwareDatetime, Field(strict=False)]
+    reason: str = ""
+    exceptions: list[Identity] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> AbsoluteWindow:
+        if self.end <= self.start:
+            raise ValueError("freeze window end must be after its start")
+        return self
+
+
+class RecurringWindow(_Model):
+    cron: Cron
+    duration: Duration
+    reason: str = ""
+    exceptions: list[Identity] = Field(default_factory=list)
+
+
+def _window_kind(value: Any) -> str:
+    if isinstance(value, dict):
+        return "recurring" if "cron" in value or "duration" in value else "absolute"
+    return "recurring" if isinstance(value, RecurringWindow) else "absolute"
+
+
+FreezeWindow = Annotated[
+    Annotated[AbsoluteWindow, Tag("absolute")] | Annotated[RecurringWindow, Tag("recurring")],
+    Discriminator(_window_kind),
+]
+"""Either `{start, end}` (absolute, UTC) or `{cron, duration}` (recurring, UTC)."""
+
+
+class GateConfig(BaseModel):
+    """One plugin gate; options beyond `plugin` belong to the plugin and are checked by it."""
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+    plugin: Annotated[str, StringConstraints(pattern=r"^[a-z0-9][a-z0-9-]*$")]
+
+    @property
+    def options(self) -> dict[str, Any]:
+        return dict(self.model_extra or {})
+
+
+class Target(_Model):
+    name: Name
+    agent: Annotated[str, StringConstraints(pattern=r"^[a-z0-9][a-z0-9-]*$")] = "docker"
+    endpoint: str
+    project: Name
+
+
+class Environment(_Manifest):
+    kind: Literal["Environment"]
+    name: Name
+    promotesFrom: Name | None = None
+    soak: Duration | None = None
+    approvals: ApprovalPolicy | None = None
+    freezeWindows: list[FreezeWindow] = Field(default_factory=list)
+    gates: list[GateConfig] = Field(default_factory=list)
+    template: RepoPath | None = None
+    variables: dict[Annotated[str, StringConstraints(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")], str] = Field(
+        default_factory=dict
+    )
+    secrets: dict[Annotated[str, StringConstraints(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")], SecretRef] = Field(
+        default_factory=dict
+    )
+    targets: list[Target] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _checks(self) -> Environment:
+        if self.promotesFrom == self.name:
+            raise ValueError("an environment cannot promote from itself")
+        names = [t.name for t in self.targets]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"duplicate target name(s): {', '.join(dupes)}")
+        clash = sorted(set(self.variables) & set(self.secrets))
+        if clash:
+            raise ValueError(f"name(s) both a variable and a secret: {', '.join(clash)}")
+        return self
+
+    @property
+    def soak_time(self) -> timedelta:
+        return parse_duration(self.soak) if self.soak else timedelta(0)
+
+
+# --- releases/<release>.yaml ----------------------------------------------------------------------
+
+
+class Component(_Model):
+    image: ImageText
+    digest: Digest | None = None
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Component:
+        ref = reference.parse(self.image)
+        if ref.digest and self.digest and ref.digest != self.digest:
+            raise ValueError(f"image pins {ref.digest} but digest says {self.digest}")
+        return self
+
+    @property
+    def ref(self) -> reference.ImageRef:
+        return reference.parse(self.image)
+
+    @property
+    def pinned_digest(self) -> str | None:
+        """The digest the file already fixes (field or `@sha256:` in the image), if any."""
+        return self.digest or self.ref.digest
+
+
+class Release(_Manifest):
+    kind: Literal["Release"]
+    name: Name
+    components: Annotated[dict[Name, Component], Field(min_length=1)]
+
+
+# --- promotions/<id>.yaml, approvals/<promotion>/<identity>.yaml, trust/groups.yaml ---------------
+
+
+class Promotion(_Manifest):
+    kind: Literal["Promotion"]
+    release: Name
+    environment: Name
+    reason: str = ""
+
+
+class Approval(_Manifest):
+    kind: Literal["Approval"]
+    promotion: Name
+    release: Digest
+    decision: Literal["approve", "reject"]
+    comment: str = ""
+
+
+class Groups(_Manifest):
+    kind: Literal["Groups"]
+    groups: dict[Name, list[Identity]] = Field(default_factory=dict)
+
+
+# --- the repository as a whole -------------------------------------------------------------------
+
+
+class Repository(BaseModel):
+    """Every manifest of a repository at one commit (or work tree), validated and cross-checked."""
+
+    model_config = ConfigDict(frozen=True, arbitrary_types_allowed=True)
+
+    settings: Settings
+    environments: dict[str, Environment]
+    releases: dict[str, Release]
+    promotions: dict[str, Promotion]
+    approvals: dict[str, dict[str, Approval]]
+    groups: Groups
+    commit: str | None = None
+
+
+MANIFEST_MODELS: dict[str, type[BaseModel]] = {
+    "Settings": Settings,
+    "Environment": Environment,
+    "Release": Release,
+    "Promotion": Promotion,
+    "Approval": Approval,
+    "Groups": Groups,
+}
+
+
+# --- what the reconciler writes ------------------------------------------------------------------
+
+
+class LockedComponent(_Model):
+    image: str
+    """The repository, without tag or digest (`registry.example.com/shop/web`)."""
+    tag: str | None
+    digest: Digest
+
+    @property
+    def pinned(self) -> str:
+        return f"{self.image}@{self.digest}"
+
+
+class ReleaseLock(_Model):
+    """`releases/<name>.json` on the evidence branch: a release's digests, fixed once."""
+
+    name: Name
+    id: Digest
+    components: dict[Name, LockedComponent]

@@ -1,0 +1,217 @@
+"""Git access: the only module that uses pygit2.
+
+Reads a repository's files at a commit (or from a work tree, for commands a person runs before
+committing), and writes commits to a ref by compare-and-swap. pygit2 errors are translated here into
+`Transient` (could not read or update) or `InvalidInput` (no such repository, ref or file); nothing
+outside this module sees a pygit2 type except `Repo`, which wraps it.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import pygit2
+
+from .errors import InvalidInput, Transient
+
+log = logging.getLogger(__name__)
+
+MAX_FILE_BYTES = 1 << 20
+"""Files larger than this are not read by the loaders (a manifest is a few KiB)."""
+
+
+class WorkTree:
+    """A `FileSource` over a directory on disk; refuses paths that leave it (`..`, symlinks out)."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root.resolve()
+
+    def _path(self, path: str) -> Path | None:
+        full = (self.root / path).resolve()
+        if full != self.root and self.root not in full.parents:
+            return None
+        return full
+
+    def read(self, path: str) -> bytes | None:
+        full = self._path(path)
+        if full is None or not full.is_file():
+            return None
+        return full.read_bytes()
+
+    def size(self, path: str) -> int | None:
+        full = self._path(path)
+        if full is None or not full.is_file():
+            return None
+        return full.stat().st_size
+
+    def listdir(self, path: str) -> list[str]:
+        full = self._path(path) if path else self.root
+        if full is None or not full.is_dir():
+            return []
+        return sorted(p.name for p in full.iterdir())
+
+    def isdir(self, path: str) -> bool:
+        full = self._path(path)
+        return bool(full and full.is_dir())
+
+    def describe(self) -> str:
+        return f"work tree {self.root}"
+
+
+class GitTree:
+    """A `FileSource` over one Git tree (a commit's files), read through pygit2."""
+
+    def __init__(self, repo: pygit2.Repository, tree: pygit2.Tree, commit: str | None = None) -> None:
+        self._repo = repo
+        self._tree = tree
+        self.commit = commit
+
+    def _entry(self, path: str) -> pygit2.Object | None:
+        if not path:
+            return self._tree
+        try:
+            return self._tree[path]
+        except KeyError:
+            return None
+
+    def _blob(self, path: str) -> pygit2.Blob | None:
+        obj = self._entry(path)
+        if obj is None or obj.type != pygit2.enums.ObjectType.BLOB:
+            return None
+        blob = self._repo[obj.id]
+        return blob if isinstance(blob, pygit2.Blob) else None
+
+    def read(self, path: str) -> bytes | None:
+        blob = self._blob(path)
+        return None if blob is None else blob.data
+
+    def size(self, path: str) -> int | None:
+        blob = self._blob(path)
+        return None if blob is None else blob.size
+
+    def listdir(self, path: str) -> list[str]:
+        obj = self._entry(path)
+        if obj is None or obj.type != pygit2.enums.ObjectType.TREE:
+            return []
+        tree = self._repo[obj.id]
+        return sorted(e.name or "" for e in tree) if isinstance(tree, pygit2.Tree) else []
+
+    def isdir(self, path: str) -> bool:
+        obj = self._entry(path)
+        return obj is not None and obj.type == pygit2.enums.ObjectType.TREE
+
+    def describe(self) -> str:
+        return f"commit {self.commit[:12]}" if self.commit else "tree"
+
+
+@dataclass(frozen=True)
+class Author:
+    name: str
+    email: str
+
+
+BOT = Author("Stella reconciler", "reconciler@stella.invalid")
+
+
+class Repo:
+    """A Git repository: read trees at commits, write commits by compare-and-swap."""
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        try:
+            found = pygit2.discover_repository(str(path))
+            if found is None:
+                raise InvalidInput(f"{path}: not a Git repository (run `git init` or pass --repo)")
+            self.git = pygit2.Repository(found)
+        except pygit2.GitError as exc:
+            raise InvalidInput(f"{path}: cannot open Git repository: {exc}") from exc
+        self.path = Path(self.git.path)
+
+    @property
+    def workdir(self) -> Path | None:
+        return Path(self.git.workdir) if self.git.workdir else None
+
+    def resolve_ref(self, name: str) -> str | None:
+        """The commit id a ref or revision names, or None when it does not exist."""
+        for candidate in (name, f"refs/heads/{name}"):
+            try:
+                ref = self.git.references.get(candidate)
+            except (pygit2.GitError, ValueError):
+                ref = None
+            if ref is not None:
+                return str(ref.peel(pygit2.Commit).id)
+        try:
+            return str(self.git.revparse_single(name).peel(pygit2.Commit).id)
+        except (KeyError, ValueError, pygit2.GitError):
+            return None
+
+    def tree(self, commit_id: str) -> GitTree:
+        try:
+            commit = self.git[commit_id].peel(pygit2.Commit)
+        except (KeyError, ValueError) as exc:
+            raise InvalidInput(f"no such commit {commit_id}") from exc
+        return GitTree(self.git, commit.tree, str(commit.id))
+
+    def commit_files(
+        self,
+        ref: str,
+        expected: str | None,
+        files: Mapping[str, bytes],
+        message: str,
+        author: Author = BOT,
+    ) -> str:
+        """Commit `files` (path -> bytes) on top of `expected` and move `ref` to it, atomically.
+
+        `expected` is the commit the caller read (None: the ref must not exist yet). Raises `RaceLost`
+        when the ref moved meanwhile; nothing is written to the ref in that case.
+        """
+        sig = pygit2.Signature(author.name, author.email)
+        try:
+            index = pygit2.Index()
+            parents: list[pygit2.Oid] = []
+            if expected is not None:
+                parent = self.git[expected].peel(pygit2.Commit)
+                index.read_tree(parent.tree)
+                parents.append(parent.id)
+            for path, data in sorted(files.items()):
+                blob = self.git.create_blob(data)
+                index.add(pygit2.IndexEntry(path, blob, pygit2.enums.FileMode.BLOB))
+            tree = index.write_tree(self.git)
+            oid = self.git.create_commit(None, sig, sig, message, tree, parents)
+        except pygit2.GitError as exc:
+            raise Transient(f"{self.path}: cannot write commit: {exc}") from exc
+        self.move_ref(ref, expected, str(oid), message)
+        return str(oid)
+
+    def move_ref(self, ref: str, expected: str | None, new: str, message: str) -> None:
+        """Compare-and-swap `ref` from `expected` to `new`."""
+        try:
+            if expected is None:
+                try:
+                    self.git.references.create(ref, new, force=False)
+                except ValueError as exc:  # pygit2 raises ValueError/AlreadyExistsError
+                    raise RaceLost(ref) from exc
+                return
+            current = self.git.lookup_reference(ref)
+            if str(current.target) != expected:
+                raise RaceLost(ref)
+            current.set_target(new, message)
+        except pygit2.AlreadyExistsError as exc:
+            raise RaceLost(ref) from exc
+        except KeyError as exc:
+            raise RaceLost(ref) from exc
+        except pygit2.GitError as exc:
+            text = str(exc)
+            if "does not match" in text or "old reference value" in text:
+                raise RaceLost(ref) from exc
+            raise Transient(f"{self.path}: cannot update {ref}: {text}") from exc
+
+
+class RaceLost(Transient):
+    """Another writer moved the ref between our read and our write: re-read and re-decide."""
+
+    def __init__(self, ref: str) -> None:
+        super().__init__(f"{ref} moved while this pass ran; it will be re-read")
