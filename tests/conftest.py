@@ -1,0 +1,36 @@
+"""Fixtures shared by all tests. Keep this file small: the logic lives in `tests/support/`.
+
+- `registry` (session): the real CNCF distribution registry on 127.0.0.1 (`.host`, `.url`).
+- `push_image`: `push_image(repository, tag, content=..., multi_arch=False)` builds a deterministic
+  image and pushes it to `registry` with skopeo; returns a `Pushed` (`.ref`, `.digest`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.support.registry import ImagePusher, RegistryServer, ToolMissing, require_tools, start_registry
+
+
+@pytest.fixture(scope="session")
+def registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RegistryServer]:
+    missing = None
+    try:
+        require_tools()
+    except ToolMissing as exc:
+        missing = str(exc)
+    if missing:
+        pytest.fail(missing, pytrace=False)
+    server = start_registry(tmp_path_factory.mktemp("registry"))
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def push_image(registry: RegistryServer, tmp_path: Path) -> ImagePusher:
+    return ImagePusher(registry, tmp_path)
