@@ -16,18 +16,23 @@ import subprocess
 import sys
 import tempfile
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, NoReturn
 
 import yaml
 from rich.console import Console
 
-from . import __version__, reference
+from . import __version__, audit, reference
 from .discover import Plugins, discover
 from .errors import InvalidInput, Problem, StellaError, ValidationFailed
-from .loop import PassResult, reconcile
+from .evidence import gate_json, rfc3339
+from .history import build
+from .loop import Outcome, PassResult, evaluate, promote, reconcile, run, source_commit
 from .manifests import load_repository, load_settings
-from .models import Release
+from .models import Release, Settings
+from .protocols import GateResult, Signer
 from .repo import Repo, WorkTree
 from .resolve import Resolver, resolve_release
 from .scaffold import write_scaffold
@@ -36,6 +41,7 @@ from .sign import generate_key
 OK, NOT_OK, INVALID, TRANSIENT = 0, 1, 2, 3
 
 err = Console(stderr=True, highlight=False)
+out = Console(highlight=False)
 
 
 class Usage(InvalidInput):
@@ -178,19 +184,47 @@ def _print_lock(lock: Any, path: Path) -> None:
         _say(f"  {name}: {comp.image}{tag} -> {comp.digest}")
 
 
-def cmd_reconcile(args: argparse.Namespace) -> int:
-    if not args.once:
-        raise Usage("the long-running loop is not available yet: run `stella reconcile --once`")
+@dataclass
+class _Session:
+    """What most commands need: the repository, its settings at the branch head, and the plugins."""
+
+    repo: Repo
+    settings: Settings
+    plugins: Plugins
+    offline: bool
+
+    def signer(self) -> Signer:
+        return self.plugins.signer(self.settings.signer.plugin).open(self.settings.signer.key, os.environ)
+
+
+def _session(args: argparse.Namespace) -> _Session:
     repo = Repo(_root(args))
-    offline = args.offline
-    settings_offline = False
-    head = repo.resolve_ref("HEAD")
-    if head:
-        settings_offline = load_settings(repo.tree(head)).offline
-    plugins = _plugins(args, offline or settings_offline)
-    progress = (lambda msg: err.print(f"[dim]{msg}[/dim]")) if err.is_terminal else None
-    result = reconcile(repo, plugins, offline=offline, progress=progress)
-    _emit(args, _pass_json(result), lambda: _print_pass(result))
+    _, commit = source_commit(repo)
+    settings = load_settings(repo.tree(commit))
+    offline = bool(args.offline or settings.offline)
+    return _Session(repo, settings, discover(offline=offline), offline)
+
+
+def _progress() -> Callable[[str], None] | None:
+    return (lambda msg: err.print(f"[dim]{msg}[/dim]")) if err.is_terminal else None
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def _pass_once(args: argparse.Namespace, session: _Session) -> PassResult:
+    return reconcile(
+        session.repo,
+        session.plugins,
+        now=_now,
+        signer=session.signer,
+        offline=session.offline,
+        progress=_progress(),
+    )
+
+
+def _pass_exit(result: PassResult) -> int:
     if result.problems:
         return INVALID
     if result.transient:
@@ -198,11 +232,46 @@ def cmd_reconcile(args: argparse.Namespace) -> int:
     return OK
 
 
+def cmd_reconcile(args: argparse.Namespace) -> int:
+    session = _session(args)
+    if args.once:
+        result = _pass_once(args, session)
+        _emit(args, _pass_json(result), lambda: _print_pass(result))
+        return _pass_exit(result)
+    if args.interval <= 0:
+        raise Usage("--interval must be a positive number of seconds")
+    return run(
+        lambda: _pass_once(args, session),
+        interval=args.interval,
+        report=lambda result: _emit(args, _pass_json(result), lambda: _print_pass(result)),
+        on_error=lambda exc: err.print(f"error: {exc.diagnostics()}", markup=False),
+    )
+
+
+def _gate_json(gate: GateResult) -> dict[str, Any]:
+    return gate_json(gate)
+
+
+def _outcome_json(outcome: Outcome) -> dict[str, Any]:
+    decision = outcome.decision
+    return {
+        "promotion": outcome.promotion_id,
+        "environment": outcome.environment,
+        "release": outcome.release,
+        "decision": decision.result if decision else "error",
+        "evidence": outcome.evidence,
+        "problem": outcome.problem,
+        "retryAt": rfc3339(decision.retry_at) if decision and decision.retry_at else None,
+        "gates": [_gate_json(g) for g in decision.gates] if decision else [],
+    }
+
+
 def _pass_json(result: PassResult) -> dict[str, Any]:
     return {
         "sourceCommit": result.source_commit,
         "evidenceCommit": result.evidence_commit,
         "locked": [lock.model_dump(mode="json") for lock in result.locked],
+        "decisions": [_outcome_json(o) for o in result.outcomes],
         "problems": [p.as_dict() for p in result.problems],
         "transient": result.transient,
         "races": result.races,
@@ -215,14 +284,176 @@ def _print_pass(result: PassResult) -> None:
         _say(f"locked release {lock.name} as {lock.id}")
         for name, comp in lock.components.items():
             _say(f"  {name}: {comp.pinned}")
+    for outcome in result.outcomes:
+        if outcome.decision is None:
+            continue
+        decision = outcome.decision
+        line = f"{outcome.promotion_id}: {decision.result}"
+        if outcome.evidence:
+            line += f" (evidence {outcome.evidence})"
+        _say(line)
+        for gate in decision.blocking:
+            _say(f"  {gate.gate}: {gate.status} ({gate.reason}) {gate.message}")
     for problem in result.problems:
         _say(f"error: {problem}")
     for message in result.transient:
         _say(f"unavailable: {message}")
     if result.evidence_commit:
         _say(f"wrote evidence commit {result.evidence_commit[:12]}")
-    elif not (result.problems or result.transient):
+    elif not (result.problems or result.transient or result.pending):
         _say("nothing new")
+
+
+def cmd_plan(args: argparse.Namespace) -> int:
+    session = _session(args)
+    repo = session.repo
+    commit = repo.resolve_ref(args.rev)
+    if commit is None:
+        raise Usage(f"no such revision {args.rev!r}")
+    only = None
+    if args.base:
+        base = repo.resolve_ref(args.base)
+        if base is None:
+            raise Usage(f"no such revision {args.base!r} (--base)")
+        only = repo.changed_promotions(base, commit)
+    result, *_ = evaluate(
+        repo,
+        session.plugins,
+        now=_now(),
+        commit=commit,
+        only=only,
+        offline=session.offline,
+        progress=_progress(),
+    )
+    if args.output == "markdown":
+        print(plan_markdown(result))
+    else:
+        _emit(args, _pass_json(result), lambda: _print_plan(result))
+    if result.problems:
+        return INVALID
+    if result.transient:
+        return TRANSIENT
+    return OK if all(o.decision and o.decision.result == "allow" for o in result.outcomes) else NOT_OK
+
+
+def _print_plan(result: PassResult) -> None:
+    _say(f"plan for {result.source_commit[:12]} (nothing is written)")
+    if not result.outcomes:
+        _say("no open promotions")
+    for outcome in result.outcomes:
+        decision = outcome.decision
+        _say(f"{outcome.promotion_id} -> {outcome.environment}: {decision.result if decision else 'error'}")
+        if outcome.problem:
+            _say(f"  error: {outcome.problem}")
+        for gate in decision.gates if decision else ():
+            when = f" (until {rfc3339(gate.retry_at)})" if gate.retry_at else ""
+            _say(f"  {gate.status:<7} {gate.gate}: {gate.reason}: {gate.message}{when}")
+    for problem in result.problems:
+        if not any(problem.file == f"promotions/{o.promotion_id}.yaml" for o in result.outcomes):
+            _say(f"error: {problem}")
+
+
+def plan_markdown(result: PassResult) -> str:
+    icons = {"pass": "✅", "fail": "❌", "pending": "⏳", "error": "⚠️"}
+    lines = [f"### Stella plan for `{result.source_commit[:12]}`", ""]
+    if not result.outcomes:
+        lines.append("No open promotions.")
+    for outcome in result.outcomes:
+        decision = outcome.decision
+        verdict = decision.result if decision else "error"
+        lines += [f"#### `{outcome.promotion_id}` → `{outcome.environment}`: **{verdict}**", ""]
+        if outcome.problem:
+            lines += [f"Error: {outcome.problem}", ""]
+        if decision:
+            lines += ["| gate | status | reason | details |", "|---|---|---|---|"]
+            for gate in decision.gates:
+                detail = gate.message.replace("|", "\\|")
+                if gate.retry_at:
+                    detail += f" (until {rfc3339(gate.retry_at)})"
+                lines.append(
+                    f"| {gate.gate} | {icons[gate.status]} {gate.status} | `{gate.reason}` | {detail} |"
+                )
+            lines.append("")
+    for problem in result.problems:
+        lines.append(f"- ⚠️ `{problem}`")
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def cmd_why(args: argparse.Namespace) -> int:
+    session = _session(args)
+    repo = session.repo
+    ref = session.settings.evidence.ref
+    head = repo.resolve_ref(ref)
+    index = build(repo.tree(head) if head else None, head)
+    recorded = index.decided(args.promotion)
+    if recorded:
+        record = index.records[recorded]
+        raw = repo.tree(head).read(f"evidence/{recorded.removeprefix('sha256:')}.json") if head else None
+        statement = json.loads(raw) if raw else {}
+        decision = statement.get("predicate", {}).get("decision", {})
+        payload = {"promotion": args.promotion, "recorded": True, "evidence": recorded, **decision}
+
+        def text() -> None:
+            when = rfc3339(record.decided_at)
+            _say(f"{args.promotion}: {record.result} (recorded {when}, evidence {recorded})")
+            for gate in decision.get("gates", []):
+                _say(f"  {gate['status']:<7} {gate['gate']}: {gate['reason']}: {gate['message']}")
+
+        _emit(args, payload, text)
+        return OK if record.result == "allow" else NOT_OK
+    result, *_ = evaluate(repo, session.plugins, now=_now(), only={args.promotion}, offline=session.offline)
+    outcome = next((o for o in result.outcomes if o.promotion_id == args.promotion), None)
+    if outcome is None:
+        raise Usage(f"no promotion {args.promotion!r} on the branch (promotions/{args.promotion}.yaml)")
+    _emit(args, {"recorded": False, **_outcome_json(outcome)}, lambda: _print_plan(result))
+    return OK if outcome.decision and outcome.decision.result == "allow" else NOT_OK
+
+
+def cmd_promote(args: argparse.Namespace) -> int:
+    session = _session(args)
+    promotion_id = f"{args.release}--{args.to}"
+    branch = f"promote/{promotion_id}"
+    result = promote(session.repo, session.settings.branch, args.release, args.to, args.reason)
+    _emit(
+        args,
+        {
+            "promotion": promotion_id,
+            "branch": branch,
+            "commit": result,
+            "file": f"promotions/{promotion_id}.yaml",
+        },
+        lambda: _say(
+            f"wrote promotions/{promotion_id}.yaml on branch {branch} ({result[:12]})\n"
+            f"next: git push origin {branch}, and open a pull request into {session.settings.branch}"
+        ),
+    )
+    return OK
+
+
+def cmd_audit_verify(args: argparse.Namespace) -> int:
+    session = _session(args)
+    keys = audit.load_keys(session.repo, session.settings.branch)
+    report = audit.verify(session.repo, session.settings.evidence.ref, keys, progress=_progress())
+    payload = {
+        "ok": report.ok,
+        "head": report.head,
+        "records": report.records,
+        "bundles": report.bundles,
+        "commits": report.commits,
+        "findings": [f.as_dict() for f in report.findings],
+    }
+
+    def text() -> None:
+        for finding in report.findings:
+            _say(f"FAIL {finding}")
+        verdict = "OK" if report.ok else f"{len(report.findings)} finding(s)"
+        _say(
+            f"{verdict}: {report.records} records, {report.bundles} bundles, {report.commits} commits "
+            f"on {session.settings.evidence.ref}"
+        )
+
+    _emit(args, payload, text)
+    return OK if report.ok else NOT_OK
 
 
 def cmd_keys_generate(args: argparse.Namespace) -> int:
@@ -280,8 +511,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
         nonlocal step
         step += 1
         if args.output != "json":
-            err.print(f"\n[bold]{step}. {title}[/bold]")
-            err.print(detail, markup=False)
+            out.print(f"\n[bold]{step}. {title}[/bold]")
+            out.print(detail, markup=False)
 
     with tempfile.TemporaryDirectory(prefix="stella-demo-") as tmp:
         work = Path(tmp) / "repo"
@@ -340,7 +571,7 @@ def _common(defaults: bool) -> _Parser:
     common.add_argument(
         "--repo", default=d(os.environ.get("STELLA_REPO", ".")), help="repository path (default: .)"
     )
-    common.add_argument("-o", "--output", choices=["text", "json"], default=d("text"))
+    common.add_argument("-o", "--output", choices=["text", "json", "markdown"], default=d("text"))
     common.add_argument(
         "--offline",
         action="store_true",
@@ -367,6 +598,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("name")
     p.add_argument("components", nargs="+", metavar="COMP=IMAGE")
     p.set_defaults(func=cmd_release_create)
+
+    p = sub.add_parser("promote", parents=[common], help="request a promotion on a new branch (for a PR)")
+    p.add_argument("release")
+    p.add_argument("--to", required=True, metavar="ENV")
+    p.add_argument("--reason", default="")
+    p.set_defaults(func=cmd_promote)
+
+    p = sub.add_parser("plan", parents=[common], help="dry-run the decisions of open promotions")
+    p.add_argument("--rev", default="HEAD", help="the commit to plan (default: HEAD)")
+    p.add_argument("--base", help="only promotions added or changed since this revision")
+    p.set_defaults(func=cmd_plan)
+
+    p = sub.add_parser("why", parents=[common], help="every gate's result and reason for one promotion")
+    p.add_argument("promotion")
+    p.set_defaults(func=cmd_why)
+
+    audit_parser = sub.add_parser("audit", parents=[common], help="verify the evidence branch")
+    asub = audit_parser.add_subparsers(dest="audit_command", required=True, parser_class=_Parser)
+    p = asub.add_parser("verify", parents=[common], help="hashes, signatures, chains and history")
+    p.set_defaults(func=cmd_audit_verify)
 
     p = sub.add_parser("reconcile", parents=[common], help="run the reconcile loop")
     p.add_argument("--once", action="store_true", help="one pass, then exit")

@@ -15,12 +15,15 @@ from importlib.metadata import EntryPoint, entry_points
 from typing import Any
 
 from .errors import PluginError
-from .protocols import PLUGIN_API_VERSION, PluginManifest, RegistryPlugin
+from .protocols import PLUGIN_API_VERSION, Gate, PluginManifest, RegistryPlugin, SignerPlugin
 
 log = logging.getLogger(__name__)
 
-GROUPS = {
+KIND_NOUNS = {"registries": "registry", "gates": "gate", "signers": "signer"}
+GROUPS: dict[str, tuple[str, type]] = {
     "registries": ("stella.registries", RegistryPlugin),
+    "gates": ("stella.gates", Gate),
+    "signers": ("stella.signers", SignerPlugin),
 }
 
 
@@ -29,20 +32,27 @@ class Plugins:
     """The plugins usable in this run, by kind and name, and those refused with the reason."""
 
     registries: dict[str, RegistryPlugin] = field(default_factory=dict)
+    gates: dict[str, Gate] = field(default_factory=dict)
+    signers: dict[str, SignerPlugin] = field(default_factory=dict)
     broken: dict[tuple[str, str], str] = field(default_factory=dict)
     offline: bool = False
+
+    def unavailable(self, kind: str, name: str) -> str:
+        """Why plugin `name` of `kind` cannot be used (it is not installed, or it was refused)."""
+        reason = self.broken.get((kind, name))
+        if reason:
+            return f"{KIND_NOUNS[kind]} plugin {name!r} is not usable: {reason}"
+        return f"{KIND_NOUNS[kind]} plugin {name!r} is not installed (no {GROUPS[kind][0]} entry point)"
+
+    def signer(self, name: str) -> SignerPlugin:
+        if name in self.signers:
+            return self.signers[name]
+        raise PluginError(self.unavailable("signers", name))
 
     def registry(self, name: str) -> RegistryPlugin:
         if name in self.registries:
             return self.registries[name]
-        reason = self.broken.get(("registries", name))
-        if reason:
-            raise PluginError(f"registry plugin {name!r} is not usable: {reason}")
-        known = ", ".join(sorted(self.registries)) or "none"
-        raise PluginError(
-            f"no registry plugin named {name!r} is installed (installed: {known}); "
-            "install the distribution that provides it"
-        )
+        raise PluginError(self.unavailable("registries", name))
 
 
 def check(obj: Any, protocol: type, *, offline: bool) -> str | None:
@@ -82,8 +92,21 @@ def discover(*, offline: bool = False, kinds: tuple[str, ...] = tuple(GROUPS)) -
             obj, error = _load(ep)
             error = error or check(obj, protocol, offline=offline)
             if error:
-                log.warning("%s plugin %s refused: %s", kind, ep.name, error)
+                expected = offline and obj is not None and check(obj, protocol, offline=False) is None
+                log.log(
+                    logging.INFO if expected else logging.WARNING,
+                    "%s plugin %s refused: %s",
+                    kind,
+                    ep.name,
+                    error,
+                )
                 broken[(kind, ep.name)] = error
             else:
                 found[kind][ep.name] = obj
-    return Plugins(registries=found["registries"], broken=broken, offline=offline)
+    return Plugins(
+        registries=found["registries"],
+        gates=found["gates"],
+        signers=found["signers"],
+        broken=broken,
+        offline=offline,
+    )

@@ -8,10 +8,14 @@ ever re-serialises bytes that were already stored or signed.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime
 from typing import Any
 
 import rfc8785
+
+from .models import ReleaseLock
+from .protocols import GateResult
 
 
 def canonical(value: Any) -> bytes:
@@ -31,3 +35,116 @@ def release_id(name: str, pinned: Mapping[str, str]) -> str:
 
 def release_lock_path(name: str) -> str:
     return f"releases/{name}.json"
+
+
+# --- decision records ----------------------------------------------------------------------------
+
+STATEMENT_TYPE = "https://in-toto.io/Statement/v1"
+PREDICATE_TYPE = "https://stella.dev/attestations/evidence/v1"
+GENERATOR = "stella"
+
+
+def rfc3339(moment: datetime) -> str:
+    """UTC, second precision, with a `Z` (the only time format in evidence)."""
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def gate_json(result: GateResult) -> dict[str, Any]:
+    out: dict[str, Any] = {
+        "gate": result.gate,
+        "status": result.status,
+        "reason": result.reason,
+        "message": result.message,
+    }
+    if result.retry_at is not None:
+        out["retryAt"] = rfc3339(result.retry_at)
+    if result.facts:
+        out["facts"] = dict(result.facts)
+    return out
+
+
+def subjects(release: ReleaseLock) -> list[dict[str, Any]]:
+    """in-toto subjects: each component image with its digest, sorted by name then digest."""
+    items = {(c.image, c.digest) for c in release.components.values()}
+    return [
+        {"name": image, "digest": {"sha256": digest.removeprefix("sha256:")}}
+        for image, digest in sorted(items)
+    ]
+
+
+def decision_statement(
+    *,
+    record_type: str,
+    tenant: str,
+    version: str,
+    release: ReleaseLock,
+    environment: str,
+    promotion_id: str,
+    promotion: Mapping[str, Any],
+    actors: Mapping[str, Any],
+    result: str,
+    gates: Sequence[GateResult],
+    artifacts: Mapping[str, str],
+    inputs_hex: str,
+    requested_at: datetime | None,
+    decided_at: datetime,
+    previous: str | None,
+) -> dict[str, Any]:
+    """The in-toto Statement v1 of one decision (a plain JSON value; `canonical()` makes its bytes)."""
+    return {
+        "_type": STATEMENT_TYPE,
+        "subject": subjects(release),
+        "predicateType": PREDICATE_TYPE,
+        "predicate": {
+            "type": record_type,
+            "tenant": tenant,
+            "generator": {"name": GENERATOR, "version": version},
+            "release": release.model_dump(mode="json"),
+            "environment": environment,
+            "promotion": {"id": promotion_id, **promotion},
+            "actors": dict(actors),
+            "decision": {
+                "result": result,
+                "gates": [gate_json(g) for g in gates],
+                "reasons": sorted(f"{g.gate}/{g.reason}" for g in gates),
+            },
+            "artifacts": [{"name": n, "sha256": h} for n, h in sorted(artifacts.items())],
+            "inputs": {"sha256": inputs_hex},
+            "requestedAt": rfc3339(requested_at) if requested_at else None,
+            "decidedAt": rfc3339(decided_at),
+            "previous": previous,
+        },
+    }
+
+
+def evidence_path(hex_id: str) -> str:
+    return f"evidence/{hex_id}.json"
+
+
+def bundle_path(hex_id: str) -> str:
+    return f"evidence/{hex_id}.sigstore.json"
+
+
+def inputs_path(hex_id: str) -> str:
+    return f"inputs/{hex_id}.json"
+
+
+def artifact_path(hex_id: str, name: str) -> str:
+    return f"artifacts/{hex_id}/{name}"
+
+
+def pointer_path(environment: str) -> str:
+    return f"environments/{environment}/stella.version.json"
+
+
+def pointer(
+    *,
+    environment: str,
+    head: str,
+    current: Mapping[str, Any] | None,
+) -> dict[str, Any]:
+    """`environments/<env>/stella.version.json`: the chain head, and what the environment should run.
+
+    `current` is the last allowed release with its evidence id and artifacts (None: nothing yet).
+    """
+    return {"environment": environment, "head": head, "current": dict(current) if current else None}

@@ -1,44 +1,102 @@
 """The reconcile pass: read the repository at its branch, decide, and write one evidence commit.
 
-`reconcile()` is one pass: fetch the branch commit -> load and validate manifests -> lock new releases
-(resolving their tags once) -> commit everything new to the evidence ref in ONE commit, moved by
-compare-and-swap. A lost race re-reads the evidence ref and recomputes what is still missing, so each
-release is locked exactly once. Resolution (network) happens before the race loop and is not repeated.
-This module does no printing; the CLI reports the returned `PassResult`.
+One pass: fetch the branch commit -> load and validate manifests -> lock new releases (resolving tags
+once) -> decide every open promotion (gates, in environment order) -> render the compose lock of each
+allow -> build statements and inputs -> sign -> commit ALL new files to the evidence ref in ONE commit,
+moved by compare-and-swap. A lost race re-reads the evidence ref and decides again from scratch, so each
+promotion gets exactly one record. Pending promotions leave no record (they are status, shown by
+`plan` and `why`). `run()` repeats passes on a schedule (APScheduler). No printing here.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable
+import os
+import signal
+import threading
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
 
+import yaml
+from apscheduler.schedulers.blocking import BlockingScheduler
 from pydantic import ValidationError
 
+from . import __version__, render
 from .discover import Plugins
 from .errors import InvalidInput, Problem, StellaError, Transient
-from .evidence import canonical, release_lock_path
+from .evidence import (
+    artifact_path,
+    bundle_path,
+    canonical,
+    decision_statement,
+    evidence_path,
+    inputs_path,
+    pointer,
+    pointer_path,
+    release_lock_path,
+    sha256_hex,
+)
+from .history import EvidenceIndex, Record, build
 from .manifests import load_repository, load_settings
-from .models import Release, ReleaseLock, Repository
+from .models import (
+    DecisionInputs,
+    Environment,
+    InputActor,
+    InputGate,
+    InputPrior,
+    Promotion,
+    Release,
+    ReleaseLock,
+    Repository,
+)
+from .policy import CORE_GATES, Decision, PlannedGate, decide
+from .protocols import Actor, GateContext, Signer
 from .repo import GitTree, RaceLost, Repo
 from .resolve import Resolver, check_lock, resolve_release
 
 log = logging.getLogger(__name__)
 
 MAX_RACES = 10
+MIN_SECRET_LENGTH = 6
+"""Secret values shorter than this are not searched for in rendered files (too many false alarms)."""
+
+
+@dataclass
+class Outcome:
+    """What happened to one promotion in this pass."""
+
+    promotion_id: str
+    environment: str
+    release: str
+    decision: Decision | None = None
+    evidence: str | None = None
+    """The evidence id written (allow/deny), or of the earlier record when already decided."""
+    problem: str | None = None
+    inputs: DecisionInputs | None = None
 
 
 @dataclass
 class PassResult:
-    """What one pass did: the commit it read and the one it wrote, and what it could not do."""
+    """What one pass read and wrote, decided, left pending, and could not do."""
 
     source_commit: str
     evidence_commit: str | None = None
     locked: list[ReleaseLock] = field(default_factory=list)
+    outcomes: list[Outcome] = field(default_factory=list)
     problems: list[Problem] = field(default_factory=list)
     transient: list[str] = field(default_factory=list)
     races: int = 0
+
+    @property
+    def recorded(self) -> list[Outcome]:
+        return [o for o in self.outcomes if o.decision and o.decision.result != "pending" and o.evidence]
+
+    @property
+    def pending(self) -> list[Outcome]:
+        return [o for o in self.outcomes if o.decision and o.decision.result == "pending"]
 
 
 def source_commit(repo: Repo, branch: str | None = None) -> tuple[str, str]:
@@ -71,61 +129,419 @@ def _lock_problem(release: Release, existing: ReleaseLock, differences: list[str
     )
 
 
+def _depth(environments: Mapping[str, Environment], name: str) -> int:
+    depth, current = 0, environments[name].promotesFrom
+    while current is not None and current in environments and depth < len(environments):
+        depth, current = depth + 1, environments[current].promotesFrom
+    return depth
+
+
+@dataclass
+class _Pass:
+    """The working state of one attempt: the evidence as read, and what this attempt adds to it."""
+
+    repo: Repo
+    plugins: Plugins
+    repository: Repository
+    source: GitTree
+    now: datetime
+    index: EvidenceIndex
+    locks: dict[str, ReleaseLock]
+    files: dict[str, bytes] = field(default_factory=dict)
+    statements: dict[str, bytes] = field(default_factory=dict)
+    pointers: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    def gate_plan(self, environment: Environment) -> list[PlannedGate]:
+        planned = []
+        wanted: list[tuple[str, dict[str, Any]]] = [(name, {}) for name in CORE_GATES]
+        wanted += [(g.plugin, g.options) for g in environment.gates]
+        for name, options in wanted:
+            gate = self.plugins.gates.get(name)
+            if gate is None:
+                planned.append(PlannedGate(name, None, options, self.plugins.unavailable("gates", name)))
+            else:
+                planned.append(PlannedGate(name, gate, options, version=gate.manifest.version))
+        return planned
+
+    def requester(self, promotion_id: str) -> tuple[Actor, datetime | None]:
+        commit = self.repository.commit
+        assert commit is not None
+        info = self.repo.last_writer(commit, f"promotions/{promotion_id}.yaml")
+        if info is None:
+            return Actor(None, reason="promotion file not found in history"), None
+        reason = "commit signatures are not verified by this version"
+        return Actor(None, commit=info.id, reason=reason), info.time
+
+    def decide(self, promotion_id: str) -> Outcome:
+        promotion = self.repository.promotions[promotion_id]
+        environment = self.repository.environments[promotion.environment]
+        outcome = Outcome(promotion_id, environment.name, promotion.release)
+        lock = self.locks.get(promotion.release)
+        if lock is None:
+            outcome.problem = f"release {promotion.release!r} has no lock (see the release's problem)"
+            return outcome
+        requester, requested_at = self.requester(promotion_id)
+        history = (
+            tuple(self.index.priors(environment.promotesFrom, lock.id)) if environment.promotesFrom else ()
+        )
+        plan = self.gate_plan(environment)
+        groups = {name: tuple(members) for name, members in self.repository.groups.groups.items()}
+        ctx = GateContext(
+            now=self.now,
+            promotion_id=promotion_id,
+            promotion=promotion,
+            release=lock,
+            environment=environment,
+            options={},
+            requester=requester,
+            history=history,
+            groups=groups,
+        )
+        outcome.decision = decide(ctx, plan)
+        template_info = None
+        if environment.template:
+            raw = self.source.read(environment.template) or b""
+            template_info = {"path": environment.template, "sha256": sha256_hex(raw)}
+        outcome.inputs = DecisionInputs(
+            tenant=self.repository.settings.tenant,
+            sourceCommit=self.repository.commit or "",
+            promotionId=promotion_id,
+            promotion=promotion,
+            release=lock,
+            environment=environment,
+            requester=InputActor(
+                identity=requester.identity,
+                commit=requester.commit,
+                key=requester.key,
+                verified=requester.verified,
+                reason=requester.reason,
+            ),
+            groups={k: list(v) for k, v in groups.items()},
+            history=[
+                InputPrior(
+                    evidence=p.evidence,
+                    environment=p.environment,
+                    releaseId=p.release_id,
+                    result=p.result,
+                    decidedAt=p.decided_at,
+                )
+                for p in history
+            ],
+            gates=[InputGate(name=p.name, version=p.version, options=p.options) for p in plan],
+            requestedAt=requested_at,
+            decidedAt=self.now,
+            template=template_info,
+        )
+        if outcome.decision.result != "pending":
+            outcome.evidence = self.record(outcome, environment, lock, requester, requested_at)
+        return outcome
+
+    def record(
+        self,
+        outcome: Outcome,
+        environment: Environment,
+        lock: ReleaseLock,
+        requester: Actor,
+        requested_at: datetime | None,
+    ) -> str:
+        """Add the statement, inputs and (for allow) the rendered lock of a decision; return its id."""
+        assert outcome.decision is not None and outcome.inputs is not None
+        artifacts: dict[str, str] = {}
+        if outcome.decision.result == "allow":
+            template = None
+            if environment.template:
+                template = (self.source.read(environment.template) or b"").decode("utf-8", "replace")
+            data = render.render(
+                lock,
+                environment,
+                template,
+                template_path=environment.template,
+                forbidden=_secret_values(environment),
+            )
+            digest = sha256_hex(data)
+            artifacts[render.LOCK_FILE] = digest
+            self.files[artifact_path(digest, render.LOCK_FILE)] = data
+        inputs_bytes = canonical(outcome.inputs.model_dump(mode="json"))
+        inputs_hex = sha256_hex(inputs_bytes)
+        self.files[inputs_path(inputs_hex)] = inputs_bytes
+        previous = self.index.chain_heads.get(environment.name)
+        promotion = self.repository.promotions[outcome.promotion_id]
+        statement = decision_statement(
+            record_type="release_decision",
+            tenant=self.repository.settings.tenant,
+            version=__version__,
+            release=lock,
+            environment=environment.name,
+            promotion_id=outcome.promotion_id,
+            promotion={"reason": promotion.reason, "commit": requester.commit},
+            actors={"requester": _actor_json(requester), "approvers": []},
+            result=outcome.decision.result,
+            gates=outcome.decision.gates,
+            artifacts=artifacts,
+            inputs_hex=inputs_hex,
+            requested_at=requested_at,
+            decided_at=self.now,
+            previous=previous,
+        )
+        statement_bytes = canonical(statement)
+        hex_id = sha256_hex(statement_bytes)
+        evidence_id = f"sha256:{hex_id}"
+        self.files[evidence_path(hex_id)] = statement_bytes
+        self.statements[hex_id] = statement_bytes
+        record = Record(
+            evidence=evidence_id,
+            record_type="release_decision",
+            environment=environment.name,
+            promotion=outcome.promotion_id,
+            release_id=lock.id,
+            release_name=lock.name,
+            result=outcome.decision.result,
+            decided_at=self.now,
+            previous=previous,
+            artifacts=artifacts,
+        )
+        self.index.add(record)
+        current = self.index.current(environment.name)
+        self.pointers[environment.name] = pointer(
+            environment=environment.name,
+            head=evidence_id,
+            current=_current_json(current),
+        )
+        return evidence_id
+
+
+def _secret_values(environment: Environment) -> list[str]:
+    values = []
+    for ref in environment.secrets.values():
+        if ref.startswith("env:"):
+            value = os.environ.get(ref[4:], "")
+            if len(value) >= MIN_SECRET_LENGTH:
+                values.append(value)
+    return values
+
+
+def _actor_json(actor: Actor) -> dict[str, Any]:
+    return {
+        "identity": actor.identity,
+        "commit": actor.commit,
+        "key": actor.key,
+        "verified": actor.verified,
+        "reason": actor.reason,
+    }
+
+
+def _current_json(record: Record | None) -> dict[str, Any] | None:
+    if record is None:
+        return None
+    return {
+        "release": record.release_name,
+        "releaseId": record.release_id,
+        "evidence": record.evidence,
+        "decidedAt": record.decided_at.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "artifacts": record.artifacts,
+    }
+
+
+def _locks(
+    repository: Repository,
+    tree: GitTree | None,
+    resolver: Resolver,
+    result: PassResult,
+    progress: Callable[[str], None] | None,
+) -> tuple[dict[str, ReleaseLock], dict[str, ReleaseLock]]:
+    """(all usable locks, new ones to write). Releases whose file disagrees with their lock are problems."""
+    usable: dict[str, ReleaseLock] = {}
+    new: dict[str, ReleaseLock] = {}
+    for name, release in sorted(repository.releases.items()):
+        existing = read_lock(tree, name) if tree else None
+        if existing is not None:
+            differences = check_lock(release, existing)
+            if differences:
+                result.problems.append(_lock_problem(release, existing, differences))
+            else:
+                usable[name] = existing
+            continue
+        if progress:
+            progress(f"resolving release {name}")
+        try:
+            usable[name] = new[name] = resolve_release(release, resolver)
+        except Transient as exc:
+            result.transient.append(f"release {name}: {exc}")
+        except StellaError as exc:
+            result.problems.append(Problem(f"releases/{name}.yaml", None, str(exc)))
+    return usable, new
+
+
+def evaluate(
+    repo: Repo,
+    plugins: Plugins,
+    *,
+    now: datetime,
+    branch: str | None = None,
+    commit: str | None = None,
+    only: set[str] | None = None,
+    offline: bool = False,
+    progress: Callable[[str], None] | None = None,
+) -> tuple[PassResult, _Pass, dict[str, ReleaseLock], str | None, str]:
+    """Decide everything open, without signing or writing. Used by `reconcile`, `plan` and `why`.
+
+    `commit` reads that commit instead of the branch head (plans of a pull request); `only` limits the
+    promotions decided (plus those they depend on within the pass).
+    """
+    now = now.astimezone(UTC).replace(microsecond=0)
+    if commit is None:
+        branch, commit = source_commit(repo, branch)
+    else:
+        branch = branch or commit[:12]
+    source = repo.tree(commit)
+    repository = load_repository(source)
+    ref = repository.settings.evidence.ref
+    result = PassResult(source_commit=commit)
+    evidence_head = repo.resolve_ref(ref)
+    tree = repo.tree(evidence_head) if evidence_head else None
+    with Resolver(repository.settings, plugins, source, offline=offline) as resolver:
+        locks, new_locks = _locks(repository, tree, resolver, result, progress)
+    state = _Pass(repo, plugins, repository, source, now, build(tree, evidence_head), locks)
+    open_ids = [
+        pid
+        for pid in repository.promotions
+        if state.index.decided(pid) is None and (only is None or pid in only)
+    ]
+    order = sorted(
+        open_ids,
+        key=lambda pid: (_depth(repository.environments, repository.promotions[pid].environment), pid),
+    )
+    for pid in order:
+        if progress:
+            progress(f"deciding {pid}")
+        try:
+            outcome = state.decide(pid)
+        except StellaError as exc:
+            outcome = Outcome(pid, repository.promotions[pid].environment, repository.promotions[pid].release)
+            outcome.problem = str(exc)
+        result.outcomes.append(outcome)
+        if outcome.problem:
+            result.problems.append(Problem(f"promotions/{pid}.yaml", None, outcome.problem))
+    return result, state, new_locks, evidence_head, branch
+
+
 def reconcile(
     repo: Repo,
     plugins: Plugins,
     *,
+    now: Callable[[], datetime] = lambda: datetime.now(UTC),
+    signer: Callable[[], Signer] | None = None,
     branch: str | None = None,
     offline: bool = False,
     progress: Callable[[str], None] | None = None,
 ) -> PassResult:
-    """One reconcile pass -> at most one commit on the evidence ref."""
-    branch, commit = source_commit(repo, branch)
-    repository: Repository = load_repository(repo.tree(commit))
-    ref = repository.settings.evidence.ref
-    result = PassResult(source_commit=commit)
-
-    evidence_head = repo.resolve_ref(ref)
-    tree = repo.tree(evidence_head) if evidence_head else None
-    wanted: dict[str, ReleaseLock] = {}
-    with Resolver(repository.settings, plugins, repo.tree(commit), offline=offline) as resolver:
-        for name, release in sorted(repository.releases.items()):
-            existing = read_lock(tree, name) if tree else None
-            if existing is not None:
-                differences = check_lock(release, existing)
-                if differences:
-                    result.problems.append(_lock_problem(release, existing, differences))
-                continue
-            if progress:
-                progress(f"resolving release {name}")
-            try:
-                wanted[name] = resolve_release(release, resolver)
-            except Transient as exc:
-                result.transient.append(f"release {name}: {exc}")
-            except StellaError as exc:
-                result.problems.append(Problem(f"releases/{name}.yaml", None, str(exc)))
-
-    for _ in range(MAX_RACES):
-        tree = repo.tree(evidence_head) if evidence_head else None
-        files: dict[str, bytes] = {}
-        for name, new in sorted(wanted.items()):
-            existing = read_lock(tree, name) if tree else None
-            if existing is None:
-                files[release_lock_path(name)] = canonical(new.model_dump(mode="json"))
+    """One reconcile pass -> at most one commit on the evidence ref (retried when a race is lost)."""
+    for attempt in range(MAX_RACES):
+        result, state, new_locks, evidence_head, branch_name = evaluate(
+            repo, plugins, now=now(), branch=branch, offline=offline, progress=progress
+        )
+        result.races = attempt
+        files = dict(state.files)
+        for name, new in new_locks.items():
+            files[release_lock_path(name)] = canonical(new.model_dump(mode="json"))
+        for env_name, value in state.pointers.items():
+            files[pointer_path(env_name)] = canonical(value)
+        if state.statements:
+            if signer is None:
+                raise InvalidInput("decisions to record but no signer configured")
+            active = signer()
+            for hex_id, statement in sorted(state.statements.items()):
+                if progress:
+                    progress(f"signing sha256:{hex_id[:12]}")
+                files[bundle_path(hex_id)] = active.sign(statement)
+        result.locked = [new_locks[n] for n in sorted(new_locks)]
         if not files:
-            result.locked = []
             return result
-        message = _message(commit, branch, len(files))
+        message = _message(result, branch_name)
         try:
+            ref = state.repository.settings.evidence.ref
             result.evidence_commit = repo.commit_files(ref, evidence_head, files, message)
         except RaceLost:
-            result.races += 1
-            evidence_head = repo.resolve_ref(ref)
+            log.info("evidence ref moved during the pass; deciding again")
             continue
-        result.locked = [wanted[p.split("/")[-1].removesuffix(".json")] for p in sorted(files)]
         return result
-    raise Transient(f"{ref} kept moving: gave up after {MAX_RACES} attempts")
+    raise Transient(f"the evidence ref kept moving: gave up after {MAX_RACES} attempts")
 
 
-def _message(commit: str, branch: str, count: int) -> str:
-    return f"stella: lock {count} release(s) from {branch}@{commit[:12]}\n\nStella-Source-Commit: {commit}\n"
+def _message(result: PassResult, branch: str) -> str:
+    parts = []
+    if result.recorded:
+        parts.append(f"{len(result.recorded)} decision(s)")
+    if result.locked:
+        parts.append(f"{len(result.locked)} release lock(s)")
+    lines = [f"stella: {', '.join(parts) or 'update'} from {branch}@{result.source_commit[:12]}", ""]
+    lines += [f"{o.promotion_id}: {o.decision.result} {o.evidence}" for o in result.recorded if o.decision]
+    lines += [f"release {lock.name}: {lock.id}" for lock in result.locked]
+    lines += ["", f"Stella-Source-Commit: {result.source_commit}"]
+    return "\n".join(lines) + "\n"
+
+
+def promote(repo: Repo, branch: str, release: str, environment: str, reason: str) -> str:
+    """Commit `promotions/<release>--<env>.yaml` on a new branch `promote/<release>--<env>`.
+
+    The branch starts at `branch`'s head; the work tree is not touched. Returns the new commit id.
+    """
+    base = repo.resolve_ref(f"refs/heads/{branch}")
+    if base is None:
+        raise InvalidInput(f"branch {branch!r} does not exist")
+    repository = load_repository(repo.tree(base))
+    if release not in repository.releases:
+        raise InvalidInput(f"no release {release!r} on {branch} (releases/{release}.yaml)")
+    if environment not in repository.environments:
+        raise InvalidInput(f"no environment {environment!r} on {branch} (environments/{environment}.yaml)")
+    promotion_id = f"{release}--{environment}"
+    path = f"promotions/{promotion_id}.yaml"
+    if promotion_id in repository.promotions:
+        raise InvalidInput(f"{path} already exists on {branch}: that promotion was already requested")
+    ref = f"refs/heads/promote/{promotion_id}"
+    if repo.resolve_ref(ref) is not None:
+        raise InvalidInput(f"branch promote/{promotion_id} already exists")
+    body = {"apiVersion": "stella/v1", "kind": "Promotion", "release": release, "environment": environment}
+    if reason:
+        body["reason"] = reason
+    data = yaml.safe_dump(body, sort_keys=False).encode()
+    Promotion.model_validate(body)
+    message = (
+        f"stella: promote {release} to {environment}\n\n{reason}\n"
+        if reason
+        else f"stella: promote {release} to {environment}\n"
+    )
+    return repo.commit_files(ref, None, {path: data}, message, author=repo.user(), parent=base)
+
+
+def run(
+    one_pass: Callable[[], PassResult],
+    *,
+    interval: float,
+    report: Callable[[PassResult], None],
+    on_error: Callable[[StellaError], None],
+) -> int:
+    """Run `one_pass` now and every `interval` seconds until SIGINT/SIGTERM (APScheduler).
+
+    Passes never overlap (max_instances=1) and missed runs coalesce. A pass that fails is reported
+    and the schedule goes on; the next pass starts from whatever is on the branches then.
+    """
+    scheduler = BlockingScheduler(
+        job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": max(1, int(interval))}
+    )
+
+    def job() -> None:
+        try:
+            report(one_pass())
+        except StellaError as exc:
+            on_error(exc)
+
+    def stop(signum: int, frame: object) -> None:
+        log.info("signal %d: stopping after the current pass", signum)
+        threading.Thread(target=scheduler.shutdown, kwargs={"wait": True}, daemon=True).start()
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    scheduler.add_job(job, "interval", seconds=interval, next_run_time=datetime.now(UTC), id="reconcile")
+    scheduler.start()
+    return 0

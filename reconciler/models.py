@@ -25,6 +25,7 @@ from pydantic import (
 )
 
 from . import reference
+from .gates import validate_cron
 
 API_VERSION = "stella/v1"
 
@@ -63,9 +64,7 @@ def _valid_repo_path(value: str) -> str:
 
 
 def _valid_cron(value: str) -> str:
-    fields = value.split()
-    if len(fields) != 5:
-        raise ValueError(f"cron {value!r} must have 5 fields (minute hour day month weekday)")
+    validate_cron(value)
     return value
 
 
@@ -368,3 +367,51 @@ class ReleaseLock(_Model):
     name: Name
     id: Digest
     components: dict[Name, LockedComponent]
+
+
+# --- the inputs of one decision (inputs/<hex>.json) ----------------------------------------------
+
+UtcTime = Annotated[AwareDatetime, Field(strict=False)]
+
+
+class InputActor(_Model):
+    identity: str | None
+    commit: str | None = None
+    key: str | None = None
+    verified: bool = False
+    reason: str = ""
+
+
+class InputPrior(_Model):
+    evidence: Digest
+    environment: Name
+    releaseId: Digest
+    result: Literal["allow", "deny"]
+    decidedAt: UtcTime
+
+
+class InputGate(_Model):
+    name: str
+    version: str
+    options: dict[str, Any] = Field(default_factory=dict)
+
+
+class DecisionInputs(_Model):
+    """Every input of one decision: replaying these through the same gates gives the same decision."""
+
+    kind: Literal["DecisionInputs"] = "DecisionInputs"
+    version: Literal[1] = 1
+    tenant: Name
+    sourceCommit: str
+    promotionId: Name
+    promotion: Promotion
+    release: ReleaseLock
+    environment: Environment
+    requester: InputActor
+    groups: dict[str, list[str]] = Field(default_factory=dict)
+    history: list[InputPrior] = Field(default_factory=list)
+    gates: list[InputGate]
+    requestedAt: UtcTime | None
+    decidedAt: UtcTime
+    template: dict[str, str] | None = None
+    """`{path, sha256}` of the template the lock was rendered from (None: the built-in default)."""

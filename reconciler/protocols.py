@@ -10,8 +10,10 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Protocol, runtime_checkable
+from datetime import datetime
+from typing import Any, Literal, Protocol, runtime_checkable
 
+from .models import Environment, Promotion, ReleaseLock
 from .reference import ImageRef
 
 PLUGIN_API_VERSION = 1
@@ -25,6 +27,7 @@ class PluginManifest:
     name: str
     version: str
     kinds: tuple[str, ...]
+    """What it provides, singular: "registry", "gate", "signer", "agent", "doctor"."""
     network: bool
     api_version: int = PLUGIN_API_VERSION
     description: str = ""
@@ -78,4 +81,102 @@ class RegistryPlugin(Protocol):
 
     def open(self, options: RegistryOptions, files: FileSource) -> Registry:
         """A Registry for one configured host; `files` reads the user's repository (for mirrors)."""
+        ...
+
+
+# --- gates ---------------------------------------------------------------------------------------
+
+GateStatus = Literal["pass", "fail", "pending", "error"]
+
+
+@dataclass(frozen=True)
+class GateResult:
+    """The outcome of one gate: a status, a stable reason code, and a message for people.
+
+    `retry_at` (pending only) says when the gate could next pass, if known (end of a freeze, end of a
+    soak). `facts` are JSON-compatible details worth keeping in the evidence (e.g. a report digest).
+    """
+
+    gate: str
+    status: GateStatus
+    reason: str
+    message: str
+    retry_at: datetime | None = None
+    facts: Mapping[str, object] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class PriorDecision:
+    """One recorded decision of another environment, as the environment-order gate needs it."""
+
+    evidence: str
+    environment: str
+    release_id: str
+    result: Literal["allow", "deny"]
+    decided_at: datetime
+
+
+@dataclass(frozen=True)
+class Actor:
+    """A person, as identified from a signature (never from what a file claims)."""
+
+    identity: str | None
+    commit: str | None = None
+    key: str | None = None
+    """Fingerprint of the key that signed the commit."""
+    verified: bool = False
+    reason: str = ""
+    """Why the identity is not verified, when it is not."""
+
+
+@dataclass(frozen=True)
+class GateContext:
+    """Everything a gate may look at. Pure data: gates do no I/O of their own besides plugin data
+    handed in by the core; the time is `now`, never the clock."""
+
+    now: datetime
+    promotion_id: str
+    promotion: Promotion
+    release: ReleaseLock
+    environment: Environment
+    options: Mapping[str, Any]
+    requester: Actor
+    history: tuple[PriorDecision, ...] = ()
+    approvals: tuple[Any, ...] = ()
+    groups: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+
+
+@runtime_checkable
+class Gate(Protocol):
+    """Entry point object of group `stella.gates`."""
+
+    manifest: PluginManifest
+
+    def evaluate(self, ctx: GateContext) -> GateResult:
+        """Judge one promotion. May raise: the core turns an exception into an `error` result."""
+        ...
+
+
+# --- signers -------------------------------------------------------------------------------------
+
+IN_TOTO_PAYLOAD_TYPE = "application/vnd.in-toto+json"
+
+
+@runtime_checkable
+class Signer(Protocol):
+    """Signs evidence: a DSSE envelope over exactly `payload`, in a Sigstore bundle v0.3."""
+
+    def sign(self, payload: bytes, payload_type: str = IN_TOTO_PAYLOAD_TYPE) -> bytes:
+        """The bundle's JSON bytes."""
+        ...
+
+
+@runtime_checkable
+class SignerPlugin(Protocol):
+    """Entry point object of group `stella.signers`: makes a Signer from settings and environment."""
+
+    manifest: PluginManifest
+
+    def open(self, key: str, environ: Mapping[str, str]) -> Signer:
+        """`key` is the settings' reference (`env:NAME`, `file:/path`); `environ` the process env."""
         ...

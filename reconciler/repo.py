@@ -8,10 +8,14 @@ outside this module sees a pygit2 type except `Repo`, which wraps it.
 
 from __future__ import annotations
 
+import fcntl
 import logging
 import os
-from collections.abc import Mapping
+import time
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pygit2
@@ -116,6 +120,22 @@ class Author:
 
 BOT = Author("Stella reconciler", "reconciler@stella.invalid")
 
+STALE_LOCK_SECONDS = 10.0
+"""A ref `.lock` file older than this, found while holding Stella's own lock, was left by a killed
+process (git writes and renames it within milliseconds) and is removed."""
+
+
+@dataclass(frozen=True)
+class CommitInfo:
+    """One commit as identity checks need it: who, when, and its signature over which bytes."""
+
+    id: str
+    author_name: str
+    author_email: str
+    time: datetime
+    signature: bytes | None
+    signed_payload: bytes | None
+
 
 class Repo:
     """A Git repository: read trees at commits, write commits by compare-and-swap."""
@@ -155,6 +175,58 @@ class Repo:
             raise InvalidInput(f"no such commit {commit_id}") from exc
         return GitTree(self.git, commit.tree, str(commit.id))
 
+    def commit_info(self, commit_id: str) -> CommitInfo:
+        commit = self.git[commit_id].peel(pygit2.Commit)
+        signature, payload = commit.gpg_signature
+        return CommitInfo(
+            id=str(commit.id),
+            author_name=commit.author.name,
+            author_email=commit.author.email,
+            time=datetime.fromtimestamp(commit.author.time, UTC),
+            signature=signature,
+            signed_payload=payload,
+        )
+
+    def last_writer(self, commit_id: str, path: str) -> CommitInfo | None:
+        """The commit that gave `path` the content it has at `commit_id` (None: no such file).
+
+        Follows history like `git log` does: when a parent has the same content, the change came from
+        that parent's side (so a merge commit is not taken for the author of a file it merged).
+        """
+        commit = self.git[commit_id].peel(pygit2.Commit)
+        blob = _entry_id(commit.tree, path)
+        if blob is None:
+            return None
+        while True:
+            same = [p for p in commit.parents if _entry_id(p.tree, path) == blob]
+            if not same:
+                return self.commit_info(str(commit.id))
+            commit = same[0]
+
+    def user(self) -> Author:
+        """The committer configured for this repository (git config user.name / user.email)."""
+        try:
+            sig = self.git.default_signature
+        except (KeyError, pygit2.GitError) as exc:
+            raise InvalidInput(
+                "no Git identity configured: set `git config user.name` and `git config user.email`"
+            ) from exc
+        return Author(sig.name, sig.email)
+
+    def changed_promotions(self, base: str, head: str) -> set[str]:
+        """Promotion ids whose file or approvals differ between two commits."""
+        old = self.git[base].peel(pygit2.Commit).tree
+        new = self.git[head].peel(pygit2.Commit).tree
+        out = set()
+        for delta in old.diff_to_tree(new).deltas:
+            for path in (delta.old_file.path, delta.new_file.path):
+                parts = path.split("/")
+                if parts[0] == "promotions" and len(parts) == 2 and parts[1].endswith(".yaml"):
+                    out.add(parts[1].removesuffix(".yaml"))
+                elif parts[0] == "approvals" and len(parts) == 3:
+                    out.add(parts[1])
+        return out
+
     def commit_files(
         self,
         ref: str,
@@ -162,20 +234,24 @@ class Repo:
         files: Mapping[str, bytes],
         message: str,
         author: Author = BOT,
+        *,
+        parent: str | None = None,
     ) -> str:
-        """Commit `files` (path -> bytes) on top of `expected` and move `ref` to it, atomically.
+        """Commit `files` (path -> bytes) on top of `parent` and move `ref` to it, atomically.
 
-        `expected` is the commit the caller read (None: the ref must not exist yet). Raises `RaceLost`
-        when the ref moved meanwhile; nothing is written to the ref in that case.
+        `expected` is the commit the caller read `ref` at (None: the ref must not exist yet);
+        `parent` defaults to it. Raises `RaceLost` when the ref moved meanwhile; nothing is written to
+        the ref in that case.
         """
+        parent = parent if parent is not None else expected
         sig = pygit2.Signature(author.name, author.email)
         try:
             index = pygit2.Index()
             parents: list[pygit2.Oid] = []
-            if expected is not None:
-                parent = self.git[expected].peel(pygit2.Commit)
-                index.read_tree(parent.tree)
-                parents.append(parent.id)
+            if parent is not None:
+                base = self.git[parent].peel(pygit2.Commit)
+                index.read_tree(base.tree)
+                parents.append(base.id)
             for path, data in sorted(files.items()):
                 blob = self.git.create_blob(data)
                 index.add(pygit2.IndexEntry(path, blob, pygit2.enums.FileMode.BLOB))
@@ -186,19 +262,42 @@ class Repo:
         self.move_ref(ref, expected, str(oid), message)
         return str(oid)
 
+    @contextmanager
+    def _ref_lock(self, ref: str) -> Iterator[None]:
+        """Serialise Stella's ref updates in this repository, and clear a lock a killed one left."""
+        with open(self.path / "stella-ref.lock", "a+b") as fh:
+            fcntl.flock(fh, fcntl.LOCK_EX)
+            try:
+                stale = self.path / f"{ref}.lock"
+                if stale.exists():
+                    age = time.time() - stale.stat().st_mtime
+                    if age < STALE_LOCK_SECONDS:
+                        raise Transient(
+                            f"{stale}: {ref} is locked by another process (for {age:.1f}s); try again"
+                        )
+                    log.warning("removing %s left %.0fs ago by a process that was killed", stale, age)
+                    stale.unlink(missing_ok=True)
+                yield
+            finally:
+                fcntl.flock(fh, fcntl.LOCK_UN)
+
     def move_ref(self, ref: str, expected: str | None, new: str, message: str) -> None:
         """Compare-and-swap `ref` from `expected` to `new`."""
+        with self._ref_lock(ref):
+            self._move_ref(ref, expected, new, message)
+
+    def _move_ref(self, ref: str, expected: str | None, new: str, message: str) -> None:
         try:
             if expected is None:
                 try:
-                    self.git.references.create(ref, new, force=False)
+                    self.git.references.create(ref, pygit2.Oid(hex=new), force=False)
                 except ValueError as exc:  # pygit2 raises ValueError/AlreadyExistsError
                     raise RaceLost(ref) from exc
                 return
             current = self.git.lookup_reference(ref)
             if str(current.target) != expected:
                 raise RaceLost(ref)
-            current.set_target(new, message)
+            current.set_target(pygit2.Oid(hex=new), message)
         except pygit2.AlreadyExistsError as exc:
             raise RaceLost(ref) from exc
         except KeyError as exc:
@@ -208,6 +307,13 @@ class Repo:
             if "does not match" in text or "old reference value" in text:
                 raise RaceLost(ref) from exc
             raise Transient(f"{self.path}: cannot update {ref}: {text}") from exc
+
+
+def _entry_id(tree: pygit2.Tree, path: str) -> pygit2.Oid | None:
+    try:
+        return tree[path].id
+    except KeyError:
+        return None
 
 
 class RaceLost(Transient):

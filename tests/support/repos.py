@@ -95,6 +95,8 @@ def make_repo(root: Path, files: Mapping[str, str | bytes | None] = BASE, *, com
     """A Git work tree at `root` on branch main holding `files`, committed once."""
     root.mkdir(parents=True, exist_ok=True)
     git(root, "init", "-q", "-b", "main")
+    git(root, "config", "user.name", GIT_ENV["GIT_AUTHOR_NAME"])
+    git(root, "config", "user.email", GIT_ENV["GIT_AUTHOR_EMAIL"])
     write_files(root, files)
     if commit:
         commit_all(root, "initial")

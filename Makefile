@@ -1,0 +1,34 @@
+# The project's commands. `make demo` and `make test` do all setup on a fresh Debian machine.
+VENV ?= .venv
+BIN := $(VENV)/bin
+SOURCES := reconciler plugins tests bench
+
+.PHONY: setup demo test lint unit bench schemas clean
+
+$(VENV)/.installed: pyproject.toml $(wildcard plugins/*/pyproject.toml) scripts/setup.sh tests/js/package-lock.json
+	VENV=$(VENV) scripts/setup.sh
+
+setup: $(VENV)/.installed
+
+demo: $(VENV)/.installed
+	$(BIN)/stella demo
+
+lint: $(VENV)/.installed
+	$(BIN)/ruff check $(SOURCES)
+	$(BIN)/ruff format --check $(SOURCES)
+	$(BIN)/mypy reconciler $(filter-out %.egg-info,$(wildcard plugins/*/stella_*))
+
+unit: $(VENV)/.installed
+	$(BIN)/pytest tests/unit
+
+test: lint
+	$(BIN)/pytest
+
+bench: $(VENV)/.installed
+	$(BIN)/python bench/bench_resolve.py
+
+schemas: $(VENV)/.installed
+	$(BIN)/python -m reconciler.schemas
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,50 @@
+"""Contract tests: schemas match the models, built-in plugins load and satisfy their Protocols."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from reconciler import schemas
+from reconciler.discover import check, discover
+from reconciler.protocols import PluginManifest, RegistryPlugin
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_schemas_are_generated_from_the_models() -> None:
+    generated = schemas.generate()
+    committed = {p.name: p.read_text() for p in (ROOT / "schemas").glob("*.schema.json")}
+    assert committed == generated, "schemas/ drifted from the models: run `make schemas`"
+
+
+def test_builtin_registry_plugins_load() -> None:
+    plugins = discover()
+    assert {"oci", "oci-layout"} <= set(plugins.registries)
+    assert not plugins.broken
+    for name, plugin in plugins.registries.items():
+        assert isinstance(plugin, RegistryPlugin), name
+        assert plugin.manifest.kinds == ("registry",)
+
+
+def test_offline_refuses_network_plugins_by_name() -> None:
+    plugins = discover(offline=True)
+    assert "oci" not in plugins.registries
+    assert "oci-layout" in plugins.registries
+    reason = plugins.broken[("registries", "oci")]
+    assert "'oci' needs the network" in reason and "offline: true" in reason
+
+
+class _WrongVersion:
+    manifest = PluginManifest("old", "0.1", ("registry",), network=False, api_version=0)
+
+    def open(self, options: object, files: object) -> object:
+        raise NotImplementedError
+
+
+class _NoManifest:
+    pass
+
+
+def test_plugin_checks() -> None:
+    assert "plugin API version 0" in (check(_WrongVersion(), RegistryPlugin, offline=False) or "")
+    assert "no PluginManifest" in (check(_NoManifest(), RegistryPlugin, offline=False) or "")
