@@ -147,6 +147,7 @@ class _Pass:
     now: datetime
     index: EvidenceIndex
     locks: dict[str, ReleaseLock]
+    offline: bool = False
     files: dict[str, bytes] = field(default_factory=dict)
     statements: dict[str, bytes] = field(default_factory=dict)
     pointers: dict[str, dict[str, Any]] = field(default_factory=dict)
@@ -196,6 +197,8 @@ class _Pass:
             requester=requester,
             history=history,
             groups=groups,
+            files=self.source,
+            offline=self.offline,
         )
         outcome.decision = decide(ctx, plan)
         template_info = None
@@ -401,7 +404,7 @@ def evaluate(
     tree = repo.tree(evidence_head) if evidence_head else None
     with Resolver(repository.settings, plugins, source, offline=offline) as resolver:
         locks, new_locks = _locks(repository, tree, resolver, result, progress)
-    state = _Pass(repo, plugins, repository, source, now, build(tree, evidence_head), locks)
+    state = _Pass(repo, plugins, repository, source, now, build(tree, evidence_head), locks, offline)
     open_ids = [
         pid
         for pid in repository.promotions

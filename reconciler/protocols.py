@@ -144,6 +144,10 @@ class GateContext:
     history: tuple[PriorDecision, ...] = ()
     approvals: tuple[Any, ...] = ()
     groups: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    files: FileSource | None = None
+    """The repository at the decision's source commit (read-only): where offline data such as
+    `mirror/reports/` and `mirror/signatures/` lives. Replay reads the same commit again."""
+    offline: bool = False
 
 
 @runtime_checkable
