@@ -198,6 +198,7 @@ class _Pass:
             history=history,
             groups=groups,
             files=self.source,
+            mirror=self.repository.settings.mirror,
             offline=self.offline,
         )
         outcome.decision = decide(ctx, plan)

@@ -147,6 +147,8 @@ class GateContext:
     files: FileSource | None = None
     """The repository at the decision's source commit (read-only): where offline data such as
     `mirror/reports/` and `mirror/signatures/` lives. Replay reads the same commit again."""
+    mirror: str = "mirror"
+    """The offline data directory in `files` (stella.yaml `mirror:`)."""
     offline: bool = False
 
 
