@@ -28,9 +28,9 @@ from . import __version__, audit, reference
 from .discover import Plugins, discover
 from .errors import InvalidInput, Problem, StellaError, ValidationFailed
 from .evidence import gate_json, rfc3339
-from .history import build
-from .loop import Outcome, PassResult, evaluate, promote, reconcile, run, source_commit
-from .manifests import load_repository, load_settings
+from .history import open_index
+from .loop import Outcome, PassResult, dry_run, promote, reconcile, run, source_commit
+from .manifests import load_repository, load_settings, manifest_of
 from .models import Release, Settings
 from .protocols import GateResult, Signer
 from .repo import Repo, WorkTree
@@ -315,8 +315,9 @@ def cmd_plan(args: argparse.Namespace) -> int:
         base = repo.resolve_ref(args.base)
         if base is None:
             raise Usage(f"no such revision {args.base!r} (--base)")
-        only = repo.changed_promotions(base, commit)
-    result, *_ = evaluate(
+        changed = (manifest_of(path) for path in repo.changed_paths(base, commit))
+        only = {ident for kind, ident in filter(None, changed) if kind in ("promotion", "approval")}
+    result = dry_run(
         repo,
         session.plugins,
         now=_now(),
@@ -384,10 +385,11 @@ def cmd_why(args: argparse.Namespace) -> int:
     repo = session.repo
     ref = session.settings.evidence.ref
     head = repo.resolve_ref(ref)
-    index = build(repo.tree(head) if head else None, head)
+    index = open_index(repo, ref, head, persistent=True)
     recorded = index.decided(args.promotion)
-    if recorded:
-        record = index.records[recorded]
+    record = index.record(recorded) if recorded else None
+    index.close()
+    if recorded and record:
         raw = repo.tree(head).read(f"evidence/{recorded.removeprefix('sha256:')}.json") if head else None
         statement = json.loads(raw) if raw else {}
         decision = statement.get("predicate", {}).get("decision", {})
@@ -401,7 +403,7 @@ def cmd_why(args: argparse.Namespace) -> int:
 
         _emit(args, payload, text)
         return OK if record.result == "allow" else NOT_OK
-    result, *_ = evaluate(repo, session.plugins, now=_now(), only={args.promotion}, offline=session.offline)
+    result = dry_run(repo, session.plugins, now=_now(), only={args.promotion}, offline=session.offline)
     outcome = next((o for o in result.outcomes if o.promotion_id == args.promotion), None)
     if outcome is None:
         raise Usage(f"no promotion {args.promotion!r} on the branch (promotions/{args.promotion}.yaml)")
@@ -582,6 +584,26 @@ def _common(defaults: bool) -> _Parser:
     return common
 
 
+def cmd_audit_report(args: argparse.Namespace) -> int:
+    """Verify the evidence branch, then write the HTML report; exit 1 when there are findings."""
+    from .report import write_report
+
+    session = _session(args)
+    ref = session.settings.evidence.ref
+    keys = audit.load_keys(session.repo, session.settings.branch)
+    report = audit.verify(session.repo, ref, keys, progress=_progress())
+    paths = write_report(session.repo, ref, Path(args.dir), report)
+    index, pages = paths[0].resolve(), [str(p.resolve()) for p in paths[1:]]
+    _emit(
+        args,
+        {"index": str(index), "pages": pages, "findings": len(report.findings)},
+        lambda: _say(str(index)),
+    )
+    if report.findings and args.output != "json":
+        err.print(f"{len(report.findings)} finding(s): the evidence branch does not verify", markup=False)
+    return OK if report.ok else NOT_OK
+
+
 def build_parser() -> argparse.ArgumentParser:
     top, common = _common(True), _common(False)
     parser = _Parser(prog="stella", description="GitOps release orchestrator", parents=[top])
@@ -618,6 +640,9 @@ def build_parser() -> argparse.ArgumentParser:
     asub = audit_parser.add_subparsers(dest="audit_command", required=True, parser_class=_Parser)
     p = asub.add_parser("verify", parents=[common], help="hashes, signatures, chains and history")
     p.set_defaults(func=cmd_audit_verify)
+    p = asub.add_parser("report", parents=[common], help="verify, then write a static HTML report into DIR")
+    p.add_argument("dir", metavar="DIR")
+    p.set_defaults(func=cmd_audit_report)
 
     p = sub.add_parser("reconcile", parents=[common], help="run the reconcile loop")
     p.add_argument("--once", action="store_true", help="one pass, then exit")

@@ -1,24 +1,44 @@
 """What the evidence branch already says: decided promotions, each environment's chain and records.
 
-An `EvidenceIndex` is a read-only summary built from the evidence tree at one commit. It is what the
-reconciler needs to decide (is this promotion decided? what did the prior environment allow, when? where
-does each environment's chain end?) without re-reading every record on every pass: `build()` reads the
-records once, and `extend()` adds only the records of newer commits. No writing, no network.
+An `EvidenceIndex` summarises the evidence branch at one commit for the reconciler: is this promotion
+decided, what did an environment allow and when, where does each chain end. It lives in SQLite: a
+file under the Git directory for `reconcile` (so a pass reads only what is new since the last pass,
+and a pass with nothing new does not grow with history), or in memory for one-off commands. It is a
+cache, never a source of truth: it is rebuilt from the branch whenever it does not describe an
+ancestor of the branch head. Reads Git through `repo.py`; writes only its own cache file.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
-from dataclasses import dataclass, field
+import sqlite3
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from datetime import datetime
+from pathlib import Path
 from typing import Any, Literal
 
 from .errors import InvalidInput
 from .protocols import PriorDecision
-from .repo import GitTree
+from .repo import GitTree, Repo
 
 log = logging.getLogger(__name__)
+
+SCHEMA_VERSION = "2"
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS records (
+    evidence TEXT PRIMARY KEY, type TEXT NOT NULL, environment TEXT NOT NULL, promotion TEXT,
+    release_id TEXT NOT NULL, release_name TEXT NOT NULL, result TEXT NOT NULL,
+    decided_at TEXT NOT NULL, previous TEXT, artifacts TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS records_by_promotion ON records (promotion);
+CREATE INDEX IF NOT EXISTS records_by_release ON records (environment, release_id);
+CREATE TABLE IF NOT EXISTS heads (environment TEXT PRIMARY KEY, evidence TEXT NOT NULL);
+"""
 
 
 @dataclass(frozen=True)
@@ -62,43 +82,123 @@ def parse_record(evidence_id: str, raw: bytes, source: str) -> Record:
         raise InvalidInput(f"{source}: not a Stella evidence statement: {exc}") from exc
 
 
-@dataclass
+def _row(record: Record) -> tuple[Any, ...]:
+    return (
+        record.evidence,
+        record.record_type,
+        record.environment,
+        record.promotion,
+        record.release_id,
+        record.release_name,
+        record.result,
+        record.decided_at.isoformat(),
+        record.previous,
+        json.dumps(record.artifacts, sort_keys=True),
+    )
+
+
+def _record(row: sqlite3.Row) -> Record:
+    return Record(
+        evidence=row["evidence"],
+        record_type=row["type"],
+        environment=row["environment"],
+        promotion=row["promotion"],
+        release_id=row["release_id"],
+        release_name=row["release_name"],
+        result=row["result"],
+        decided_at=datetime.fromisoformat(row["decided_at"]),
+        previous=row["previous"],
+        artifacts=json.loads(row["artifacts"]),
+    )
+
+
+def chain_order(records: Iterable[Record]) -> list[Record]:
+    """Records ordered so that each comes after the record it names as `previous` (when present)."""
+    pending = {r.evidence: r for r in records}
+    ordered: list[Record] = []
+    placed: set[str] = set()
+    while pending:
+        ready = sorted(
+            (r for r in pending.values() if r.previous is None or r.previous not in pending),
+            key=lambda r: (r.decided_at, r.evidence),
+        )
+        if not ready:  # a cycle cannot be hashed into existence; be safe anyway
+            ready = sorted(pending.values(), key=lambda r: r.evidence)
+        for record in ready:
+            ordered.append(record)
+            placed.add(record.evidence)
+            del pending[record.evidence]
+    return ordered
+
+
 class EvidenceIndex:
-    """Decided promotions and per-environment records, as of evidence commit `head`."""
+    """Decided promotions and per-environment records, as of evidence commit `head`.
 
-    head: str | None = None
-    records: dict[str, Record] = field(default_factory=dict)
-    by_promotion: dict[str, str] = field(default_factory=dict)
-    chain_heads: dict[str, str] = field(default_factory=dict)
+    Records a pass adds (`add`) stay in memory, on top of what is stored, until `keep()` stores them
+    with the new head (after the evidence commit landed) or `discard()` forgets them (a lost race).
+    So deciding never holds a write lock on the cache, and concurrent passes do not block each other.
+    """
 
-    def add(self, record: Record) -> None:
-        self.records[record.evidence] = record
-        if record.promotion and record.record_type == "release_decision":
-            self.by_promotion.setdefault(record.promotion, record.evidence)
-        current = self.chain_heads.get(record.environment)
-        if current is None or record.previous == current:
-            self.chain_heads[record.environment] = record.evidence
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self._db = conn
+        self._added: dict[str, Record] = {}
+        self._heads: dict[str, str] = {}
+
+    # --- reading ---------------------------------------------------------------------------------
+
+    def meta(self, key: str) -> str | None:
+        row = self._db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return None if row is None else str(row["value"])
+
+    @property
+    def head(self) -> str | None:
+        return self.meta("evidence")
 
     def decided(self, promotion_id: str) -> str | None:
-        return self.by_promotion.get(promotion_id)
+        row = self._db.execute(
+            "SELECT evidence FROM records WHERE promotion = ? AND type = 'release_decision' "
+            "ORDER BY decided_at, evidence LIMIT 1",
+            (promotion_id,),
+        ).fetchone()
+        if row is not None:
+            return str(row["evidence"])
+        added = [r for r in self._added.values() if r.promotion == promotion_id]
+        return added[0].evidence if added else None
+
+    def record(self, evidence_id: str) -> Record | None:
+        if evidence_id in self._added:
+            return self._added[evidence_id]
+        row = self._db.execute("SELECT * FROM records WHERE evidence = ?", (evidence_id,)).fetchone()
+        return None if row is None else _record(row)
+
+    def chain_head(self, environment: str) -> str | None:
+        if environment in self._heads:
+            return self._heads[environment]
+        row = self._db.execute("SELECT evidence FROM heads WHERE environment = ?", (environment,)).fetchone()
+        return None if row is None else str(row["evidence"])
 
     def priors(self, environment: str, release_id: str) -> list[PriorDecision]:
-        return sorted(
-            (
-                r.prior()
-                for r in self.records.values()
-                if r.environment == environment
-                and r.release_id == release_id
-                and r.record_type == "release_decision"
-            ),
-            key=lambda p: (p.decided_at, p.evidence),
+        rows = self._db.execute(
+            "SELECT * FROM records WHERE environment = ? AND release_id = ? AND type = 'release_decision'",
+            (environment, release_id),
         )
+        records = [_record(row) for row in rows]
+        records += [
+            r
+            for r in self._added.values()
+            if r.environment == environment
+            and r.release_id == release_id
+            and r.record_type == "release_decision"
+        ]
+        return [r.prior() for r in sorted(records, key=lambda r: (r.decided_at, r.evidence))]
 
     def current(self, environment: str) -> Record | None:
         """The latest allowed record of the environment (what it should run)."""
-        head = self.chain_heads.get(environment)
-        while head is not None:
-            record = self.records.get(head)
+        head = self.chain_head(environment)
+        seen = set()
+        while head is not None and head not in seen:
+            seen.add(head)
+            record = self.record(head)
             if record is None:
                 return None
             if record.result == "allow":
@@ -106,27 +206,124 @@ class EvidenceIndex:
             head = record.previous
         return None
 
+    def count(self) -> int:
+        return int(self._db.execute("SELECT count(*) FROM records").fetchone()[0]) + len(self._added)
 
-def build(tree: GitTree | None, head: str | None) -> EvidenceIndex:
-    """Read every statement under `evidence/` of the tree (chains are ordered by their links)."""
-    index = EvidenceIndex(head=head)
-    if tree is None:
-        return index
+    # --- changing -------------------------------------------------------------------------------
+
+    def add(self, record: Record) -> None:
+        """A record this pass wrote: visible at once, stored only by `keep()`."""
+        self._added[record.evidence] = record
+        current = self.chain_head(record.environment)
+        if current is None or record.previous == current:
+            self._heads[record.environment] = record.evidence
+
+    def keep(self, **meta: str) -> None:
+        """Store what `add` added, and `meta` (e.g. the new evidence head), in one transaction."""
+        with self._transaction():
+            for record in self._added.values():
+                self._store(record)
+            self._db.executemany("INSERT OR REPLACE INTO meta VALUES (?, ?)", sorted(meta.items()))
+        self.discard()
+
+    def discard(self) -> None:
+        self._added.clear()
+        self._heads.clear()
+
+    def _store(self, record: Record) -> None:
+        self._db.execute("INSERT OR IGNORE INTO records VALUES (?,?,?,?,?,?,?,?,?,?)", _row(record))
+        row = self._db.execute(
+            "SELECT evidence FROM heads WHERE environment = ?", (record.environment,)
+        ).fetchone()
+        if row is None or record.previous == row["evidence"]:
+            self._db.execute(
+                "INSERT OR REPLACE INTO heads VALUES (?, ?)", (record.environment, record.evidence)
+            )
+
+    @contextmanager
+    def _transaction(self) -> Iterator[None]:
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        self._db.execute("COMMIT")
+
+    def close(self) -> None:
+        self._db.close()
+
+
+def _connect(path: Path | None) -> sqlite3.Connection:
+    conn = sqlite3.connect(str(path) if path else ":memory:", isolation_level=None, timeout=30)
+    conn.row_factory = sqlite3.Row
+    if path is not None:
+        conn.execute("PRAGMA journal_mode=WAL")  # readers never wait for a writer
+    conn.executescript(_SCHEMA)
+    return conn
+
+
+def cache_path(repo: Repo, ref: str) -> Path:
+    """Where `reconcile` keeps its index for `ref` (inside the Git directory, never committed)."""
+    name = hashlib.sha256(ref.encode()).hexdigest()[:16]
+    return repo.path / "stella" / f"index-{name}.sqlite"
+
+
+def _records_in(tree: GitTree, names: Iterable[str]) -> list[Record]:
     records = []
-    for name in tree.listdir("evidence"):
+    for name in names:
         if not name.endswith(".json") or name.endswith(".sigstore.json"):
             continue
-        hex_id = name.removesuffix(".json")
-        raw = tree.read(f"evidence/{name}") or b""
-        records.append(parse_record(f"sha256:{hex_id}", raw, f"evidence/{name}"))
-    by_previous = {r.previous: r for r in records}
-    # Walk each environment's chain from its root so that chain_heads end at the newest record.
-    for root in sorted((r for r in records if r.previous is None), key=lambda r: r.evidence):
-        record: Record | None = root
-        while record is not None:
-            index.add(record)
-            record = by_previous.get(record.evidence)
-    for record in records:  # records not reachable from a root (broken chain): still indexed
-        if record.evidence not in index.records:
-            index.records[record.evidence] = record
+        raw = tree.read(f"evidence/{name}")
+        if raw is None:
+            continue
+        records.append(parse_record(f"sha256:{name.removesuffix('.json')}", raw, f"evidence/{name}"))
+    return records
+
+
+def open_index(repo: Repo, ref: str, head: str | None, *, persistent: bool = True) -> EvidenceIndex:
+    """The index of `ref` at `head`: the cached one brought up to date, or one built afresh (in
+    memory when `persistent` is false or the Git directory is not writable)."""
+    path = cache_path(repo, ref) if persistent else None
+    if path is not None:
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            _connect(path).close()
+        except (OSError, sqlite3.Error) as exc:
+            log.info("no index cache (%s): indexing %s in memory", exc, ref)
+            path = None
+    try:
+        index = EvidenceIndex(_connect(path))
+        _sync(repo, ref, head, index)
+    except sqlite3.DatabaseError as exc:
+        if path is None:
+            raise
+        log.warning("index cache %s is unusable (%s): rebuilding it", path, exc)
+        path.unlink(missing_ok=True)
+        index = EvidenceIndex(_connect(path))
+        _sync(repo, ref, head, index)
     return index
+
+
+def _sync(repo: Repo, ref: str, head: str | None, index: EvidenceIndex) -> None:
+    known = index.head
+    same = index.meta("schema") == SCHEMA_VERSION and index.meta("ref") == ref
+    if same and known == (head or ""):
+        return
+    with index._transaction():
+        if same and head is not None and known and repo.is_ancestor(known, head):
+            added = [p.split("/", 1)[1] for p in repo.added_paths(known, head, "evidence/")]
+            records = _records_in(repo.tree(head), added)
+        else:
+            if known is not None:
+                log.info("rebuilding the evidence index of %s", ref)
+            for table in ("records", "heads", "meta"):
+                index._db.execute(f"DELETE FROM {table}")
+            tree = repo.tree(head) if head is not None else None
+            records = _records_in(tree, tree.listdir("evidence")) if tree is not None else []
+        for record in chain_order(records):
+            index._store(record)
+        index._db.executemany(
+            "INSERT OR REPLACE INTO meta VALUES (?, ?)",
+            [("schema", SCHEMA_VERSION), ("ref", ref), ("evidence", head or "")],
+        )

@@ -39,8 +39,8 @@ from .evidence import (
     release_lock_path,
     sha256_hex,
 )
-from .history import EvidenceIndex, Record, build
-from .manifests import load_repository, load_settings
+from .history import EvidenceIndex, Record, open_index
+from .manifests import load_repository, load_settings, manifest_of
 from .models import (
     DecisionInputs,
     Environment,
@@ -268,7 +268,7 @@ class _Pass:
         inputs_bytes = canonical(outcome.inputs.model_dump(mode="json"))
         inputs_hex = sha256_hex(inputs_bytes)
         self.files[inputs_path(inputs_hex)] = inputs_bytes
-        previous = self.index.chain_heads.get(environment.name)
+        previous = self.index.chain_head(environment.name)
         promotion = self.repository.promotions[outcome.promotion_id]
         statement = decision_statement(
             record_type="release_decision",
@@ -376,6 +376,56 @@ def _locks(
     return usable, new
 
 
+@dataclass
+class Evaluation:
+    """A pass's decisions before they are written: what `plan`, `why` and `reconcile` share.
+
+    Holds the evidence index open: `keep()` after the evidence commit landed (the index stores this
+    pass's records and where it stopped), `discard()` otherwise (they are forgotten).
+    """
+
+    result: PassResult
+    state: _Pass
+    new_locks: dict[str, ReleaseLock]
+    evidence_head: str | None
+    branch: str
+    index: EvidenceIndex
+    recheck: dict[str, list[str]]
+
+    def keep(self, evidence_head: str | None) -> None:
+        self.index.keep(
+            evidence=evidence_head or "",
+            source=self.result.source_commit,
+            recheck=json.dumps(self.recheck, sort_keys=True),
+        )
+        self.index.close()
+
+    def discard(self) -> None:
+        self.index.discard()
+        self.index.close()
+
+
+def _incremental(repo: Repo, index: EvidenceIndex, commit: str) -> tuple[set[str], set[str]] | None:
+    """(promotions, releases) to look at since the last pass, or None when a full pass is needed.
+
+    Only promotions, approvals and releases changed since the last pass's source commit, plus what that
+    pass left to re-check (pending promotions, releases with problems). Any other change (settings,
+    environments, trust, templates, mirror data) can change any decision: then everything is read.
+    """
+    previous = index.meta("source")
+    recheck = json.loads(index.meta("recheck") or "{}")
+    if not previous or not isinstance(recheck, dict) or not repo.is_ancestor(previous, commit):
+        return None
+    promotions = set(recheck.get("promotions", []))
+    releases = set(recheck.get("releases", []))
+    for path in repo.changed_paths(previous, commit) if previous != commit else []:
+        kind = manifest_of(path)
+        if kind is None:
+            return None
+        (promotions if kind[0] in ("promotion", "approval") else releases).add(kind[1])
+    return promotions, releases
+
+
 def evaluate(
     repo: Repo,
     plugins: Plugins,
@@ -384,13 +434,14 @@ def evaluate(
     branch: str | None = None,
     commit: str | None = None,
     only: set[str] | None = None,
+    incremental: bool = False,
     offline: bool = False,
     progress: Callable[[str], None] | None = None,
-) -> tuple[PassResult, _Pass, dict[str, ReleaseLock], str | None, str]:
-    """Decide everything open, without signing or writing. Used by `reconcile`, `plan` and `why`.
+) -> Evaluation:
+    """Decide what is open, without signing or writing. Used by `reconcile`, `plan` and `why`.
 
     `commit` reads that commit instead of the branch head (plans of a pull request); `only` limits the
-    promotions decided (plus those they depend on within the pass).
+    promotions decided. `incremental` (reconcile) reads only what changed since the last pass.
     """
     now = now.astimezone(UTC).replace(microsecond=0)
     if commit is None:
@@ -398,35 +449,74 @@ def evaluate(
     else:
         branch = branch or commit[:12]
     source = repo.tree(commit)
-    repository = load_repository(source)
-    ref = repository.settings.evidence.ref
-    result = PassResult(source_commit=commit)
+    ref = load_settings(source).evidence.ref
     evidence_head = repo.resolve_ref(ref)
-    tree = repo.tree(evidence_head) if evidence_head else None
-    with Resolver(repository.settings, plugins, source, offline=offline) as resolver:
-        locks, new_locks = _locks(repository, tree, resolver, result, progress)
-    state = _Pass(repo, plugins, repository, source, now, build(tree, evidence_head), locks, offline)
-    open_ids = [
-        pid
-        for pid in repository.promotions
-        if state.index.decided(pid) is None and (only is None or pid in only)
-    ]
-    order = sorted(
-        open_ids,
-        key=lambda pid: (_depth(repository.environments, repository.promotions[pid].environment), pid),
-    )
-    for pid in order:
-        if progress:
-            progress(f"deciding {pid}")
-        try:
-            outcome = state.decide(pid)
-        except StellaError as exc:
-            outcome = Outcome(pid, repository.promotions[pid].environment, repository.promotions[pid].release)
-            outcome.problem = str(exc)
-        result.outcomes.append(outcome)
-        if outcome.problem:
-            result.problems.append(Problem(f"promotions/{pid}.yaml", None, outcome.problem))
-    return result, state, new_locks, evidence_head, branch
+    index = open_index(repo, ref, evidence_head)
+    try:
+        scope = _incremental(repo, index, commit) if incremental else None
+        if only is not None:
+            scope = (only, set())
+        if scope is None:
+            repository = load_repository(source)
+        else:
+            repository = load_repository(source, promotions=scope[0], releases=scope[1])
+        result = PassResult(source_commit=commit)
+        tree = repo.tree(evidence_head) if evidence_head else None
+        with Resolver(repository.settings, plugins, source, offline=offline) as resolver:
+            locks, new_locks = _locks(repository, tree, resolver, result, progress)
+        state = _Pass(repo, plugins, repository, source, now, index, locks, offline)
+        open_ids = [pid for pid in repository.promotions if index.decided(pid) is None]
+        order = sorted(
+            open_ids,
+            key=lambda pid: (_depth(repository.environments, repository.promotions[pid].environment), pid),
+        )
+        for pid in order:
+            if progress:
+                progress(f"deciding {pid}")
+            try:
+                outcome = state.decide(pid)
+            except StellaError as exc:
+                promotion = repository.promotions[pid]
+                outcome = Outcome(pid, promotion.environment, promotion.release, problem=str(exc))
+            result.outcomes.append(outcome)
+            if outcome.problem:
+                result.problems.append(Problem(f"promotions/{pid}.yaml", None, outcome.problem))
+    except BaseException:
+        index.discard()
+        index.close()
+        raise
+    recheck = {
+        "promotions": sorted(
+            o.promotion_id
+            for o in result.outcomes
+            if o.problem or (o.decision is not None and o.decision.result == "pending")
+        ),
+        "releases": sorted(
+            {
+                p.file.split("/")[-1].removesuffix(".yaml")
+                for p in result.problems
+                if p.file.startswith("releases/")
+            }
+            | {name for name in repository.releases if name not in locks}
+        ),
+    }
+    return Evaluation(result, state, new_locks, evidence_head, branch, index, recheck)
+
+
+def dry_run(
+    repo: Repo,
+    plugins: Plugins,
+    *,
+    now: datetime,
+    commit: str | None = None,
+    only: set[str] | None = None,
+    offline: bool = False,
+    progress: Callable[[str], None] | None = None,
+) -> PassResult:
+    """Decide as a pass would, and write nothing (`plan`, `why`)."""
+    ev = evaluate(repo, plugins, now=now, commit=commit, only=only, offline=offline, progress=progress)
+    ev.discard()
+    return ev.result
 
 
 def reconcile(
@@ -441,33 +531,38 @@ def reconcile(
 ) -> PassResult:
     """One reconcile pass -> at most one commit on the evidence ref (retried when a race is lost)."""
     for attempt in range(MAX_RACES):
-        result, state, new_locks, evidence_head, branch_name = evaluate(
-            repo, plugins, now=now(), branch=branch, offline=offline, progress=progress
+        ev = evaluate(
+            repo, plugins, now=now(), branch=branch, incremental=True, offline=offline, progress=progress
         )
+        result, state = ev.result, ev.state
         result.races = attempt
-        files = dict(state.files)
-        for name, new in new_locks.items():
-            files[release_lock_path(name)] = canonical(new.model_dump(mode="json"))
-        for env_name, value in state.pointers.items():
-            files[pointer_path(env_name)] = canonical(value)
-        if state.statements:
-            if signer is None:
-                raise InvalidInput("decisions to record but no signer configured")
-            active = signer()
-            for hex_id, statement in sorted(state.statements.items()):
-                if progress:
-                    progress(f"signing sha256:{hex_id[:12]}")
-                files[bundle_path(hex_id)] = active.sign(statement)
-        result.locked = [new_locks[n] for n in sorted(new_locks)]
-        if not files:
-            return result
-        message = _message(result, branch_name)
         try:
-            ref = state.repository.settings.evidence.ref
-            result.evidence_commit = repo.commit_files(ref, evidence_head, files, message)
+            files = dict(state.files)
+            for name, new in ev.new_locks.items():
+                files[release_lock_path(name)] = canonical(new.model_dump(mode="json"))
+            for env_name, value in state.pointers.items():
+                files[pointer_path(env_name)] = canonical(value)
+            if state.statements:
+                if signer is None:
+                    raise InvalidInput("decisions to record but no signer configured")
+                active = signer()
+                for hex_id, statement in sorted(state.statements.items()):
+                    if progress:
+                        progress(f"signing sha256:{hex_id[:12]}")
+                    files[bundle_path(hex_id)] = active.sign(statement)
+            result.locked = [ev.new_locks[n] for n in sorted(ev.new_locks)]
+            if files:
+                ref = state.repository.settings.evidence.ref
+                message = _message(result, ev.branch)
+                result.evidence_commit = repo.commit_files(ref, ev.evidence_head, files, message)
         except RaceLost:
             log.info("evidence ref moved during the pass; deciding again")
+            ev.discard()
             continue
+        except BaseException:
+            ev.discard()
+            raise
+        ev.keep(result.evidence_commit or ev.evidence_head)
         return result
     raise Transient(f"the evidence ref kept moving: gave up after {MAX_RACES} attempts")
 

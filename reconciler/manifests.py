@@ -185,9 +185,19 @@ class Loader:
             self.problems.extend(_pydantic_problems(_show(path), doc, exc))
             return None
 
-    def _manifests(self, directory: str) -> Iterator[tuple[str, str]]:
-        """(path, stem) of each manifest in `directory`; odd file names are problems."""
-        for name in self.files.listdir(directory):
+    def _manifests(self, directory: str, only: set[str] | None = None) -> Iterator[tuple[str, str]]:
+        """(path, stem) of each manifest in `directory` (or just those named in `only`, when they
+        exist: no directory listing then); odd file names are problems."""
+        names = (
+            self.files.listdir(directory)
+            if only is None
+            else [
+                f"{stem}.yaml"
+                for stem in sorted(only)
+                if self.files.size(f"{directory}/{stem}.yaml") is not None
+            ]
+        )
+        for name in names:
             path = f"{directory}/{name}"
             if name.startswith("."):
                 continue
@@ -209,10 +219,12 @@ class Loader:
                 continue
             yield path, stem
 
-    def _named(self, directory: str, model: type[M], kind: str) -> dict[str, tuple[M, _Doc]]:
+    def _named(
+        self, directory: str, model: type[M], kind: str, only: set[str] | None = None
+    ) -> dict[str, tuple[M, _Doc]]:
         out: dict[str, tuple[M, _Doc]] = {}
         lowered: dict[str, str] = {}
-        for path, stem in self._manifests(directory):
+        for path, stem in self._manifests(directory, only):
             loaded = self._model(path, model, kind)
             if loaded is None:
                 continue
@@ -228,7 +240,11 @@ class Loader:
             out[stem] = loaded
         return out
 
-    def load(self) -> Repository:
+    def load(self, promotions: set[str] | None = None, releases: set[str] | None = None) -> Repository:
+        """Load everything, or -- when `promotions` is given -- the settings, groups, environments,
+        those promotions with their approvals and releases, and `releases`: the incremental path of a
+        reconcile pass, which must not read a whole history of manifests to find what changed."""
+        partial = promotions is not None
         settings = None
         if self.files.size(SETTINGS_FILE) is None:
             self.problem(SETTINGS_FILE, None, "missing: every Stella repository has a stella.yaml")
@@ -240,29 +256,37 @@ class Loader:
             loaded_groups = self._model(GROUPS_FILE, Groups, "Groups")
             groups = loaded_groups[0] if loaded_groups else None  # broken: skip group checks
         environments = self._named("environments", Environment, "Environment")
-        releases = self._named("releases", Release, "Release")
-        promotions: dict[str, tuple[Promotion, _Doc]] = {}
-        for path, stem in self._manifests("promotions"):
+        loaded_promotions: dict[str, tuple[Promotion, _Doc]] = {}
+        for path, stem in self._manifests("promotions", promotions):
             loaded_promotion = self._model(path, Promotion, "Promotion")
             if loaded_promotion:
-                promotions[stem] = loaded_promotion
-        approvals = self._approvals(promotions)
-        self._cross_check(environments, releases, promotions, groups)
+                loaded_promotions[stem] = loaded_promotion
+        wanted = None
+        if partial:
+            wanted = set(releases or ()) | {p.release for p, _ in loaded_promotions.values()}
+        loaded_releases = self._named("releases", Release, "Release", wanted)
+        approvals = self._approvals(loaded_promotions, set(loaded_promotions) if partial else None)
+        self._cross_check(environments, loaded_releases, loaded_promotions, groups)
         if self.problems or settings is None or groups is None:
             raise ValidationFailed(self.problems)
         return Repository(
             settings=settings,
             environments={k: v[0] for k, v in environments.items()},
-            releases={k: v[0] for k, v in releases.items()},
-            promotions={k: v[0] for k, v in promotions.items()},
+            releases={k: v[0] for k, v in loaded_releases.items()},
+            promotions={k: v[0] for k, v in loaded_promotions.items()},
             approvals=approvals,
             groups=groups,
             commit=getattr(self.files, "commit", None),
         )
 
-    def _approvals(self, promotions: dict[str, tuple[Promotion, _Doc]]) -> dict[str, dict[str, Approval]]:
+    def _approvals(
+        self, promotions: dict[str, tuple[Promotion, _Doc]], only: set[str] | None = None
+    ) -> dict[str, dict[str, Approval]]:
         out: dict[str, dict[str, Approval]] = {}
-        for directory in self.files.listdir("approvals"):
+        directories = self.files.listdir("approvals") if only is None else sorted(only)
+        for directory in directories:
+            if only is not None and not self.files.isdir(f"approvals/{directory}"):
+                continue
             dir_path = f"approvals/{directory}"
             if directory.startswith("."):
                 continue
@@ -358,9 +382,23 @@ class Loader:
                 current = environments[current][0].promotesFrom
 
 
-def load_repository(files: Files) -> Repository:
-    """Load and validate every manifest; raise ValidationFailed listing all problems."""
-    return Loader(files).load()
+def manifest_of(path: str) -> tuple[str, str] | None:
+    """What a changed path is, for the incremental pass: ("promotion" | "approval", promotion id) or
+    ("release", name); None for anything else (settings, environments, trust, templates, mirror)."""
+    parts = path.split("/")
+    if len(parts) == 2 and parts[0] in ("promotions", "releases") and parts[1].endswith(".yaml"):
+        return parts[0][:-1], parts[1].removesuffix(".yaml")
+    if len(parts) == 3 and parts[0] == "approvals":
+        return "approval", parts[1]
+    return None
+
+
+def load_repository(
+    files: Files, *, promotions: set[str] | None = None, releases: set[str] | None = None
+) -> Repository:
+    """Load and validate every manifest (or a part: see `Loader.load`); raise ValidationFailed
+    listing all problems."""
+    return Loader(files).load(promotions, releases)
 
 
 def load_settings(files: Files) -> Settings:

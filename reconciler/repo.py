@@ -213,19 +213,46 @@ class Repo:
             ) from exc
         return Author(sig.name, sig.email)
 
-    def changed_promotions(self, base: str, head: str) -> set[str]:
-        """Promotion ids whose file or approvals differ between two commits."""
+    def is_ancestor(self, ancestor: str, descendant: str) -> bool:
+        """True when `ancestor` is `descendant` or one of its ancestors."""
+        if ancestor == descendant:
+            return True
+        try:
+            return bool(self.git.descendant_of(pygit2.Oid(hex=descendant), pygit2.Oid(hex=ancestor)))
+        except (KeyError, ValueError, pygit2.GitError):
+            return False
+
+    def changed_paths(self, base: str, head: str) -> list[str]:
+        """Paths added, changed or deleted between two commits (both sides of a rename)."""
         old = self.git[base].peel(pygit2.Commit).tree
         new = self.git[head].peel(pygit2.Commit).tree
-        out = set()
+        paths = set()
         for delta in old.diff_to_tree(new).deltas:
-            for path in (delta.old_file.path, delta.new_file.path):
-                parts = path.split("/")
-                if parts[0] == "promotions" and len(parts) == 2 and parts[1].endswith(".yaml"):
-                    out.add(parts[1].removesuffix(".yaml"))
-                elif parts[0] == "approvals" and len(parts) == 3:
-                    out.add(parts[1])
-        return out
+            paths.add(delta.old_file.path)
+            paths.add(delta.new_file.path)
+        return sorted(paths)
+
+    def added_paths(self, base: str, head: str, prefix: str) -> list[str]:
+        """Files under `prefix` present at `head` but not at `base` (prefix: a directory, with `/`)."""
+        old = self.git[base].peel(pygit2.Commit).tree
+        new = self.git[head].peel(pygit2.Commit).tree
+        directory = prefix.rstrip("/")
+        try:
+            old_dir = old[directory]
+        except KeyError:
+            old_dir = None
+        try:
+            new_dir = new[directory]
+        except KeyError:
+            return []
+        if old_dir is None:
+            return sorted(f"{directory}/{e.name}" for e in self.git[new_dir.id].peel(pygit2.Tree))
+        diff = self.git[old_dir.id].peel(pygit2.Tree).diff_to_tree(self.git[new_dir.id].peel(pygit2.Tree))
+        return sorted(
+            f"{directory}/{d.new_file.path}"
+            for d in diff.deltas
+            if d.status == pygit2.enums.DeltaStatus.ADDED
+        )
 
     def commit_files(
         self,
