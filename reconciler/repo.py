@@ -291,20 +291,28 @@ class Repo:
 
     @contextmanager
     def _ref_lock(self, ref: str) -> Iterator[None]:
-        """Serialise Stella's ref updates in this repository, and clear a lock a killed one left."""
+        """Serialise Stella's ref updates in this repository, and clear a ref lock a killed one left.
+
+        Under Stella's own file lock no other Stella process is updating a ref, so a `<ref>.lock` found
+        while `stella-ref.owner` names a process that no longer exists was left by a killed Stella and
+        is removed at once; any other `.lock` is removed only once it is `STALE_LOCK_SECONDS` old.
+        """
+        owner = self.path / "stella-ref.owner"
         with open(self.path / "stella-ref.lock", "a+b") as fh:
             fcntl.flock(fh, fcntl.LOCK_EX)
             try:
                 stale = self.path / f"{ref}.lock"
                 if stale.exists():
                     age = time.time() - stale.stat().st_mtime
-                    if age < STALE_LOCK_SECONDS:
+                    if not _owner_died(owner) and age < STALE_LOCK_SECONDS:
                         raise Transient(
                             f"{stale}: {ref} is locked by another process (for {age:.1f}s); try again"
                         )
-                    log.warning("removing %s left %.0fs ago by a process that was killed", stale, age)
+                    log.warning("removing %s, left by a process that was killed", stale)
                     stale.unlink(missing_ok=True)
+                owner.write_text(f"{os.getpid()}\n")
                 yield
+                owner.unlink(missing_ok=True)
             finally:
                 fcntl.flock(fh, fcntl.LOCK_UN)
 
@@ -334,6 +342,21 @@ class Repo:
             if "does not match" in text or "old reference value" in text:
                 raise RaceLost(ref) from exc
             raise Transient(f"{self.path}: cannot update {ref}: {text}") from exc
+
+
+def _owner_died(owner: Path) -> bool:
+    """True when `owner` names a process id that is no longer running."""
+    try:
+        pid = int(owner.read_text().strip())
+    except (OSError, ValueError):
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False
 
 
 def _entry_id(tree: pygit2.Tree, path: str) -> pygit2.Oid | None:

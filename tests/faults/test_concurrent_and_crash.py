@@ -119,3 +119,17 @@ def test_fresh_foreign_lock_is_reported_not_removed(tmp_path: Path) -> None:
     assert "is locked by another process" in run.err
     assert lock.exists()
     assert ws.git("for-each-ref", "refs/heads/stella") == ""
+
+
+def test_lock_of_a_killed_stella_is_removed_at_once(tmp_path: Path) -> None:
+    ws = _many_open_promotions(tmp_path)
+    lock = ws.root / ".git" / "refs" / "heads" / "stella" / "evidence.lock"
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    lock.write_text("0" * 40 + "\n")  # fresh, as if written a moment ago...
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    (ws.root / ".git" / "stella-ref.owner").write_text(f"{dead.pid}\n")  # ...by a Stella now gone
+    run = ws.stella("reconcile", "--once")
+    assert run.code == 0, run.err
+    assert not lock.exists()
+    assert ws.stella("audit", "verify").code == 0
