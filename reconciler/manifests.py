@@ -70,14 +70,18 @@ def _show(path: str) -> str:
     return path.encode("unicode_escape").decode("ascii") if not path.isprintable() else path
 
 
+_LOADER: Any = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+"""libyaml's safe loader when PyYAML was built with it (much faster), else the pure-Python one."""
+
+
 def parse_yaml(text: str) -> _Doc:
     """Parse one YAML document, keeping lines; raise _YamlProblem on anything unsafe or invalid."""
     try:
-        for event in yaml.parse(text, Loader=yaml.SafeLoader):
+        for event in yaml.parse(text, Loader=_LOADER):
             if isinstance(event, yaml.AliasEvent) or getattr(event, "anchor", None):
                 line = event.start_mark.line + 1 if event.start_mark else None
                 raise _YamlProblem("YAML anchors and aliases are not allowed in manifests", line)
-        loader = yaml.SafeLoader(text)
+        loader = _LOADER(text)
         try:
             node = loader.get_single_node()
             doc = _Doc(None)
@@ -93,7 +97,7 @@ def parse_yaml(text: str) -> _Doc:
         raise _YamlProblem(f"YAML error: {exc}", None) from None
 
 
-def _build(loader: yaml.SafeLoader, node: yaml.Node, path: tuple[str | int, ...], doc: _Doc) -> Any:
+def _build(loader: Any, node: yaml.Node, path: tuple[str | int, ...], doc: _Doc) -> Any:
     doc.lines.setdefault(path, node.start_mark.line + 1)
     if isinstance(node, yaml.MappingNode):
         out: dict[str, Any] = {}

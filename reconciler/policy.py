@@ -11,8 +11,9 @@ Aggregation: any `fail` -> deny; otherwise any `error` or `pending` -> pending; 
 from __future__ import annotations
 
 import logging
+import queue
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Literal
@@ -71,30 +72,66 @@ def aggregate(results: Sequence[GateResult]) -> Decision:
     return Decision(result=result, gates=tuple(results), retry_at=retry_at)
 
 
+class _Worker:
+    """One daemon thread that runs gate calls in turn, so that a call can be abandoned on timeout.
+
+    A gate that hangs keeps its thread; the next call gets a fresh worker. Starting a thread per call
+    costs more than most gates take, hence one worker reused while gates answer in time.
+    """
+
+    def __init__(self) -> None:
+        self._jobs: queue.SimpleQueue[tuple[Callable[[], object], queue.SimpleQueue[tuple[bool, object]]]]
+        self._jobs = queue.SimpleQueue()
+        threading.Thread(target=self._loop, name="stella-gate", daemon=True).start()
+
+    def _loop(self) -> None:
+        while True:
+            job, answer = self._jobs.get()
+            try:
+                answer.put((True, job()))
+            except Exception as exc:  # a failing plugin must not crash the core
+                answer.put((False, exc))
+
+    def call(self, job: Callable[[], object], timeout: float) -> tuple[bool, object]:
+        """(True, value) or (False, exception); raises queue.Empty when `timeout` passes first."""
+        answer: queue.SimpleQueue[tuple[bool, object]] = queue.SimpleQueue()
+        self._jobs.put((job, answer))
+        return answer.get(timeout=timeout)
+
+
+_worker_lock = threading.Lock()
+_worker: _Worker | None = None
+
+
+def _call(job: Callable[[], object], timeout: float) -> tuple[bool, object]:
+    global _worker
+    with _worker_lock:
+        worker = _worker = _worker or _Worker()
+    try:
+        return worker.call(job, timeout)
+    except queue.Empty:
+        with _worker_lock:
+            if _worker is worker:
+                _worker = None  # that thread is stuck in the gate: leave it, use a new one
+        raise
+
+
 def run_gate(planned: PlannedGate, ctx: GateContext, timeout: float = GATE_TIMEOUT) -> GateResult:
     """Evaluate one gate; never raises. Exceptions, hangs and bad return values are `error` results."""
-    if planned.gate is None:
+    gate = planned.gate
+    if gate is None:
         return GateResult(planned.name, "error", "gate-unavailable", planned.unavailable)
     gate_ctx = replace(ctx, options=dict(planned.options))
-    box: dict[str, object] = {}
-
-    def target() -> None:
-        try:
-            box["result"] = planned.gate.evaluate(gate_ctx)  # type: ignore[union-attr]
-        except Exception as exc:  # a failing plugin must not crash the core
-            box["error"] = exc
-
-    worker = threading.Thread(target=target, name=f"gate-{planned.name}", daemon=True)
-    worker.start()
-    worker.join(timeout)
-    if worker.is_alive():
+    try:
+        ok, value = _call(lambda: gate.evaluate(gate_ctx), timeout)
+    except queue.Empty:
         log.warning("gate %s did not answer within %.1fs", planned.name, timeout)
         return GateResult(planned.name, "error", "gate-timeout", f"gate did not answer within {timeout:g}s")
-    if "error" in box:
-        exc = box["error"]
-        log.warning("gate %s raised %r", planned.name, exc)
-        return GateResult(planned.name, "error", "gate-raised", f"gate raised {type(exc).__name__}: {exc}")
-    result = box.get("result")
+    if not ok:
+        log.warning("gate %s raised %r", planned.name, value)
+        message = f"gate raised {type(value).__name__}: {value}"
+        return GateResult(planned.name, "error", "gate-raised", message)
+    result = value
     if not isinstance(result, GateResult) or result.status not in ("pass", "fail", "pending", "error"):
         return GateResult(planned.name, "error", "gate-bad-result", f"gate returned {result!r}")
     if result.gate != planned.name:

@@ -33,13 +33,14 @@ the final bytes, and `render()` returns them only if they pass. Same inputs, sam
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 from collections.abc import Collection, Iterator, Sequence
 from typing import Any
 
 import yaml
-from jinja2 import StrictUndefined, TemplateSyntaxError
+from jinja2 import StrictUndefined, Template, TemplateSyntaxError
 from jinja2.exceptions import SecurityError
 from jinja2.runtime import Context
 from jinja2.sandbox import ImmutableSandboxedEnvironment
@@ -146,8 +147,47 @@ for _cls in (_Loader, _Dumper):
 del _cls
 
 
+_FastLoader: type[Any] = getattr(yaml, "CSafeLoader", None) or _Loader
+if _FastLoader is not _Loader:
+
+    class _CLoader(_FastLoader):  # type: ignore[misc]
+        """libyaml's parser with the same YAML 1.2 number resolvers as `_Loader` (speed only)."""
+
+    _CLoader.yaml_implicit_resolvers = _Loader.yaml_implicit_resolvers
+    _FastLoader = _CLoader
+
+
 def _parse(text: str) -> Node | None:
-    """One YAML document as a node tree; raises _YamlProblem (never a PyYAML error)."""
+    """One YAML document as a node tree; raises _YamlProblem (never a PyYAML error).
+
+    libyaml does the work when present: a first scan of its events refuses anchors and aliases
+    exactly as `_Loader` would, then it composes the tree.
+    """
+    if _FastLoader is not _Loader:
+        try:
+            for event in yaml.parse(text, Loader=_FastLoader):
+                if isinstance(event, yaml.AliasEvent):
+                    raise _YamlProblem(f"YAML aliases (*{event.anchor}) are not allowed", event.start_mark)
+                anchor = getattr(event, "anchor", None)
+                if anchor is not None:
+                    raise _YamlProblem(f"YAML anchors (&{anchor}) are not allowed", event.start_mark)
+        except yaml.YAMLError:
+            pass  # reported with its line by the full parse below
+        else:
+            loader = _FastLoader(text)
+            try:
+                root = loader.get_single_node()
+            except yaml.YAMLError:
+                root = None
+                loader = None
+            finally:
+                if loader is not None:
+                    loader.dispose()
+            if loader is not None:
+                if root is not None:
+                    _validate_tree(root)
+                parsed: Node | None = root
+                return parsed
     loader = _Loader(text)
     try:
         root = loader.get_single_node()
@@ -313,10 +353,15 @@ def _template_line(exc: BaseException) -> int | None:
     return line
 
 
+@functools.lru_cache(maxsize=64)
+def _compile(source: str) -> Template:
+    """Compiled templates by their text (a pass renders the same template for many promotions)."""
+    return _sandbox().from_string(source)
+
+
 def _run_template(source: str, context: dict[str, Any], where: str) -> str:
-    env = _sandbox()
     try:
-        compiled = env.from_string(source)
+        compiled = _compile(source)
     except TemplateSyntaxError as exc:
         raise RenderError(f"template syntax error: {exc.message}", file=where, line=exc.lineno) from exc
     parts: list[str] = []

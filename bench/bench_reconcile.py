@@ -1,0 +1,152 @@
+"""Benchmark the reconcile pass: a no-op pass on a long history, and a pass deciding 100 promotions.
+
+For each size (releases: 500, 1000, 2000; evidence records: 2.5 per release, so 5,000 at 2,000) it
+builds a real Git repository, decides every promotion once (that first pass is timed too), then times:
+  - a no-op pass with the index cache warm (the normal case: nothing new since the last pass),
+  - the same pass with the cache deleted first (a full pass over all of history: the baseline,
+    measured in the same process),
+  - a pass deciding 100 newly merged promotions.
+Medians of several runs; the ratio full/no-op shows what the incremental path saves, and the no-op
+figures across sizes show whether it grows with history. Run: `.venv/bin/python bench/bench_reconcile.py`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from reconciler.discover import discover  # noqa: E402
+from reconciler.history import cache_path  # noqa: E402
+from reconciler.loop import reconcile  # noqa: E402
+from reconciler.repo import Repo  # noqa: E402
+from reconciler.sign import KeySigner, generate_key, load_private_key  # noqa: E402
+
+ENVIRONMENTS = ("dev", "test", "perf", "uat", "edge")
+NEW = "canary"  # defined from the start, so that the 100 new promotions take the incremental path
+NOW = datetime(2026, 11, 2, 9, 0, tzinfo=UTC)
+
+
+def _git(root: Path, *args: str) -> None:
+    env = {
+        "GIT_AUTHOR_NAME": "Requester",
+        "GIT_AUTHOR_EMAIL": "requester@example.com",
+        "GIT_COMMITTER_NAME": "Requester",
+        "GIT_COMMITTER_EMAIL": "requester@example.com",
+        "PATH": "/usr/bin:/bin",
+        "HOME": str(root),
+    }
+    subprocess.run(["git", *args], cwd=root, env=env, check=True, capture_output=True)
+
+
+def _digest(i: int, component: str) -> str:
+    import hashlib
+
+    return "sha256:" + hashlib.sha256(f"{component}-{i}".encode()).hexdigest()
+
+
+def _release(i: int) -> str:
+    return (
+        f"apiVersion: stella/v1\nkind: Release\nname: app-{i}\ncomponents:\n"
+        f"  web: {{image: registry.example.com/shop/web:{i}, digest: {_digest(i, 'web')}}}\n"
+        f"  worker: {{image: registry.example.com/shop/worker:{i}, digest: {_digest(i, 'worker')}}}\n"
+    )
+
+
+def _promotion(release: int, env: str) -> str:
+    return f"apiVersion: stella/v1\nkind: Promotion\nrelease: app-{release}\nenvironment: {env}\n"
+
+
+def build(root: Path, releases: int, records: int) -> None:
+    root.mkdir(parents=True)
+    _git(root, "init", "-q", "-b", "main")
+    (root / "stella.yaml").write_text("apiVersion: stella/v1\nkind: Settings\ntenant: bench\noffline: true\n")
+    (root / "environments").mkdir()
+    for env in (*ENVIRONMENTS, NEW):
+        (root / "environments" / f"{env}.yaml").write_text(
+            f"apiVersion: stella/v1\nkind: Environment\nname: {env}\n"
+        )
+    (root / "releases").mkdir()
+    for i in range(releases):
+        (root / "releases" / f"app-{i}.yaml").write_text(_release(i))
+    (root / "promotions").mkdir()
+    for n in range(records):
+        release, env = n % releases, ENVIRONMENTS[n // releases]
+        (root / "promotions" / f"app-{release}--{env}.yaml").write_text(_promotion(release, env))
+    _git(root, "add", "-A")
+    _git(root, "commit", "-q", "-m", "history")
+
+
+def one_pass(root: Path, signer: KeySigner) -> tuple[float, int]:
+    start = time.perf_counter()
+    result = reconcile(Repo(root), discover(offline=True), now=lambda: NOW, signer=lambda: signer, offline=True)
+    elapsed = time.perf_counter() - start
+    assert not result.problems and not result.transient, (result.problems, result.transient)
+    return elapsed, len(result.recorded)
+
+
+def measure(size: int, repeats: int, workdir: Path, signer: KeySigner) -> dict[str, float | int]:
+    records = size * 5 // 2
+    root = workdir / f"repo-{size}"
+    build(root, size, records)
+    first, decided = one_pass(root, signer)
+    assert decided == records, decided
+    noop = [one_pass(root, signer)[0] for _ in range(repeats)]
+    cache = cache_path(Repo(root), "refs/heads/stella/evidence")
+    full = []
+    for _ in range(max(3, repeats // 2)):
+        for leftover in cache.parent.iterdir():
+            leftover.unlink()
+        full.append(one_pass(root, signer)[0])
+    for n in range(100):  # 100 new promotions, merged in one commit
+        (root / "promotions" / f"app-{n}--{NEW}.yaml").write_text(_promotion(n, NEW))
+    _git(root, "add", "-A")
+    _git(root, "commit", "-q", "-m", "100 promotions")
+    hundred, decided_new = one_pass(root, signer)
+    assert decided_new == 100, decided_new
+    return {
+        "releases": size,
+        "records": records,
+        "first_pass_s": round(first, 3),
+        "first_pass_ms_per_decision": round(first * 1000 / records, 3),
+        "noop_ms": round(statistics.median(noop) * 1000, 2),
+        "full_ms": round(statistics.median(full) * 1000, 2),
+        "full_over_noop": round(statistics.median(full) / statistics.median(noop), 1),
+        "hundred_s": round(hundred, 3),
+    }
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sizes", default="500,1000,2000")
+    parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("-o", "--output", choices=["text", "json"], default="text")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="stella-bench-") as tmp:
+        key = Path(tmp) / "key.pem"
+        generate_key(key)
+        signer = KeySigner(load_private_key(key))
+        rows = [measure(int(s), args.repeats, Path(tmp), signer) for s in args.sizes.split(",")]
+    if args.output == "json":
+        print(json.dumps(rows, indent=2))
+        return 0
+    print(f"{'releases':>8} {'records':>8} {'1st pass':>9} {'ms/dec':>7} {'no-op ms':>9} "
+          f"{'full ms':>9} {'full/no-op':>10} {'100 new s':>9}")
+    for r in rows:
+        print(f"{r['releases']:>8} {r['records']:>8} {r['first_pass_s']:>9} {r['first_pass_ms_per_decision']:>7} "
+              f"{r['noop_ms']:>9} {r['full_ms']:>9} {r['full_over_noop']:>10} {r['hundred_s']:>9}")
+    growth = rows[-1]["noop_ms"] / rows[0]["noop_ms"] if len(rows) > 1 else 1.0
+    print(f"no-op pass growth from {rows[0]['releases']} to {rows[-1]['releases']} releases: {growth:.2f}x")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
