@@ -24,11 +24,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from reconciler.discover import discover  # noqa: E402
-from reconciler.history import cache_path  # noqa: E402
-from reconciler.loop import reconcile  # noqa: E402
-from reconciler.repo import Repo  # noqa: E402
-from reconciler.sign import KeySigner, generate_key, load_private_key  # noqa: E402
+from reconciler.discover import discover
+from reconciler.history import cache_path
+from reconciler.loop import reconcile
+from reconciler.repo import Repo
+from reconciler.sign import KeySigner, generate_key, load_private_key
 
 ENVIRONMENTS = ("dev", "test", "perf", "uat", "edge")
 NEW = "canary"  # defined from the start, so that the 100 new promotions take the incremental path
@@ -87,7 +87,9 @@ def build(root: Path, releases: int, records: int) -> None:
 
 def one_pass(root: Path, signer: KeySigner) -> tuple[float, int]:
     start = time.perf_counter()
-    result = reconcile(Repo(root), discover(offline=True), now=lambda: NOW, signer=lambda: signer, offline=True)
+    result = reconcile(
+        Repo(root), discover(offline=True), now=lambda: NOW, signer=lambda: signer, offline=True
+    )
     elapsed = time.perf_counter() - start
     assert not result.problems and not result.transient, (result.problems, result.transient)
     return elapsed, len(result.recorded)
@@ -138,11 +140,15 @@ def main() -> int:
     if args.output == "json":
         print(json.dumps(rows, indent=2))
         return 0
-    print(f"{'releases':>8} {'records':>8} {'1st pass':>9} {'ms/dec':>7} {'no-op ms':>9} "
-          f"{'full ms':>9} {'full/no-op':>10} {'100 new s':>9}")
+    print(
+        f"{'releases':>8} {'records':>8} {'1st pass':>9} {'ms/dec':>7} {'no-op ms':>9} "
+        f"{'full ms':>9} {'full/no-op':>10} {'100 new s':>9}"
+    )
     for r in rows:
-        print(f"{r['releases']:>8} {r['records']:>8} {r['first_pass_s']:>9} {r['first_pass_ms_per_decision']:>7} "
-              f"{r['noop_ms']:>9} {r['full_ms']:>9} {r['full_over_noop']:>10} {r['hundred_s']:>9}")
+        print(
+            f"{r['releases']:>8} {r['records']:>8} {r['first_pass_s']:>9} {r['first_pass_ms_per_decision']:>7} "
+            f"{r['noop_ms']:>9} {r['full_ms']:>9} {r['full_over_noop']:>10} {r['hundred_s']:>9}"
+        )
     growth = rows[-1]["noop_ms"] / rows[0]["noop_ms"] if len(rows) > 1 else 1.0
     print(f"no-op pass growth from {rows[0]['releases']} to {rows[-1]['releases']} releases: {growth:.2f}x")
     return 0
