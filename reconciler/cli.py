@@ -11,7 +11,6 @@ import argparse
 import json
 import logging
 import os
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -24,7 +23,7 @@ from typing import Any, NoReturn
 import yaml
 from rich.console import Console
 
-from . import __version__, audit, reference
+from . import __version__, audit, demo, reference
 from .discover import Plugins, discover
 from .errors import InvalidInput, Problem, StellaError, ValidationFailed
 from .evidence import gate_json, rfc3339
@@ -506,58 +505,19 @@ def _git(cwd: Path, *argv: str) -> None:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    source = _example_repo()
-    step = 0
-
-    def explain(title: str, detail: str) -> None:
-        nonlocal step
-        step += 1
-        if args.output != "json":
-            out.print(f"\n[bold]{step}. {title}[/bold]")
-            out.print(detail, markup=False)
-
+    steps = []
     with tempfile.TemporaryDirectory(prefix="stella-demo-") as tmp:
-        work = Path(tmp) / "repo"
-        shutil.copytree(source, work)
-        explain(
-            "Copy example-repo/ into a fresh Git repository",
-            f"{work}: manifests, templates, trust material and an offline OCI mirror (mirror/oci/).",
-        )
-        _git(work, "init", "-q", "-b", "main")
-        _git(work, "add", "-A")
-        _git(work, "commit", "-q", "-m", "demo: example repository")
-        key = Path(tmp) / "evidence-key.pem"
-        hint = generate_key(key)
-        explain("Generate an evidence signing key", f"P-256 key {key}, hint {hint}")
-
-        explain("Validate every manifest", "All problems are listed at once, each with file:line.")
-        repository = load_repository(WorkTree(work))
-        for kind, count in (
-            ("environments", len(repository.environments)),
-            ("releases", len(repository.releases)),
-            ("promotions", len(repository.promotions)),
-        ):
-            _say(f"  {count} {kind}")
-
-        explain(
-            "Resolve each release's tags to digests, offline, and lock them",
-            "Tags are looked up once in the OCI layouts under mirror/oci/; the digests are written to "
-            "releases/<name>.json on refs/heads/stella/evidence in one compare-and-swap commit.",
-        )
-        repo = Repo(work)
-        result = reconcile(repo, discover(offline=True), offline=True)
-        _print_pass(result)
-
-        explain(
-            "Run the same pass again",
-            "Nothing new: a locked release is never resolved again, even if its tag moves.",
-        )
-        again = reconcile(repo, discover(offline=True), offline=True)
-        _print_pass(again)
-        if args.output == "json":
-            print(json.dumps({"first": _pass_json(result), "second": _pass_json(again)}, indent=2))
-        ok = not result.problems and not result.transient and not again.locked
-    return OK if ok else NOT_OK
+        for number, step in enumerate(demo.steps(_example_repo(), Path(tmp)), start=1):
+            steps.append(step)
+            if args.output == "json":
+                continue
+            out.print(f"\n[bold]{number}. {step.title}[/bold]")
+            out.print(step.detail, markup=False, style="dim")
+            for line in step.lines:
+                out.print(f"  {line}", markup=False, soft_wrap=True)
+    if args.output == "json":
+        print(json.dumps([{"title": s.title, "ok": s.ok, "lines": s.lines} for s in steps], indent=2))
+    return OK if all(s.ok for s in steps) else NOT_OK
 
 
 # --- parser --------------------------------------------------------------------------------------
@@ -604,6 +564,53 @@ def cmd_audit_report(args: argparse.Namespace) -> int:
     return OK if report.ok else NOT_OK
 
 
+def _stella_command() -> list[str]:
+    """This `stella`, by absolute path: the console script beside the interpreter, else `python -m`."""
+    python = Path(os.path.abspath(sys.executable))
+    script = python.parent / "stella"
+    if script.is_file() and os.access(script, os.X_OK):
+        return [str(script)]
+    return [str(python), "-P", "-m", "reconciler.cli"]
+
+
+def cmd_hook_pre_receive(args: argparse.Namespace) -> int:
+    from . import hook  # only the hook commands need it
+
+    def reject(line: str) -> None:
+        sys.stderr.write(f"stella: rejected: {line}\n")
+
+    try:
+        updates = hook.parse_updates(sys.stdin.read())
+        repo = hook.open_repository(os.environ.get("GIT_DIR") or args.repo, os.environ)
+        rejections = hook.check_updates(repo, updates)
+    except StellaError as exc:
+        for line in exc.diagnostics().splitlines():
+            reject(f"cannot check the push: {line}")
+        return exc.exit_code
+    except Exception as exc:  # a guard fails closed, and never with a traceback
+        reject(f"internal error while checking the push ({type(exc).__name__}: {exc}); nothing was accepted")
+        return TRANSIENT
+    for rejection in rejections:
+        reject(str(rejection))
+    if args.output == "json":
+        payload = {"accepted": not rejections, "rejections": [r.as_dict() for r in rejections]}
+        print(json.dumps(payload, indent=2, sort_keys=True))
+    return NOT_OK if rejections else OK
+
+
+def cmd_hook_install(args: argparse.Namespace) -> int:
+    from . import hook  # only the hook commands need it
+
+    done = hook.install(Path(args.bare_repo), [*_stella_command(), "hook", "pre-receive"], force=args.force)
+    command = " ".join(done.command)
+    _emit(
+        args,
+        {"hook": str(done.path), "command": list(done.command), "changed": done.changed},
+        lambda: _say(f"{'installed' if done.changed else 'already installed'}: {done.path} (runs {command})"),
+    )
+    return OK
+
+
 def build_parser() -> argparse.ArgumentParser:
     top, common = _common(True), _common(False)
     parser = _Parser(prog="stella", description="GitOps release orchestrator", parents=[top])
@@ -643,6 +650,15 @@ def build_parser() -> argparse.ArgumentParser:
     p = asub.add_parser("report", parents=[common], help="verify, then write a static HTML report into DIR")
     p.add_argument("dir", metavar="DIR")
     p.set_defaults(func=cmd_audit_report)
+
+    hook_parser = sub.add_parser("hook", parents=[common], help="server-side guard for a bare repository")
+    hsub = hook_parser.add_subparsers(dest="hook_command", required=True, parser_class=_Parser)
+    p = hsub.add_parser("pre-receive", parents=[common], help="check the ref updates git gives on stdin")
+    p.set_defaults(func=cmd_hook_pre_receive)
+    p = hsub.add_parser("install", parents=[common], help="install hooks/pre-receive in a repository")
+    p.add_argument("bare_repo", metavar="BARE_REPO")
+    p.add_argument("--force", action="store_true", help="replace an existing, different pre-receive hook")
+    p.set_defaults(func=cmd_hook_install)
 
     p = sub.add_parser("reconcile", parents=[common], help="run the reconcile loop")
     p.add_argument("--once", action="store_true", help="one pass, then exit")

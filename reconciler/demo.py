@@ -1,0 +1,188 @@
+"""`stella demo`: the whole flow on a temporary copy of example-repo/, offline.
+
+`steps()` runs each step for real (Git, the offline mirror, gates, rendering, signing, audit) and
+yields a `Step` saying what it did and why it matters; the CLI prints them. Nothing here prints, and
+nothing outside the temporary directory is touched.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from . import audit
+from .discover import discover
+from .loop import PassResult, dry_run, promote, reconcile
+from .manifests import load_repository
+from .repo import Repo, WorkTree
+from .sign import KeySigner, generate_key, load_private_key
+
+DEMO_IDENTITY = {
+    "GIT_AUTHOR_NAME": "Requester",
+    "GIT_AUTHOR_EMAIL": "requester@example.com",
+    "GIT_COMMITTER_NAME": "Requester",
+    "GIT_COMMITTER_EMAIL": "requester@example.com",
+}
+
+
+@dataclass
+class Step:
+    title: str
+    detail: str
+    lines: list[str] = field(default_factory=list)
+    data: dict[str, Any] = field(default_factory=dict)
+    ok: bool = True
+
+
+def _git(cwd: Path, *argv: str) -> str:
+    env = {**os.environ, **DEMO_IDENTITY, "GIT_CONFIG_NOSYSTEM": "1", "HOME": str(cwd.parent)}
+    done = subprocess.run(["git", *argv], cwd=cwd, env=env, check=True, capture_output=True, text=True)
+    return done.stdout.strip()
+
+
+def _summary(result: PassResult) -> list[str]:
+    lines = []
+    for lock in result.locked:
+        lines.append(f"locked release {lock.name} as {lock.id}")
+        lines += [f"  {name}: {c.pinned}" for name, c in lock.components.items()]
+    for outcome in result.outcomes:
+        if outcome.decision is None:
+            lines.append(f"{outcome.promotion_id}: error: {outcome.problem}")
+            continue
+        verdict = outcome.decision.result
+        lines.append(
+            f"{outcome.promotion_id}: {verdict}"
+            + (f" -> evidence {outcome.evidence}" if outcome.evidence else "")
+        )
+        for gate in outcome.decision.gates:
+            lines.append(f"  {gate.status:<7} {gate.gate}: {gate.reason}: {gate.message}")
+    if result.evidence_commit:
+        lines.append(f"one evidence commit: {result.evidence_commit[:12]}")
+    return lines
+
+
+def steps(example: Path, workdir: Path, now: datetime | None = None) -> Iterator[Step]:
+    """Run the demo in `workdir` (empty, temporary), yielding each step as it completes."""
+
+    def clock() -> datetime:
+        return now or datetime.now(UTC)
+
+    work = workdir / "repo"
+    shutil.copytree(example, work)
+    key = workdir / "evidence-key.pem"
+    hint = generate_key(key)
+    (work / "trust" / "evidence-keys" / "demo.pub").write_bytes(key.with_name(key.name + ".pub").read_bytes())
+    _git(work, "init", "-q", "-b", "main")
+    _git(work, "config", "user.name", "Requester")
+    _git(work, "config", "user.email", "requester@example.com")
+    _git(work, "add", "-A")
+    _git(work, "commit", "-q", "-m", "demo: example repository")
+    yield Step(
+        "A Git repository like yours",
+        "example-repo/ copied and committed: environments dev -> staging -> prod, release shop-1.4.0 "
+        "(tags only), a promotion to dev, templates, trust material and an offline OCI mirror. "
+        f"A fresh P-256 evidence key (hint {hint}) is trusted in trust/evidence-keys/demo.pub; its "
+        "private half stays outside Git.",
+        [f"repository: {work}"],
+    )
+
+    repository = load_repository(WorkTree(work))
+    yield Step(
+        "Validate every manifest",
+        "Strict models, unknown fields rejected, every problem reported at once as file:line.",
+        [
+            f"{len(repository.environments)} environments, {len(repository.releases)} release(s), "
+            f"{len(repository.promotions)} promotion(s): valid"
+        ],
+    )
+
+    repo = Repo(work)
+    plugins = discover(offline=True)
+    signer = KeySigner(load_private_key(key))
+    first = reconcile(repo, plugins, now=clock, signer=lambda: signer, offline=True)
+    yield Step(
+        "Reconcile: lock the release, decide the promotion, sign the evidence",
+        "Tags resolve once, from mirror/oci/, to digests (the release id is their hash). The dev promotion "
+        "passes every gate, so the compose lock is rendered with digest-pinned images, and the statement, "
+        "its inputs, its DSSE bundle and the lock land in ONE commit on refs/heads/stella/evidence.",
+        _summary(first),
+        ok=not first.problems and not first.transient,
+    )
+
+    tree = repo.tree(first.evidence_commit) if first.evidence_commit else None
+    recorded = first.recorded[0] if first.recorded else None
+    if tree is not None and recorded is not None and recorded.evidence:
+        hex_id = recorded.evidence.removeprefix("sha256:")
+        lock_name = next(p for p in tree.listdir("artifacts"))
+        lock = (tree.read(f"artifacts/{lock_name}/compose.stella.lock.yml") or b"").decode()
+        yield Step(
+            "What an auditor finds on the evidence branch",
+            "Every file is named by the sha256 of its bytes; the statement is RFC 8785 canonical JSON.",
+            [
+                f"evidence/{hex_id}.json             (in-toto Statement v1)",
+                f"evidence/{hex_id}.sigstore.json    (Sigstore bundle v0.3, DSSE)",
+                f"artifacts/{lock_name}/compose.stella.lock.yml:",
+                *("    " + line for line in lock.splitlines()),
+            ],
+        )
+
+    commit = promote(repo, "main", "shop-1.4.0", "staging", "ready for staging")
+    plan = dry_run(repo, plugins, now=clock(), commit=commit, only={"shop-1.4.0--staging"}, offline=True)
+    yield Step(
+        "Request staging through a pull request, and plan it",
+        "`stella promote` commits the promotion on branch promote/shop-1.4.0--staging; CI runs "
+        "`stella plan` on it and shows, per gate, why it would pass, wait or be blocked. Nothing is written.",
+        _summary(plan),
+    )
+
+    _git(
+        work,
+        "merge",
+        "-q",
+        "--no-ff",
+        "-m",
+        "Merge promote/shop-1.4.0--staging",
+        "promote/shop-1.4.0--staging",
+    )
+    second = reconcile(repo, plugins, now=clock, signer=lambda: signer, offline=True)
+    yield Step(
+        "Merge and reconcile again",
+        "staging requires an approval from release-managers, so the promotion stays pending: no "
+        "record is written for a pending decision, and `stella why` explains what it waits for.",
+        _summary(second) or ["nothing new"],
+        ok=not second.problems,
+    )
+
+    report = audit.verify(repo, "refs/heads/stella/evidence", audit.load_keys(repo, "main"))
+    yield Step(
+        "Verify the evidence branch offline",
+        "Hashes, signatures against trust/evidence-keys/, chain links and history (no file ever changed "
+        "or deleted, the ref only fast-forwarded).",
+        [f"OK: {report.records} record(s), {report.bundles} bundle(s), {report.commits} commit(s)"]
+        if report.ok
+        else [str(f) for f in report.findings],
+        ok=report.ok,
+    )
+
+    if recorded is not None and recorded.evidence:
+        path = f"evidence/{recorded.evidence.removeprefix('sha256:')}.json"
+        forged = (repo.tree(repo.resolve_ref("refs/heads/stella/evidence") or "").read(path) or b"").replace(
+            b'"result":"allow"', b'"result":"deny"'
+        )
+        ref = "refs/heads/stella/evidence"
+        head = repo.resolve_ref(ref)
+        repo.commit_files(ref, head, {path: forged}, "tamper with a statement")
+        tampered = audit.verify(repo, ref, audit.load_keys(repo, "main"))
+        yield Step(
+            "Tamper with a statement, and verify again",
+            "Someone with push access edits a recorded decision: every check that touches it fails.",
+            [f"FAIL {finding}" for finding in tampered.findings],
+            data={"findings": len(tampered.findings)},
+            ok=not tampered.ok,
+        )

@@ -1,0 +1,20 @@
+"""`stella demo` runs the whole flow offline and every step does what it says."""
+
+from __future__ import annotations
+
+from tests.support.cli import stella
+
+
+def test_demo_runs_every_step() -> None:
+    run = stella("demo", "-o", "json")
+    assert run.code == 0, run.err
+    steps = run.json()
+    assert [s["ok"] for s in steps] == [True] * len(steps)
+    titles = [s["title"] for s in steps]
+    assert titles[0] == "A Git repository like yours"
+    assert "Verify the evidence branch offline" in titles
+    by_title = {s["title"]: s["lines"] for s in steps}
+    assert any(line.startswith("shop-1.4.0--dev: allow -> evidence sha256:") for line in by_title[titles[2]])
+    assert by_title["Verify the evidence branch offline"][0].startswith("OK: 1 record(s)")
+    tampered = by_title["Tamper with a statement, and verify again"]
+    assert any("changed after it was written" in line for line in tampered)
