@@ -28,7 +28,7 @@ from .discover import Plugins, discover
 from .errors import InvalidInput, Problem, StellaError, ValidationFailed
 from .evidence import gate_json, rfc3339
 from .history import open_index
-from .loop import Outcome, PassResult, dry_run, promote, reconcile, run, source_commit
+from .loop import Outcome, PassResult, dry_run, reconcile, run, source_commit
 from .manifests import load_repository, load_settings, manifest_of
 from .models import Release, Settings
 from .protocols import GateResult, Signer
@@ -36,6 +36,7 @@ from .repo import Repo, WorkTree
 from .resolve import Resolver, resolve_release
 from .scaffold import write_scaffold
 from .sign import generate_key
+from .workflow import approve, promote
 
 OK, NOT_OK, INVALID, TRANSIENT = 0, 1, 2, 3
 
@@ -431,6 +432,37 @@ def cmd_promote(args: argparse.Namespace) -> int:
     return OK
 
 
+def cmd_approve(args: argparse.Namespace) -> int:
+    session = _session(args)
+    done = approve(
+        session.repo,
+        session.plugins,
+        args.promotion,
+        reject=args.reject,
+        comment=args.comment,
+        key=Path(args.key) if args.key else None,
+        identity=args.identity,
+        offline=session.offline,
+    )
+    verb = "rejected" if args.reject else "approved"
+    _emit(
+        args,
+        {
+            "promotion": args.promotion,
+            "decision": "reject" if args.reject else "approve",
+            "identity": done.identity,
+            "release": done.release_id,
+            "file": done.path,
+            "commit": done.commit,
+        },
+        lambda: _say(
+            f"{done.identity} {verb} {args.promotion} (release {done.release_id})\n"
+            f"wrote {done.path} in signed commit {done.commit[:12]}; push it to the pull request's branch"
+        ),
+    )
+    return OK
+
+
 def cmd_audit_verify(args: argparse.Namespace) -> int:
     session = _session(args)
     keys = audit.load_keys(session.repo, session.settings.branch)
@@ -633,6 +665,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--to", required=True, metavar="ENV")
     p.add_argument("--reason", default="")
     p.set_defaults(func=cmd_promote)
+
+    p = sub.add_parser("approve", parents=[common], help="approve (or reject) a promotion in a signed commit")
+    p.add_argument("promotion")
+    p.add_argument("--reject", action="store_true", help="reject instead of approve (a reject blocks)")
+    p.add_argument("--comment", default="")
+    p.add_argument("--key", help="SSH private key to sign with (default: git config user.signingkey)")
+    p.add_argument("--identity", help="approver identity (default: git config user.email)")
+    p.set_defaults(func=cmd_approve)
 
     p = sub.add_parser("plan", parents=[common], help="dry-run the decisions of open promotions")
     p.add_argument("--rev", default="HEAD", help="the commit to plan (default: HEAD)")

@@ -18,10 +18,11 @@ from typing import Any
 
 from . import audit
 from .discover import discover
-from .loop import PassResult, dry_run, promote, reconcile
+from .loop import PassResult, dry_run, reconcile
 from .manifests import load_repository
 from .repo import Repo, WorkTree
 from .sign import KeySigner, generate_key, load_private_key
+from .workflow import promote
 
 DEMO_IDENTITY = {
     "GIT_AUTHOR_NAME": "Requester",

@@ -20,7 +20,6 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-import yaml
 from apscheduler.schedulers.blocking import BlockingScheduler
 from pydantic import ValidationError
 
@@ -37,29 +36,32 @@ from .evidence import (
     pointer,
     pointer_path,
     release_lock_path,
+    rfc3339,
     sha256_hex,
 )
 from .history import EvidenceIndex, Record, open_index
+from .identity import Verifier
 from .manifests import load_repository, load_settings, manifest_of
 from .models import (
     DecisionInputs,
     Environment,
     InputActor,
+    InputApproval,
     InputGate,
     InputPrior,
-    Promotion,
     Release,
     ReleaseLock,
     Repository,
 )
 from .policy import CORE_GATES, Decision, PlannedGate, decide
-from .protocols import Actor, GateContext, Signer
+from .protocols import Actor, ApprovalRecord, GateContext, Signer
 from .repo import GitTree, RaceLost, Repo
 from .resolve import Resolver, check_lock, resolve_release
 
 log = logging.getLogger(__name__)
 
 MAX_RACES = 10
+ALLOWED_SIGNERS = "trust/allowed_signers"
 MIN_SECRET_LENGTH = 6
 """Secret values shorter than this are not searched for in rendered files (too many false alarms)."""
 
@@ -151,6 +153,10 @@ class _Pass:
     files: dict[str, bytes] = field(default_factory=dict)
     statements: dict[str, bytes] = field(default_factory=dict)
     pointers: dict[str, dict[str, Any]] = field(default_factory=dict)
+    verifier: Verifier = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.verifier = Verifier(self.source.read(ALLOWED_SIGNERS), ALLOWED_SIGNERS)
 
     def gate_plan(self, environment: Environment) -> list[PlannedGate]:
         planned = []
@@ -165,13 +171,34 @@ class _Pass:
         return planned
 
     def requester(self, promotion_id: str) -> tuple[Actor, datetime | None]:
+        """The signer of the commit that wrote the promotion file, and when it was written."""
         commit = self.repository.commit
         assert commit is not None
         info = self.repo.last_writer(commit, f"promotions/{promotion_id}.yaml")
         if info is None:
-            return Actor(None, reason="promotion file not found in history"), None
-        reason = "commit signatures are not verified by this version"
-        return Actor(None, commit=info.id, reason=reason), info.time
+            return Actor(None, reason="promotion file not found in history", code="unsigned"), None
+        return self.verifier.actor(info), info.time
+
+    def approvals(self, promotion_id: str) -> tuple[ApprovalRecord, ...]:
+        """Each approval file of the promotion with the verified signer of the commit that wrote it."""
+        commit = self.repository.commit
+        assert commit is not None
+        records = []
+        for identity, approval in sorted(self.repository.approvals.get(promotion_id, {}).items()):
+            writers = list(self.repo.writers(commit, f"approvals/{promotion_id}/{identity}.yaml"))
+            signers = [self.verifier.actor(info) for info in writers]
+            earlier = tuple(sorted({a.identity for a in signers[1:] if a.verified and a.identity}))
+            records.append(
+                ApprovalRecord(
+                    identity=identity,
+                    decision=approval.decision,
+                    release=approval.release,
+                    comment=approval.comment,
+                    signer=signers[0] if signers else Actor(None, reason="not in history", code="unsigned"),
+                    earlier_signers=earlier,
+                )
+            )
+        return tuple(records)
 
     def decide(self, promotion_id: str) -> Outcome:
         promotion = self.repository.promotions[promotion_id]
@@ -182,6 +209,7 @@ class _Pass:
             outcome.problem = f"release {promotion.release!r} has no lock (see the release's problem)"
             return outcome
         requester, requested_at = self.requester(promotion_id)
+        approvals = self.approvals(promotion_id)
         history = (
             tuple(self.index.priors(environment.promotesFrom, lock.id)) if environment.promotesFrom else ()
         )
@@ -196,6 +224,7 @@ class _Pass:
             options={},
             requester=requester,
             history=history,
+            approvals=approvals,
             groups=groups,
             files=self.source,
             mirror=self.repository.settings.mirror,
@@ -213,13 +242,18 @@ class _Pass:
             promotion=promotion,
             release=lock,
             environment=environment,
-            requester=InputActor(
-                identity=requester.identity,
-                commit=requester.commit,
-                key=requester.key,
-                verified=requester.verified,
-                reason=requester.reason,
-            ),
+            requester=_input_actor(requester),
+            approvals=[
+                InputApproval(
+                    identity=a.identity,
+                    decision=a.decision,
+                    release=a.release,
+                    comment=a.comment,
+                    signer=_input_actor(a.signer),
+                    earlierSigners=list(a.earlier_signers),
+                )
+                for a in approvals
+            ],
             groups={k: list(v) for k, v in groups.items()},
             history=[
                 InputPrior(
@@ -237,7 +271,7 @@ class _Pass:
             template=template_info,
         )
         if outcome.decision.result != "pending":
-            outcome.evidence = self.record(outcome, environment, lock, requester, requested_at)
+            outcome.evidence = self.record(outcome, environment, lock, requester, approvals, requested_at)
         return outcome
 
     def record(
@@ -246,6 +280,7 @@ class _Pass:
         environment: Environment,
         lock: ReleaseLock,
         requester: Actor,
+        approvals: tuple[ApprovalRecord, ...],
         requested_at: datetime | None,
     ) -> str:
         """Add the statement, inputs and (for allow) the rendered lock of a decision; return its id."""
@@ -278,7 +313,7 @@ class _Pass:
             environment=environment.name,
             promotion_id=outcome.promotion_id,
             promotion={"reason": promotion.reason, "commit": requester.commit},
-            actors={"requester": _actor_json(requester), "approvers": []},
+            actors={"requester": _actor_json(requester), "approvers": _approvers_json(outcome, approvals)},
             result=outcome.decision.result,
             gates=outcome.decision.gates,
             artifacts=artifacts,
@@ -324,6 +359,18 @@ def _secret_values(environment: Environment) -> list[str]:
     return values
 
 
+def _input_actor(actor: Actor) -> InputActor:
+    return InputActor(
+        identity=actor.identity,
+        commit=actor.commit,
+        key=actor.key,
+        verified=actor.verified,
+        reason=actor.reason,
+        code=actor.code,
+        time=actor.time,
+    )
+
+
 def _actor_json(actor: Actor) -> dict[str, Any]:
     return {
         "identity": actor.identity,
@@ -331,7 +378,36 @@ def _actor_json(actor: Actor) -> dict[str, Any]:
         "key": actor.key,
         "verified": actor.verified,
         "reason": actor.reason,
+        "time": rfc3339(actor.time) if actor.time else None,
     }
+
+
+def _approvers_json(outcome: Outcome, approvals: tuple[ApprovalRecord, ...]) -> list[dict[str, Any]]:
+    """Every approval file with its signer, and whether (and why not) the approvals gate counted it."""
+    gate = (
+        next((g for g in outcome.decision.gates if g.gate == "approvals"), None) if outcome.decision else None
+    )
+    ignored: dict[str, str] = {}
+    listed = gate.facts.get("ignored") if gate is not None else None
+    for item in listed if isinstance(listed, list) else []:
+        if isinstance(item, dict):
+            ignored[str(item["identity"])] = str(item["reason"])
+    return [
+        {
+            "identity": a.identity,
+            "decision": a.decision,
+            "comment": a.comment,
+            "release": a.release,
+            "commit": a.signer.commit,
+            "key": a.signer.key,
+            "signer": a.signer.identity,
+            "verified": a.signer.verified,
+            "time": rfc3339(a.signer.time) if a.signer.time else None,
+            "counted": a.identity not in ignored,
+            "reason": ignored.get(a.identity, "counted"),
+        }
+        for a in approvals
+    ]
 
 
 def _current_json(record: Record | None) -> dict[str, Any] | None:
@@ -578,39 +654,6 @@ def _message(result: PassResult, branch: str) -> str:
     lines += [f"release {lock.name}: {lock.id}" for lock in result.locked]
     lines += ["", f"Stella-Source-Commit: {result.source_commit}"]
     return "\n".join(lines) + "\n"
-
-
-def promote(repo: Repo, branch: str, release: str, environment: str, reason: str) -> str:
-    """Commit `promotions/<release>--<env>.yaml` on a new branch `promote/<release>--<env>`.
-
-    The branch starts at `branch`'s head; the work tree is not touched. Returns the new commit id.
-    """
-    base = repo.resolve_ref(f"refs/heads/{branch}")
-    if base is None:
-        raise InvalidInput(f"branch {branch!r} does not exist")
-    repository = load_repository(repo.tree(base))
-    if release not in repository.releases:
-        raise InvalidInput(f"no release {release!r} on {branch} (releases/{release}.yaml)")
-    if environment not in repository.environments:
-        raise InvalidInput(f"no environment {environment!r} on {branch} (environments/{environment}.yaml)")
-    promotion_id = f"{release}--{environment}"
-    path = f"promotions/{promotion_id}.yaml"
-    if promotion_id in repository.promotions:
-        raise InvalidInput(f"{path} already exists on {branch}: that promotion was already requested")
-    ref = f"refs/heads/promote/{promotion_id}"
-    if repo.resolve_ref(ref) is not None:
-        raise InvalidInput(f"branch promote/{promotion_id} already exists")
-    body = {"apiVersion": "stella/v1", "kind": "Promotion", "release": release, "environment": environment}
-    if reason:
-        body["reason"] = reason
-    data = yaml.safe_dump(body, sort_keys=False).encode()
-    Promotion.model_validate(body)
-    message = (
-        f"stella: promote {release} to {environment}\n\n{reason}\n"
-        if reason
-        else f"stella: promote {release} to {environment}\n"
-    )
-    return repo.commit_files(ref, None, {path: data}, message, author=repo.user(), parent=base)
 
 
 def run(

@@ -380,6 +380,17 @@ class InputActor(_Model):
     key: str | None = None
     verified: bool = False
     reason: str = ""
+    code: str = ""
+    time: UtcTime | None = None
+
+
+class InputApproval(_Model):
+    identity: str
+    decision: Literal["approve", "reject"]
+    release: str
+    comment: str = ""
+    signer: InputActor
+    earlierSigners: list[str] = Field(default_factory=list)
 
 
 class InputPrior(_Model):
@@ -408,6 +419,7 @@ class DecisionInputs(_Model):
     release: ReleaseLock
     environment: Environment
     requester: InputActor
+    approvals: list[InputApproval] = Field(default_factory=list)
     groups: dict[str, list[str]] = Field(default_factory=dict)
     history: list[InputPrior] = Field(default_factory=list)
     gates: list[InputGate]

@@ -127,6 +127,26 @@ class Actor:
     verified: bool = False
     reason: str = ""
     """Why the identity is not verified, when it is not."""
+    code: str = ""
+    """That reason as a stable code: unsigned, not-ssh, unknown-key, bad-signature, no-trusted-keys."""
+    time: datetime | None = None
+    """When the signed commit was made (its author time)."""
+
+
+@dataclass(frozen=True)
+class ApprovalRecord:
+    """One approval file of a promotion, with who actually signed the commit that wrote it."""
+
+    identity: str
+    """Who the file says it is from (its file name)."""
+    decision: Literal["approve", "reject"]
+    release: str
+    """The release id the approval is bound to."""
+    comment: str
+    signer: Actor
+    """The verified (or not) signer of the last commit that changed the file."""
+    earlier_signers: tuple[str, ...] = ()
+    """Verified signers of earlier versions of the file (to tell a changed approval from a forged one)."""
 
 
 @dataclass(frozen=True)
@@ -142,7 +162,7 @@ class GateContext:
     options: Mapping[str, Any]
     requester: Actor
     history: tuple[PriorDecision, ...] = ()
-    approvals: tuple[Any, ...] = ()
+    approvals: tuple[ApprovalRecord, ...] = ()
     groups: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
     files: FileSource | None = None
     """The repository at the decision's source commit (read-only): where offline data such as

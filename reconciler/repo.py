@@ -11,6 +11,7 @@ from __future__ import annotations
 import fcntl
 import logging
 import os
+import subprocess
 import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -254,6 +255,19 @@ class Repo:
             if d.status == pygit2.enums.DeltaStatus.ADDED
         )
 
+    def writers(self, commit_id: str, path: str, limit: int = 10) -> Iterator[CommitInfo]:
+        """The commits that changed `path`, newest first (as `last_writer`, then further back)."""
+        current: str | None = commit_id
+        for _ in range(limit):
+            if current is None:
+                return
+            info = self.last_writer(current, path)
+            if info is None:
+                return
+            yield info
+            commit = self.git[info.id].peel(pygit2.Commit)
+            current = next((str(p.id) for p in commit.parents if _entry_id(p.tree, path) is not None), None)
+
     def commit_files(
         self,
         ref: str,
@@ -263,12 +277,14 @@ class Repo:
         author: Author = BOT,
         *,
         parent: str | None = None,
+        sign: bool = False,
     ) -> str:
         """Commit `files` (path -> bytes) on top of `parent` and move `ref` to it, atomically.
 
         `expected` is the commit the caller read `ref` at (None: the ref must not exist yet);
         `parent` defaults to it. Raises `RaceLost` when the ref moved meanwhile; nothing is written to
-        the ref in that case.
+        the ref in that case. `sign`: let `git commit-tree -S` make and sign the commit, exactly as
+        `git commit -S` would with the user's configuration (e.g. `gpg.format=ssh`).
         """
         parent = parent if parent is not None else expected
         sig = pygit2.Signature(author.name, author.email)
@@ -283,11 +299,31 @@ class Repo:
                 blob = self.git.create_blob(data)
                 index.add(pygit2.IndexEntry(path, blob, pygit2.enums.FileMode.BLOB))
             tree = index.write_tree(self.git)
-            oid = self.git.create_commit(None, sig, sig, message, tree, parents)
+            if sign:
+                oid = self._signed_commit(str(tree), [str(p) for p in parents], message)
+            else:
+                oid = str(self.git.create_commit(None, sig, sig, message, tree, parents))
         except pygit2.GitError as exc:
             raise Transient(f"{self.path}: cannot write commit: {exc}") from exc
-        self.move_ref(ref, expected, str(oid), message)
-        return str(oid)
+        self.move_ref(ref, expected, oid, message)
+        return oid
+
+    def signing_configured(self) -> bool:
+        """True when the user's Git configuration signs commits with an SSH key."""
+        config = self.git.config
+        try:
+            return config["gpg.format"] == "ssh" and bool(config["user.signingkey"])
+        except KeyError:
+            return False
+
+    def _signed_commit(self, tree: str, parents: list[str], message: str) -> str:
+        argv = ["git", f"--git-dir={self.path}", "commit-tree", "-S", tree]
+        for parent in parents:
+            argv += ["-p", parent]
+        done = subprocess.run(argv, input=message, capture_output=True, text=True, timeout=60)
+        if done.returncode != 0:
+            raise InvalidInput(f"could not sign the commit (git commit-tree -S): {done.stderr.strip()}")
+        return done.stdout.strip()
 
     @contextmanager
     def _ref_lock(self, ref: str) -> Iterator[None]:
