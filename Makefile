@@ -5,10 +5,13 @@ SOURCES := reconciler plugins tests bench
 
 .PHONY: setup demo test lint unit bench schemas clean
 
-$(VENV)/.installed: pyproject.toml $(wildcard plugins/*/pyproject.toml) scripts/setup.sh tests/js/package-lock.json
+$(VENV)/.installed: pyproject.toml $(wildcard plugins/*/pyproject.toml) scripts/setup.sh
 	VENV=$(VENV) scripts/setup.sh
 
-setup: $(VENV)/.installed
+$(VENV)/.installed-test: $(VENV)/.installed tests/js/package-lock.json
+	VENV=$(VENV) scripts/setup.sh --test
+
+setup: $(VENV)/.installed-test
 
 demo: $(VENV)/.installed
 	$(BIN)/stella demo
@@ -21,11 +24,12 @@ lint: $(VENV)/.installed
 unit: $(VENV)/.installed
 	$(BIN)/pytest tests/unit
 
-test: lint
+test: $(VENV)/.installed-test lint
 	$(BIN)/pytest
 
-bench: $(VENV)/.installed
+bench: $(VENV)/.installed-test
 	$(BIN)/python bench/bench_resolve.py
+	$(BIN)/python bench/bench_reconcile.py
 
 schemas: $(VENV)/.installed
 	$(BIN)/python -m reconciler.schemas
