@@ -1,8 +1,10 @@
-"""Tags to digests through the `oci` plugin: against the real registry, and against scripted faults.
+"""The `oci` plugin's client: tags to digests, and reading manifests, blobs and referrers.
 
 Tests marked `registry` push images with skopeo to the real CNCF distribution registry and compare
-with what skopeo reports. The others talk to a `ScriptedServer` on loopback: a registry that fails
-on purpose (5xx, 429, slowness, nothing listening) or that demands authentication.
+with what skopeo reports; referrers are attached there with the distribution API (monolithic blob
+uploads, manifests, the referrers tag schema: distribution 2.8 has no referrers API). The others talk
+to a `ScriptedServer` on loopback: a registry that fails on purpose (5xx, 429, slowness, nothing
+listening), that demands authentication, or that has the referrers API.
 """
 
 from __future__ import annotations
@@ -17,13 +19,14 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
+import httpx
 import pytest
-from stella_oci.distribution import MANIFEST_MEDIA_TYPES, DistributionRegistry, plugin
+from stella_oci.distribution import MANIFEST_MEDIA_TYPES, Descriptor, DistributionRegistry, plugin
 
-from reconciler.errors import InvalidInput, RegistryUnavailable
+from reconciler.errors import InvalidInput, PluginError, RegistryUnavailable
 from reconciler.protocols import Registry, RegistryOptions
 from reconciler.reference import parse
-from tests.support.oci import OCI_MANIFEST, DirFiles
+from tests.support.oci import OCI_INDEX, OCI_MANIFEST, DirFiles
 from tests.support.registry import (
     ImagePusher,
     RegistryServer,
@@ -526,3 +529,304 @@ def test_a_reference_on_another_host_is_refused() -> None:
     assert str(caught.value) == (
         "registry.example.com/app:1.0 is not on registry 127.0.0.1:5000, which this entry serves"
     )
+
+
+# -- reading what is attached to images: manifest, blob, referrers -------------------------------
+
+BUNDLE_TYPE = "application/vnd.dev.sigstore.bundle.v0.3+json"
+EMPTY_CONFIG_TYPE = "application/vnd.oci.empty.v1+json"
+
+
+def upload_blob(client: httpx.Client, repository: str, data: bytes, media_type: str) -> dict[str, object]:
+    """A monolithic upload (POST opens the session, one PUT carries the bytes); the blob's descriptor."""
+    digest = "sha256:" + hashlib.sha256(data).hexdigest()
+    opened = client.post(f"/v2/{repository}/blobs/uploads/")
+    assert opened.status_code == 202, opened.text
+    location = httpx.URL(opened.headers["location"]).copy_merge_params({"digest": digest})
+    done = client.put(location, content=data, headers={"Content-Type": "application/octet-stream"})
+    assert done.status_code == 201, done.text
+    return {"mediaType": media_type, "digest": digest, "size": len(data)}
+
+
+def put_manifest(client: httpx.Client, repository: str, reference: str, body: bytes, media_type: str) -> str:
+    """PUT a manifest (by digest or tag); its digest, as the registry reports it."""
+    put = client.put(
+        f"/v2/{repository}/manifests/{reference}", content=body, headers={"Content-Type": media_type}
+    )
+    assert put.status_code == 201, put.text
+    digest = "sha256:" + hashlib.sha256(body).hexdigest()
+    assert put.headers["docker-content-digest"] == digest
+    return digest
+
+
+def push_referrer(
+    registry_url: str,
+    repository: str,
+    subject_digest: str,
+    blob: bytes,
+    *,
+    artifact_type: str = BUNDLE_TYPE,
+    layer_type: str = BUNDLE_TYPE,
+) -> str:
+    """Attach `blob` to `subject_digest` as an OCI 1.1 referrer, the way clients do for registries
+    without the referrers API: push the blob, an empty config and a manifest whose `subject` is the
+    image, then add it to the index tagged `sha256-<hex>` (the referrers tag schema). Its digest."""
+    with httpx.Client(base_url=registry_url, trust_env=False) as client:
+        accept = {"Accept": ", ".join(MANIFEST_MEDIA_TYPES)}
+        subject = client.get(f"/v2/{repository}/manifests/{subject_digest}", headers=accept)
+        assert subject.status_code == 200, subject.text
+        config = upload_blob(client, repository, b"{}", EMPTY_CONFIG_TYPE)
+        layer = upload_blob(client, repository, blob, layer_type)
+        manifest = {
+            "schemaVersion": 2,
+            "mediaType": OCI_MANIFEST,
+            "artifactType": artifact_type,
+            "config": config,
+            "layers": [layer],
+            "subject": {
+                "mediaType": subject.headers["content-type"],
+                "digest": subject_digest,
+                "size": len(subject.content),
+            },
+        }
+        body = json.dumps(manifest, sort_keys=True).encode()
+        digest = put_manifest(client, repository, digest_of(body), body, OCI_MANIFEST)
+        tag = subject_digest.replace(":", "-")
+        existing = client.get(f"/v2/{repository}/manifests/{tag}", headers={"Accept": OCI_INDEX})
+        index = (
+            existing.json() if existing.status_code == 200 else {"schemaVersion": 2, "mediaType": OCI_INDEX}
+        )
+        entries = [
+            *index.get("manifests", []),
+            {"mediaType": OCI_MANIFEST, "digest": digest, "size": len(body)},
+        ]
+        entries[-1]["artifactType"] = artifact_type
+        index["manifests"] = entries
+        put_manifest(client, repository, tag, json.dumps(index).encode(), OCI_INDEX)
+        return digest
+
+
+def digest_of(data: bytes) -> str:
+    return "sha256:" + hashlib.sha256(data).hexdigest()
+
+
+@pytest.mark.registry
+def test_manifest_blob_and_referrers_through_the_tag_schema(
+    registry: RegistryServer, push_image: ImagePusher
+) -> None:
+    image = push_image("e2e/attached", "1.0", content=b"attached\n")
+    bare = push_image("e2e/attached", "bare", content=b"nothing attached\n")
+    repo = f"{registry.host}/e2e/attached"
+    bundle = b'{"mediaType": "application/vnd.dev.sigstore.bundle.v0.3+json"}\n'
+    first = push_referrer(registry.url, "e2e/attached", image.digest, bundle)
+    second = push_referrer(
+        registry.url, "e2e/attached", image.digest, b"an sbom\n", artifact_type="application/spdx+json"
+    )
+
+    with open_registry(registry.host) as reg:
+        body, media_type = reg.manifest(parse(f"{repo}@{image.digest}"))
+        by_tag = reg.manifest(parse(image.ref))
+        referrer, referrer_type = reg.manifest(parse(f"{repo}@{first}"))
+        layer = json.loads(referrer)["layers"][0]
+        blob = reg.blob("e2e/attached", layer["digest"])
+        bundles = reg.referrers(parse(f"{repo}@{image.digest}"), BUNDLE_TYPE)
+        everything = reg.referrers(parse(f"{repo}:1.0@{image.digest}"))
+        none = reg.referrers(parse(f"{repo}@{bare.digest}"), BUNDLE_TYPE)
+        no_repository = reg.referrers(parse(f"{registry.host}/e2e/absent@{image.digest}"))
+
+    assert (digest_of(body), media_type) == (image.digest, OCI_MANIFEST)
+    assert by_tag == (body, OCI_MANIFEST)
+    assert (digest_of(referrer), referrer_type) == (first, OCI_MANIFEST)
+    assert blob == bundle
+    assert bundles == [Descriptor(OCI_MANIFEST, first, len(referrer), BUNDLE_TYPE)]
+    assert [(d.digest, d.artifact_type) for d in everything] == [
+        (first, BUNDLE_TYPE),
+        (second, "application/spdx+json"),
+    ]
+    assert none == [] and no_repository == []
+
+
+@pytest.mark.registry
+def test_missing_blobs_and_manifests_are_invalid_input(
+    registry: RegistryServer, push_image: ImagePusher
+) -> None:
+    image = push_image("e2e/holes", "1.0", content=b"holes\n")
+    nowhere = "sha256:" + "0" * 64
+    host = registry.host
+    with open_registry(host) as reg:
+        with pytest.raises(InvalidInput) as blob:
+            reg.blob("e2e/holes", nowhere)
+        with pytest.raises(InvalidInput) as manifest:
+            reg.manifest(parse(f"{host}/e2e/holes@{nowhere}"))
+        with pytest.raises(InvalidInput) as no_digest:
+            reg.referrers(parse(image.ref))
+        with pytest.raises(InvalidInput) as bad_digest:
+            reg.blob("e2e/holes", "sha256:ABC")
+    assert str(blob.value) == (
+        f"blob {nowhere} of {host}/e2e/holes does not exist "
+        f"(the registry said BLOB_UNKNOWN: blob unknown to registry)"
+    )
+    assert str(manifest.value) == (
+        f"image {host}/e2e/holes@{nowhere} does not exist: repository 'e2e/holes' in registry {host} "
+        f"has no manifest {nowhere}"
+    )
+    assert str(no_digest.value) == f"{image.ref} has no digest: referrers are listed for a digest"
+    assert str(bad_digest.value) == "blob digest 'sha256:ABC' is not sha256:<64 lowercase hex>"
+
+
+REFERRER_A = {
+    "mediaType": OCI_MANIFEST,
+    "digest": "sha256:" + "a" * 64,
+    "size": 10,
+    "artifactType": BUNDLE_TYPE,
+}
+REFERRER_B = {"mediaType": OCI_MANIFEST, "digest": "sha256:" + "b" * 64, "size": 20, "artifactType": "x/sbom"}
+REFERRER_C = {
+    "mediaType": OCI_MANIFEST,
+    "digest": "sha256:" + "c" * 64,
+    "size": 30,
+    "artifactType": BUNDLE_TYPE,
+    "annotations": {"dev.sigstore.bundle.predicateType": "https://slsa.dev/provenance/v1"},
+}
+MALFORMED = {"mediaType": OCI_MANIFEST, "digest": "md5:abc", "size": 1}
+
+
+def index_reply(*entries: dict[str, object], link: str | None = None) -> Reply:
+    body = json.dumps({"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": list(entries)}).encode()
+    headers = {"Content-Type": OCI_INDEX, **({"Link": link} if link else {})}
+    return Reply(200, headers, body)
+
+
+def test_the_referrers_api_is_used_paged_and_filtered_when_the_registry_has_it() -> None:
+    def script(seen: Seen) -> Reply:
+        if seen.path.startswith(f"/v2/app/referrers/{DIGEST}?artifactType="):
+            return index_reply(
+                REFERRER_A, REFERRER_B, MALFORMED, link=f'</v2/app/referrers/{DIGEST}?n=2>; rel="next"'
+            )
+        if seen.path == f"/v2/app/referrers/{DIGEST}?n=2":
+            return index_reply(REFERRER_C)
+        return Reply(404)
+
+    with ScriptedServer(script) as server, open_registry(server.host, options=FAST) as reg:
+        found = reg.referrers(parse(f"{server.host}/app@{DIGEST}"), BUNDLE_TYPE)
+        asked = [(r.path, r.headers["accept"]) for r in server.requests]
+    assert found == [
+        Descriptor(OCI_MANIFEST, "sha256:" + "a" * 64, 10, BUNDLE_TYPE),
+        Descriptor(
+            OCI_MANIFEST,
+            "sha256:" + "c" * 64,
+            30,
+            BUNDLE_TYPE,
+            {"dev.sigstore.bundle.predicateType": "https://slsa.dev/provenance/v1"},
+        ),
+    ]
+    assert asked == [
+        (
+            f"/v2/app/referrers/{DIGEST}?artifactType=application%2Fvnd.dev.sigstore.bundle.v0.3%2Bjson",
+            OCI_INDEX,
+        ),
+        (f"/v2/app/referrers/{DIGEST}?n=2", OCI_INDEX),
+    ]
+
+
+def test_without_the_referrers_api_the_tag_schema_is_read() -> None:
+    tag = DIGEST.replace(":", "-")
+
+    def script(seen: Seen) -> Reply:
+        if seen.path == f"/v2/app/manifests/{tag}":
+            return index_reply(REFERRER_A, REFERRER_B)
+        return Reply(404, {"Content-Type": "text/plain"}, b"404 page not found")
+
+    with ScriptedServer(script) as server, open_registry(server.host, options=FAST) as reg:
+        found = reg.referrers(parse(f"{server.host}/app@{DIGEST}"))
+        paths = [r.path for r in server.requests]
+    assert [(d.digest, d.artifact_type) for d in found] == [
+        ("sha256:" + "a" * 64, BUNDLE_TYPE),
+        ("sha256:" + "b" * 64, "x/sbom"),
+    ]
+    assert paths == [f"/v2/app/referrers/{DIGEST}", f"/v2/app/manifests/{tag}"]
+
+
+BAD_READS: dict[str, tuple[Script, Callable[[DistributionRegistry, str], object], str]] = {
+    "blob-with-other-bytes": (
+        lambda seen: Reply(200, {}, b"other bytes"),
+        lambda reg, host: reg.blob("app", DIGEST),
+        "registry {host} served blob {digest} of {host}/app whose sha256 is {other}: "
+        "it does not serve the content it names",
+    ),
+    "blob-too-large": (
+        lambda seen: Reply(200, {}, MANIFEST),
+        lambda reg, host: reg.blob("app", DIGEST, max_bytes=10),
+        "registry {host} answered more than 10 bytes for blob {digest} of {host}/app",
+    ),
+    "manifest-with-other-bytes": (
+        lambda seen: Reply(200, {"Content-Type": OCI_MANIFEST}, b'{"schemaVersion":2}'),
+        lambda reg, host: reg.manifest(parse(f"{host}/app@{DIGEST}")),
+        "registry {host} answered {other_manifest} when asked for {host}/app@{digest}: "
+        "it does not serve the content it names",
+    ),
+    "referrers-not-an-index": (
+        lambda seen: Reply(200, {"Content-Type": "application/json"}, b'{"errors": []}'),
+        lambda reg, host: reg.referrers(parse(f"{host}/app@{DIGEST}")),
+        "registry {host} answered the referrers of {host}/app@{digest} with something that is not an "
+        "OCI image index",
+    ),
+    "next-link-elsewhere": (
+        lambda seen: index_reply(
+            REFERRER_A, link='<https://elsewhere.example.com/v2/app/referrers/x>; rel="next"'
+        ),
+        lambda reg, host: reg.referrers(parse(f"{host}/app@{DIGEST}")),
+        "registry {host} sent a next link for the referrers of {host}/app@{digest} to another origin: "
+        "https://elsewhere.example.com",
+    ),
+    "referrers-unavailable": (
+        lambda seen: Reply(503),
+        lambda reg, host: reg.referrers(parse(f"{host}/app@{DIGEST}")),
+        "registry {host} is unavailable: listing the referrers of {host}/app@{digest} failed with "
+        "HTTP 503 Service Unavailable after 3 attempts",
+    ),
+    "blob-unavailable": (
+        lambda seen: Reply(500),
+        lambda reg, host: reg.blob("app", DIGEST),
+        "registry {host} is unavailable: fetching blob {digest} of {host}/app failed with "
+        "HTTP 500 Internal Server Error after 3 attempts",
+    ),
+    "manifest-unavailable": (
+        lambda seen: Reply(502),
+        lambda reg, host: reg.manifest(parse(f"{host}/app@{DIGEST}")),
+        "registry {host} is unavailable: fetching the manifest of {host}/app@{digest} failed with "
+        "HTTP 502 Bad Gateway after 3 attempts",
+    ),
+}
+
+
+@pytest.mark.parametrize(("script", "call", "message"), BAD_READS.values(), ids=BAD_READS.keys())
+def test_bad_reads_are_registry_unavailable(
+    script: Script, call: Callable[[DistributionRegistry, str], object], message: str
+) -> None:
+    """Bytes that do not match their digest, too many bytes, no index, a foreign next link, 5xx."""
+    with (
+        ScriptedServer(script) as server,
+        open_registry(server.host, options=FAST) as reg,
+        pytest.raises(RegistryUnavailable) as caught,
+    ):
+        call(reg, server.host)
+    expected = message.format(
+        host=server.host,
+        digest=DIGEST,
+        other=digest_of(b"other bytes"),
+        other_manifest=digest_of(b'{"schemaVersion":2}'),
+    )
+    assert str(caught.value) == expected
+
+
+def test_reads_after_close_are_refused() -> None:
+    reg = open_registry("127.0.0.1:5000")
+    reg.close()
+    for call in (
+        lambda: reg.manifest(parse(f"127.0.0.1:5000/app@{DIGEST}")),
+        lambda: reg.blob("app", DIGEST),
+        lambda: reg.referrers(parse(f"127.0.0.1:5000/app@{DIGEST}")),
+    ):
+        with pytest.raises(PluginError, match=r"^registry 127\.0\.0\.1:5000 was used after close\(\)$"):
+            call()

@@ -1,4 +1,5 @@
-"""Resolve image tags to manifest digests through the OCI distribution API, over HTTP(S).
+"""Resolve image tags to manifest digests, and read what is attached to images, through the OCI
+distribution API over HTTP(S).
 
 What it does: for one configured registry host, `resolve(ref)` asks
 `HEAD /v2/<repository>/manifests/<tag or digest>` (with an `Accept` listing the OCI index, OCI
@@ -8,6 +9,11 @@ is refused, it GETs the manifest and hashes the exact bytes. A multi-arch tag re
 of its index, never of a platform child. A reference that already has a digest is checked to exist
 and returned. Every request goes through one keep-alive `httpx.Client` per registry, which is safe
 to share between the threads the core resolves from.
+
+For gates that read artifacts attached to an image (signature bundles), three small reads: `manifest`
+(exact bytes and media type, checked against the digest), `blob` (a small blob, capped in size and
+checked against its digest) and `referrers` (OCI 1.1: the referrers API, or, where the registry has
+none, as distribution 2.8 has not, the referrers tag schema `sha256-<hex>`).
 
 Transport: like Docker, a registry on loopback (127.0.0.0/8, localhost, ::1) is reached over plain
 HTTP with no configuration; any other over HTTPS, unless its entry says `insecure: true`.
@@ -32,7 +38,8 @@ Options (`options:` of the registry entry): `timeout` (seconds per network opera
 `attempts` (tries per request, default 4), `backoff` (first retry delay in seconds, doubled on every
 retry, default 0.2), `max_delay` (cap on any single wait, including `Retry-After`, default 10).
 
-What it must not do: pull blobs or interpret manifests beyond hashing them; remember digests between
+What it must not do: pull image layers (`blob` is for small artifacts only); interpret manifests
+beyond hashing them and listing an index's descriptors; write to a registry; remember digests between
 calls (tags move; the core resolves a tag once per release); print or exit; log or report secrets
 (credentials, tokens, `Authorization` headers).
 """
@@ -51,6 +58,7 @@ import os
 import re
 import threading
 import time
+import urllib.parse
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -75,6 +83,8 @@ MANIFEST_MEDIA_TYPES: Final[tuple[str, ...]] = (
 """The manifest media types asked for, multi-arch first: a multi-arch tag resolves to its index."""
 
 _ACCEPT: Final = ", ".join(MANIFEST_MEDIA_TYPES)
+_OCI_INDEX: Final = "application/vnd.oci.image.index.v1+json"
+_MAX_REFERRER_PAGES: Final = 20
 _MAX_MANIFEST_BYTES: Final = 4 * 1024 * 1024  # the distribution spec's limit for manifests
 _DOCKER_HUB: Final = "docker.io"
 _DOCKER_HUB_API: Final = "registry-1.docker.io"
@@ -305,6 +315,64 @@ def _registry_errors(body: bytes) -> str:
     return "; ".join(parts)[:300]
 
 
+@dataclass(frozen=True)
+class Descriptor:
+    """An OCI content descriptor, as an image index lists it (e.g. one referrer)."""
+
+    media_type: str
+    digest: str
+    size: int
+    artifact_type: str | None = None
+    annotations: Mapping[str, str] = field(default_factory=dict, hash=False)
+
+
+def _descriptor(entry: object) -> Descriptor | None:
+    """A descriptor from one `manifests[]` entry, or None when it is not a well-formed sha256 one."""
+    if not isinstance(entry, dict):
+        return None
+    media_type, digest, size = entry.get("mediaType"), entry.get("digest"), entry.get("size")
+    artifact_type, annotations = entry.get("artifactType"), entry.get("annotations", {})
+    if not isinstance(media_type, str) or not isinstance(digest, str) or not DIGEST_RE.match(digest):
+        return None
+    if isinstance(size, bool) or not isinstance(size, int) or size < 0:
+        return None
+    if artifact_type is not None and not isinstance(artifact_type, str):
+        return None
+    if not isinstance(annotations, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in annotations.items()
+    ):
+        return None
+    return Descriptor(media_type, digest, size, artifact_type, dict(annotations))
+
+
+def _media_type(reply: _Reply) -> str:
+    """A manifest's media type: the `Content-Type` it was served with, else its own `mediaType`."""
+    header = str(reply.headers.get("content-type", "")).partition(";")[0].strip()
+    if header and header not in ("application/octet-stream", "application/json", "text/plain"):
+        return header
+    try:
+        data = json.loads(reply.body.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError):
+        return header
+    own = data.get("mediaType") if isinstance(data, dict) else None
+    return own if isinstance(own, str) else header
+
+
+def _next_link(headers: httpx.Headers) -> str | None:
+    """The `rel="next"` target of a `Link` header (the referrers API's pagination), if any."""
+    for value in headers.get_list("link"):
+        for part in value.split(","):
+            target, _, params = part.partition(";")
+            target = target.strip()
+            if (
+                target.startswith("<")
+                and target.endswith(">")
+                and re.search(r"""\brel\s*=\s*"?next"?""", params)
+            ):
+                return target[1:-1]
+    return None
+
+
 class DistributionRegistry:
     """A `Registry` for one host speaking the OCI distribution API.
 
@@ -366,13 +434,7 @@ class DistributionRegistry:
 
     def resolve(self, ref: ImageRef) -> str:
         """The `sha256:` digest `ref`'s tag names now (or `ref`'s digest, once checked to exist)."""
-        if self._closed:
-            raise PluginError(f"registry {self._host} was used after close()")
-        if ref.registry.lower() != self._host.lower():
-            raise InvalidInput(f"{ref} is not on registry {self._host}, which this entry serves")
-        reference = ref.digest or ref.tag
-        if reference is None:
-            raise InvalidInput(f"{ref} has neither a tag nor a digest")
+        reference = self._reference(ref)
         path = f"/v2/{ref.repository}/manifests/{reference}"
         scope = f"repository:{ref.repository}:pull"
         what = str(ref)
@@ -385,19 +447,181 @@ class DistributionRegistry:
         # No usable digest header, HEAD refused, or not found: GET tells us more.
         got = self._request("GET", path, scope, what)
         if got.status == 200:
-            digest = "sha256:" + hashlib.sha256(got.body).hexdigest()
-            claimed = _header_digest(got.headers)
-            if claimed is not None and claimed != digest:
-                raise RegistryUnavailable(
-                    f"registry {self._host} served a manifest for {what} whose sha256 is {digest}, "
-                    f"but said it is {claimed}"
-                )
-            return self._checked(ref, digest)
+            return self._checked(ref, self._served_digest(got, what))
         if got.status == 404:
             raise self._missing(ref, scope, got)
         raise self._unexpected(got, what)
 
+    def manifest(self, ref: ImageRef) -> tuple[bytes, str]:
+        """The manifest `ref` names (its digest if it has one, else its tag): exact bytes and media type.
+
+        The bytes are checked against `ref`'s digest, and against the digest the registry claims.
+        The media type is the response's `Content-Type`, else the manifest's own `mediaType` ('' when
+        neither says). A missing manifest is `InvalidInput`.
+        """
+        reference = self._reference(ref)
+        path = f"/v2/{ref.repository}/manifests/{reference}"
+        scope = f"repository:{ref.repository}:pull"
+        what = str(ref)
+        got = self._request("GET", path, scope, what, doing="fetching the manifest of")
+        if got.status == 404:
+            raise self._missing(ref, scope, got)
+        if got.status != 200:
+            raise self._unexpected(got, what)
+        digest = self._served_digest(got, what)
+        self._checked(ref, digest)
+        return got.body, _media_type(got)
+
+    def blob(self, repository: str, digest: str, *, max_bytes: int = _MAX_MANIFEST_BYTES) -> bytes:
+        """The bytes of blob `digest` in `repository`, checked to hash to `digest`.
+
+        Meant for small blobs (configs, signature bundles): a blob larger than `max_bytes` (4 MiB by
+        default) is refused with `RegistryUnavailable`, as are bytes that do not match `digest`.
+        A missing blob is `InvalidInput`.
+        """
+        self._check_open()
+        if not DIGEST_RE.match(digest):
+            raise InvalidInput(f"blob digest {digest!r} is not sha256:<64 lowercase hex>")
+        try:
+            parse(f"{self._host}/{repository}@{digest}")
+        except ReferenceError as exc:
+            raise InvalidInput(f"{repository!r} is not a repository name: {exc}") from exc
+        what = f"blob {digest} of {self._host}/{repository}"
+        scope = f"repository:{repository}:pull"
+        got = self._request(
+            "GET",
+            f"/v2/{repository}/blobs/{digest}",
+            scope,
+            what,
+            doing="fetching",
+            accept="*/*",
+            limit=max_bytes,
+        )
+        if got.status == 404:
+            said = _registry_errors(got.body)
+            raise InvalidInput(f"{what} does not exist" + (f" (the registry said {said})" if said else ""))
+        if got.status != 200:
+            raise self._unexpected(got, what)
+        served = "sha256:" + hashlib.sha256(got.body).hexdigest()
+        if served != digest:
+            raise RegistryUnavailable(
+                f"registry {self._host} served {what} whose sha256 is {served}: "
+                "it does not serve the content it names"
+            )
+        return got.body
+
+    def referrers(self, ref: ImageRef, artifact_type: str | None = None) -> list[Descriptor]:
+        """The manifests whose `subject` is `ref`'s digest (OCI 1.1 referrers), in the registry's order.
+
+        Asks the referrers API (`GET /v2/<name>/referrers/<digest>`, following `Link: rel="next"`
+        pages); a registry without it answers 404 (distribution 2.8 does), and then the referrers
+        tag schema is read instead: the tag `sha256-<hex>` holding an OCI image index of the
+        referrers (no such tag: none). With `artifact_type`, only descriptors of that `artifactType`
+        are kept (whatever the registry filtered). Entries that are not sha256 descriptors are skipped.
+        """
+        self._reference(ref)
+        digest = ref.digest
+        if digest is None:
+            raise InvalidInput(f"{ref} has no digest: referrers are listed for a digest")
+        scope = f"repository:{ref.repository}:pull"
+        what = f"the referrers of {ref.written}@{digest}"
+        doing = "listing"
+        query = "?" + urllib.parse.urlencode({"artifactType": artifact_type}) if artifact_type else ""
+        path: str | None = f"/v2/{ref.repository}/referrers/{digest}{query}"
+        found: list[Descriptor] = []
+        pages = 0
+        while path is not None:
+            pages += 1
+            if pages > _MAX_REFERRER_PAGES:
+                raise RegistryUnavailable(
+                    f"registry {self._host} answered more than {_MAX_REFERRER_PAGES} pages for {what}"
+                )
+            got = self._request("GET", path, scope, what, doing=doing, accept=_OCI_INDEX)
+            if got.status == 404 and pages == 1:
+                return self._referrers_tag(ref.repository, digest, scope, what, artifact_type)
+            if got.status != 200:
+                raise self._unexpected(got, what)
+            found += self._index_entries(got.body, what)
+            path = self._same_origin(_next_link(got.headers), what)
+        return [d for d in found if artifact_type is None or d.artifact_type == artifact_type]
+
     # -- answers -------------------------------------------------------------------------------
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise PluginError(f"registry {self._host} was used after close()")
+
+    def _reference(self, ref: ImageRef) -> str:
+        """The tag or digest to ask for `ref`, once checked that this registry serves it."""
+        self._check_open()
+        if ref.registry.lower() != self._host.lower():
+            raise InvalidInput(f"{ref} is not on registry {self._host}, which this entry serves")
+        reference = ref.digest or ref.tag
+        if reference is None:
+            raise InvalidInput(f"{ref} has neither a tag nor a digest")
+        return reference
+
+    def _served_digest(self, reply: _Reply, what: str) -> str:
+        """The sha256 of a manifest reply's bytes, checked against the digest the registry claims."""
+        digest = "sha256:" + hashlib.sha256(reply.body).hexdigest()
+        claimed = _header_digest(reply.headers)
+        if claimed is not None and claimed != digest:
+            raise RegistryUnavailable(
+                f"registry {self._host} served a manifest for {what} whose sha256 is {digest}, "
+                f"but said it is {claimed}"
+            )
+        return digest
+
+    def _referrers_tag(
+        self, repository: str, digest: str, scope: str, what: str, artifact_type: str | None
+    ) -> list[Descriptor]:
+        """The referrers tag schema: the index tagged `sha256-<hex>`, or nothing when there is none."""
+        tag = digest.replace(":", "-", 1)
+        got = self._request(
+            "GET", f"/v2/{repository}/manifests/{tag}", scope, what, doing="listing", accept=_OCI_INDEX
+        )
+        if got.status == 404:
+            return []
+        if got.status != 200:
+            raise self._unexpected(got, what)
+        self._served_digest(got, what)
+        found = self._index_entries(got.body, f"{what} (tag {tag})")
+        return [d for d in found if artifact_type is None or d.artifact_type == artifact_type]
+
+    def _same_origin(self, link: str | None, what: str) -> str | None:
+        """A pagination link, if it stays on this registry (credentials never go elsewhere)."""
+        if link is None:
+            return None
+        try:
+            url = self._client.base_url.join(link)
+        except httpx.InvalidURL as exc:
+            raise RegistryUnavailable(f"registry {self._host} sent an invalid next link for {what}") from exc
+        base = self._client.base_url
+        if (url.scheme, url.host, url.port) != (base.scheme, base.host, base.port):
+            raise RegistryUnavailable(
+                f"registry {self._host} sent a next link for {what} to another origin: {url.scheme}://"
+                f"{url.netloc.decode('ascii', 'replace')}"
+            )
+        return url.raw_path.decode("ascii")
+
+    def _index_entries(self, body: bytes, what: str) -> list[Descriptor]:
+        try:
+            data = json.loads(body.decode("utf-8"))
+        except (UnicodeDecodeError, ValueError):
+            data = None
+        manifests = data.get("manifests") if isinstance(data, dict) else None
+        if not isinstance(manifests, list):
+            raise RegistryUnavailable(
+                f"registry {self._host} answered {what} with something that is not an OCI image index"
+            )
+        found = []
+        for entry in manifests:
+            descriptor = _descriptor(entry)
+            if descriptor is None:
+                log.warning("registry %s: skipping a malformed descriptor in %s", self._host, what)
+                continue
+            found.append(descriptor)
+        return found
 
     def _checked(self, ref: ImageRef, digest: str) -> str:
         if ref.digest is not None and digest != ref.digest:
@@ -462,14 +686,26 @@ class DistributionRegistry:
             return self._docker_credentials
 
     def _request(
-        self, method: str, path: str, scope: str, what: str, *, reauthenticated: bool = False
+        self,
+        method: str,
+        path: str,
+        scope: str,
+        what: str,
+        *,
+        reauthenticated: bool = False,
+        doing: str = "resolving",
+        accept: str = _ACCEPT,
+        limit: int = _MAX_MANIFEST_BYTES,
     ) -> _Reply:
-        """One request with authentication: on 401, learn the challenge, authenticate, try again."""
-        headers = {"Accept": _ACCEPT}
-        authorization = self._authorization(scope, what)
+        """One request with authentication: on 401, learn the challenge, authenticate, try again.
+
+        `doing` and `what` name the operation in errors ("resolving" `ref`); `limit` caps the body.
+        """
+        headers = {"Accept": accept}
+        authorization = self._authorization(scope, what, doing)
         if authorization is not None:
             headers["Authorization"] = authorization
-        reply = self._send(method, path, headers=headers, what=what)
+        reply = self._send(method, path, headers=headers, what=what, doing=doing, limit=limit)
         if reply.status == 403 or (reply.status == 401 and reauthenticated):
             raise self._credentials_error(reply.status, what, scope)
         if reply.status != 401:
@@ -490,9 +726,11 @@ class DistributionRegistry:
             self._tokens.pop(scope, None)
         if challenge.scheme == "basic" and self._credentials() is None:
             raise self._credentials_error(401, what, scope)
-        return self._request(method, path, scope, what, reauthenticated=True)
+        return self._request(
+            method, path, scope, what, reauthenticated=True, doing=doing, accept=accept, limit=limit
+        )
 
-    def _authorization(self, scope: str, what: str) -> str | None:
+    def _authorization(self, scope: str, what: str, doing: str = "resolving") -> str | None:
         with self._lock:
             challenge = self._challenge
             token = self._tokens.get(scope)
@@ -505,12 +743,12 @@ class DistributionRegistry:
             pair = f"{credentials.username}:{credentials.password}".encode()
             return "Basic " + base64.b64encode(pair).decode("ascii")
         if token is None or token.expires <= time.monotonic():
-            token = self._fetch_token(challenge, scope, what)
+            token = self._fetch_token(challenge, scope, what, doing)
             with self._lock:
                 self._tokens[scope] = token
         return f"Bearer {token.value}"
 
-    def _fetch_token(self, challenge: _Challenge, scope: str, what: str) -> _Token:
+    def _fetch_token(self, challenge: _Challenge, scope: str, what: str, doing: str = "resolving") -> _Token:
         realm = challenge.params.get("realm", "")
         try:
             realm_url = httpx.URL(realm)
@@ -539,12 +777,12 @@ class DistributionRegistry:
                 "client_id": "stella",
                 **fields,
             }
-            reply = self._send("POST", realm, headers=headers, what=what, data=form)
+            reply = self._send("POST", realm, headers=headers, what=what, doing=doing, data=form)
         else:
             if credentials is not None:
                 pair = f"{credentials.username}:{credentials.password}".encode()
                 headers["Authorization"] = "Basic " + base64.b64encode(pair).decode("ascii")
-            reply = self._send("GET", realm, headers=headers, what=what, params=fields)
+            reply = self._send("GET", realm, headers=headers, what=what, doing=doing, params=fields)
         if reply.status in (401, 403):
             raise self._credentials_error(reply.status, what, scope)
         if reply.status != 200:
@@ -583,8 +821,10 @@ class DistributionRegistry:
         *,
         headers: Mapping[str, str],
         what: str,
+        doing: str = "resolving",
         params: Mapping[str, str] | None = None,
         data: Mapping[str, str] | None = None,
+        limit: int = _MAX_MANIFEST_BYTES,
     ) -> _Reply:
         """Send with retries on 429, 5xx, timeouts and connection errors; never raises httpx's."""
         attempts = self._settings.attempts
@@ -601,7 +841,7 @@ class DistributionRegistry:
                         last_exc = None
                         delay = self._delay(attempt, _retry_after(response.headers.get("retry-after")))
                     else:
-                        body = b"" if method == "HEAD" else self._read_capped(response, what)
+                        body = b"" if method == "HEAD" else self._read_capped(response, what, limit)
                         return _Reply(status, response.reason_phrase, response.headers, body)
                 finally:
                     response.close()
@@ -628,18 +868,18 @@ class DistributionRegistry:
                 time.sleep(delay)
         plural = "attempt" if attempts == 1 else "attempts"
         raise RegistryUnavailable(
-            f"registry {self._host} is unavailable: resolving {what} failed with {last} "
+            f"registry {self._host} is unavailable: {doing} {what} failed with {last} "
             f"after {attempts} {plural}"
         ) from last_exc
 
-    def _read_capped(self, response: httpx.Response, what: str) -> bytes:
+    def _read_capped(self, response: httpx.Response, what: str, limit: int = _MAX_MANIFEST_BYTES) -> bytes:
         chunks: list[bytes] = []
         total = 0
         for chunk in response.iter_bytes():
             total += len(chunk)
-            if total > _MAX_MANIFEST_BYTES:
+            if total > limit:
                 raise RegistryUnavailable(
-                    f"registry {self._host} answered more than {_MAX_MANIFEST_BYTES} bytes for {what}"
+                    f"registry {self._host} answered more than {limit} bytes for {what}"
                 )
             chunks.append(chunk)
         return b"".join(chunks)
