@@ -23,7 +23,7 @@ from typing import Any, NoReturn
 import yaml
 from rich.console import Console
 
-from . import __version__, audit, demo, reference
+from . import __version__, audit, demo, reference, replay
 from .discover import Plugins, discover
 from .errors import InvalidInput, Problem, StellaError, ValidationFailed
 from .evidence import gate_json, rfc3339
@@ -463,6 +463,36 @@ def cmd_approve(args: argparse.Namespace) -> int:
     return OK
 
 
+def cmd_replay(args: argparse.Namespace) -> int:
+    session = _session(args)
+    ref = session.settings.evidence.ref
+    head = session.repo.resolve_ref(ref)
+    if head is None:
+        raise Usage(f"{ref} does not exist: nothing to replay")
+    tree = session.repo.tree(head)
+    if args.all == (args.evidence is not None):
+        raise Usage("give one EVIDENCE_ID, or --all")
+    ids = list(replay.records(tree)) if args.all else [args.evidence]
+    results = [replay.replay_one(session.repo, tree, session.plugins, evidence) for evidence in ids]
+    payload = {
+        "identical": all(r.identical for r in results),
+        "records": [
+            {"evidence": r.evidence, "identical": r.identical, "differences": r.differences} for r in results
+        ],
+    }
+
+    def text() -> None:
+        for r in results:
+            _say(f"{r.evidence}: {'identical' if r.identical else 'DIFFERENT'}")
+            for difference in r.differences:
+                _say(f"  {difference}")
+        same = sum(r.identical for r in results)
+        _say(f"{same} of {len(results)} record(s) replayed identically")
+
+    _emit(args, payload, text)
+    return OK if payload["identical"] else NOT_OK
+
+
 def cmd_audit_verify(args: argparse.Namespace) -> int:
     session = _session(args)
     keys = audit.load_keys(session.repo, session.settings.branch)
@@ -682,6 +712,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("why", parents=[common], help="every gate's result and reason for one promotion")
     p.add_argument("promotion")
     p.set_defaults(func=cmd_why)
+
+    p = sub.add_parser("replay", parents=[common], help="recompute recorded decisions from their inputs")
+    p.add_argument("evidence", nargs="?", metavar="EVIDENCE_ID")
+    p.add_argument("--all", action="store_true", help="replay every record on the evidence branch")
+    p.set_defaults(func=cmd_replay)
 
     audit_parser = sub.add_parser("audit", parents=[common], help="verify the evidence branch")
     asub = audit_parser.add_subparsers(dest="audit_command", required=True, parser_class=_Parser)

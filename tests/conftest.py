@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.pipeline import CREATED
 from tests.support.registry import ImagePusher, RegistryServer, ToolMissing, require_tools, start_registry
 
 
@@ -34,3 +35,19 @@ def registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RegistryServe
 @pytest.fixture
 def push_image(registry: RegistryServer, tmp_path: Path) -> ImagePusher:
     return ImagePusher(registry, tmp_path)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def replay_every_record() -> Iterator[None]:
+    """At the end of the session, `stella replay --all` is identical on every record the tests made."""
+    yield
+    failures = []
+    for ws in CREATED:
+        if ws.tampered or not ws.root.exists():
+            continue
+        if not ws.git("for-each-ref", "refs/heads/stella/evidence"):
+            continue
+        run = ws.stella("replay", "--all", "-o", "json")
+        if run.code != 0:
+            failures.append(f"{ws.root}: {run.out or run.err}")
+    assert not failures, "\n".join(failures)

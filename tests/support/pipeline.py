@@ -14,10 +14,18 @@ from tests.support.repos import commit_all, git
 EXAMPLE = Path(__file__).resolve().parents[2] / "example-repo"
 
 
+CREATED: list[Workspace] = []
+"""Every workspace the test session made: at the end, each untampered one must replay identically."""
+
+
 @dataclass
 class Workspace:
     root: Path
     key: Path
+    tampered: bool = False
+
+    def __post_init__(self) -> None:
+        CREATED.append(self)
 
     @property
     def env(self) -> dict[str, str]:
@@ -74,6 +82,7 @@ def promotion(release: str, environment: str) -> str:
 
 def change_evidence(ws: Workspace, files: dict[str, bytes | None], message: str) -> str:
     """Commit a change to the evidence branch the way a person with push access could (fast-forward)."""
+    ws.tampered = True
     worktree = ws.root.parent / "evidence-worktree"
     ws.git("worktree", "add", "-q", str(worktree), "stella/evidence")
     try:
