@@ -74,12 +74,35 @@ class GitTree:
         self._repo = repo
         self._tree = tree
         self.commit = commit
+        self._dirs: dict[str, pygit2.Tree | None] = {"": tree}
+
+    def _dir(self, path: str) -> pygit2.Tree | None:
+        """The tree object of directory `path`, parsed once (a path lookup per file would re-read every
+        directory on the way, which is slow for directories of thousands of records)."""
+        if path not in self._dirs:
+            parent, _, name = path.rpartition("/")
+            above = self._dir(parent)
+            found = None
+            if above is not None:
+                try:
+                    entry = above[name]
+                except KeyError:
+                    entry = None
+                if entry is not None and entry.type == pygit2.enums.ObjectType.TREE:
+                    obj = self._repo[entry.id]
+                    found = obj if isinstance(obj, pygit2.Tree) else None
+            self._dirs[path] = found
+        return self._dirs[path]
 
     def _entry(self, path: str) -> pygit2.Object | None:
         if not path:
             return self._tree
+        parent, _, name = path.rpartition("/")
+        directory = self._dir(parent)
+        if directory is None:
+            return None
         try:
-            return self._tree[path]
+            return directory[name]
         except KeyError:
             return None
 
