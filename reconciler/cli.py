@@ -27,8 +27,9 @@ from . import __version__, audit, demo, reference, replay
 from .discover import Plugins, discover
 from .errors import InvalidInput, Problem, StellaError, ValidationFailed
 from .evidence import gate_json, rfc3339
+from .gates.quota import day_start
 from .history import open_index
-from .loop import Outcome, PassResult, dry_run, reconcile, run, source_commit
+from .loop import Outcome, PassResult, digests_locked_since, dry_run, reconcile, run, source_commit
 from .manifests import load_repository, load_settings, manifest_of
 from .models import Release, Settings
 from .protocols import GateResult, Signer
@@ -274,6 +275,7 @@ def _pass_json(result: PassResult) -> dict[str, Any]:
         "decisions": [_outcome_json(o) for o in result.outcomes],
         "problems": [p.as_dict() for p in result.problems],
         "transient": result.transient,
+        "limits": result.limits,
         "races": result.races,
     }
 
@@ -298,6 +300,8 @@ def _print_pass(result: PassResult) -> None:
         _say(f"error: {problem}")
     for message in result.transient:
         _say(f"unavailable: {message}")
+    for message in result.limits:
+        _say(f"limit: {message}")
     if result.evidence_commit:
         _say(f"wrote evidence commit {result.evidence_commit[:12]}")
     elif not (result.problems or result.transient or result.pending):
@@ -461,6 +465,49 @@ def cmd_approve(args: argparse.Namespace) -> int:
         ),
     )
     return OK
+
+
+def cmd_usage(args: argparse.Namespace) -> int:
+    session = _session(args)
+    repo, settings = session.repo, session.settings
+    _, commit = source_commit(repo)
+    now = _now()
+    ref = settings.evidence.ref
+    head = repo.resolve_ref(ref)
+    index = open_index(repo, ref, head)
+    try:
+        deployments = index.allowed_since(day_start(now))
+    finally:
+        index.close()
+    environments = [n for n in repo.tree(commit).listdir("environments") if n.endswith(".yaml")]
+    used = {
+        "environments": len(environments),
+        "newDigestsPerDay": len(digests_locked_since(repo, head, day_start(now))),
+        "deploymentsPerDay": deployments,
+    }
+    rows = []
+    for name, value in used.items():
+        limit = getattr(settings.limits, name)
+        hard = limit.hard if limit else None
+        soft = limit.soft if limit else None
+        state = "ok"
+        if hard is not None and value >= hard:
+            state = "at-limit" if value == hard else "over"
+        elif soft is not None and value >= soft:
+            state = "warning"
+        rows.append({"limit": name, "used": value, "soft": soft, "hard": hard, "state": state})
+
+    def text() -> None:
+        _say(f"usage of {settings.tenant} on {rfc3339(now)[:10]} (UTC day)")
+        for row in rows:
+            bound = (
+                f"{row['used']} of {row['hard']}" if row["hard"] is not None else f"{row['used']} (no limit)"
+            )
+            soft = f", soft {row['soft']}" if row["soft"] is not None else ""
+            _say(f"  {row['limit']:<18} {bound}{soft}  {row['state']}")
+
+    _emit(args, {"tenant": settings.tenant, "day": rfc3339(now)[:10], "limits": rows}, text)
+    return NOT_OK if any(r["state"] == "over" for r in rows) else OK
 
 
 def cmd_replay(args: argparse.Namespace) -> int:
@@ -673,6 +720,56 @@ def cmd_hook_install(args: argparse.Namespace) -> int:
     return OK
 
 
+def cmd_doctor(args: argparse.Namespace) -> int:
+    """Check the repository and this installation; 1 when a check fails, 2 when the repository is unusable."""
+    from . import doctor  # only `stella doctor` needs it
+
+    diagnosis = doctor.diagnose(_root(args), offline=args.offline)
+    payload = {
+        "checks": [c.as_dict() for c in diagnosis.checks],
+        "plugins": [p.as_dict() for p in diagnosis.plugins],
+    }
+    _emit(args, payload, lambda: _print_doctor(diagnosis))
+    if not diagnosis.usable:
+        return INVALID
+    return NOT_OK if diagnosis.failed else OK
+
+
+def _print_doctor(diagnosis: Any) -> None:
+    from rich.table import Table
+    from rich.text import Text
+
+    marks = {"ok": ("✓", "green"), "warn": ("!", "yellow"), "fail": ("✗", "red")}
+    width = max((len(c.name) for c in diagnosis.checks), default=0)
+    for c in diagnosis.checks:
+        mark, style = marks[c.status]
+        line = Text.assemble((mark, f"bold {style}"), f" {c.name:<{width}}  {c.message}")
+        out.print(line, soft_wrap=True)
+        for detail in c.details if c.status != "ok" else ():
+            out.print(Text(f"    {detail}"), soft_wrap=True)
+    table = Table(title="plugins", title_justify="left", box=None, padding=(0, 2, 0, 0), header_style="bold")
+    for column in ("kind", "name", "version", "net", "api", "health", "distribution"):
+        table.add_column(column, no_wrap=column != "distribution", overflow="fold")
+    health_styles = {"loaded": "green", "refused": "yellow", "failed": "red"}
+    for p in diagnosis.plugins:
+        m = p.manifest
+        table.add_row(
+            p.kind,
+            p.name,
+            m.version if m else "-",
+            ("yes" if m.network else "no") if m else "-",
+            str(m.api_version) if m else "-",
+            Text(p.health, style=health_styles[p.health]),
+            Text(p.distribution or "?"),
+        )
+    out.print(table)
+    for p in diagnosis.plugins:
+        if p.reason:
+            out.print(Text(f"  {p.group} {p.name}: {p.health}: {p.reason}"), soft_wrap=True)
+    counts = {s: sum(c.status == s for c in diagnosis.checks) for s in ("ok", "warn", "fail")}
+    out.print(f"{counts['ok']} ok, {counts['warn']} warning(s), {counts['fail']} failed", markup=False)
+
+
 def build_parser() -> argparse.ArgumentParser:
     top, common = _common(True), _common(False)
     parser = _Parser(prog="stella", description="GitOps release orchestrator", parents=[top])
@@ -713,6 +810,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("promotion")
     p.set_defaults(func=cmd_why)
 
+    p = sub.add_parser("usage", parents=[common], help="usage against the limits of stella.yaml")
+    p.set_defaults(func=cmd_usage)
+
     p = sub.add_parser("replay", parents=[common], help="recompute recorded decisions from their inputs")
     p.add_argument("evidence", nargs="?", metavar="EVIDENCE_ID")
     p.add_argument("--all", action="store_true", help="replay every record on the evidence branch")
@@ -734,6 +834,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("bare_repo", metavar="BARE_REPO")
     p.add_argument("--force", action="store_true", help="replace an existing, different pre-receive hook")
     p.set_defaults(func=cmd_hook_install)
+
+    p = sub.add_parser("doctor", parents=[common], help="check config, plugins, keys, Git access, evidence")
+    p.set_defaults(func=cmd_doctor)
 
     p = sub.add_parser("reconcile", parents=[common], help="run the reconcile loop")
     p.add_argument("--once", action="store_true", help="one pass, then exit")

@@ -206,6 +206,14 @@ class EvidenceIndex:
             head = record.previous
         return None
 
+    def allowed_since(self, since: datetime) -> int:
+        """How many `allow` decisions were made at or after `since` (deployments, for the quota)."""
+        row = self._db.execute(
+            "SELECT count(*) FROM records WHERE result = 'allow' AND decided_at >= ?", (since.isoformat(),)
+        ).fetchone()
+        added = sum(1 for r in self._added.values() if r.result == "allow" and r.decided_at >= since)
+        return int(row[0]) + added
+
     def count(self) -> int:
         return int(self._db.execute("SELECT count(*) FROM records").fetchone()[0]) + len(self._added)
 

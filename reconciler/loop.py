@@ -39,6 +39,7 @@ from .evidence import (
     rfc3339,
     sha256_hex,
 )
+from .gates.quota import day_start
 from .history import EvidenceIndex, Record, open_index
 from .identity import Verifier
 from .manifests import load_repository, load_settings, manifest_of
@@ -54,7 +55,7 @@ from .models import (
     Repository,
 )
 from .policy import CORE_GATES, Decision, PlannedGate, decide
-from .protocols import Actor, ApprovalRecord, GateContext, Signer
+from .protocols import Actor, ApprovalRecord, GateContext, GateResult, Signer
 from .repo import GitTree, RaceLost, Repo
 from .resolve import Resolver, check_lock, resolve_release
 
@@ -90,6 +91,8 @@ class PassResult:
     outcomes: list[Outcome] = field(default_factory=list)
     problems: list[Problem] = field(default_factory=list)
     transient: list[str] = field(default_factory=list)
+    limits: list[str] = field(default_factory=list)
+    """Quota messages: work deferred by a hard limit, and soft-limit warnings."""
     races: int = 0
 
     @property
@@ -150,6 +153,8 @@ class _Pass:
     index: EvidenceIndex
     locks: dict[str, ReleaseLock]
     offline: bool = False
+    deferred: dict[str, str] = field(default_factory=dict)
+    """Releases not locked this pass because of `limits.newDigestsPerDay`, with the reason."""
     files: dict[str, bytes] = field(default_factory=dict)
     statements: dict[str, bytes] = field(default_factory=dict)
     pointers: dict[str, dict[str, Any]] = field(default_factory=dict)
@@ -161,6 +166,11 @@ class _Pass:
     def gate_plan(self, environment: Environment) -> list[PlannedGate]:
         planned = []
         wanted: list[tuple[str, dict[str, Any]]] = [(name, {}) for name in CORE_GATES]
+        limit = self.repository.settings.limits.deploymentsPerDay
+        if limit is not None:
+            used = self.index.allowed_since(day_start(self.now))
+            quota = {"deploymentsPerDay": limit.model_dump(), "deploymentsToday": used}
+            wanted = [(name, quota if name == "quota" else options) for name, options in wanted]
         wanted += [(g.plugin, g.options) for g in environment.gates]
         for name, options in wanted:
             gate = self.plugins.gates.get(name)
@@ -205,6 +215,10 @@ class _Pass:
         environment = self.repository.environments[promotion.environment]
         outcome = Outcome(promotion_id, environment.name, promotion.release)
         lock = self.locks.get(promotion.release)
+        if lock is None and promotion.release in self.deferred:
+            waiting = GateResult("quota", "pending", "quota-new-digests", self.deferred[promotion.release])
+            outcome.decision = Decision("pending", (waiting,), None)
+            return outcome
         if lock is None:
             outcome.problem = f"release {promotion.release!r} has no lock (see the release's problem)"
             return outcome
@@ -422,14 +436,32 @@ def _current_json(record: Record | None) -> dict[str, Any] | None:
     }
 
 
+def digests_locked_since(repo: Repo, head: str | None, since: datetime) -> set[str]:
+    """Digests of the release locks the evidence branch gained at or after `since` (walks back only
+    over the commits of that period)."""
+    if head is None:
+        return set()
+    tree = repo.tree(head)
+    digests: set[str] = set()
+    for commit_id, parent in repo.first_parent_since(head, since):
+        for path in repo.added_paths(parent, commit_id, "releases/") if parent else tree.listdir("releases"):
+            name = path.rsplit("/", 1)[-1].removesuffix(".json")
+            lock = read_lock(tree, name)
+            if lock is not None:
+                digests |= {c.digest for c in lock.components.values()}
+    return digests
+
+
 def _locks(
     repository: Repository,
     tree: GitTree | None,
     resolver: Resolver,
     result: PassResult,
     progress: Callable[[str], None] | None,
+    budget: _DigestBudget | None = None,
 ) -> tuple[dict[str, ReleaseLock], dict[str, ReleaseLock]]:
-    """(all usable locks, new ones to write). Releases whose file disagrees with their lock are problems."""
+    """(all usable locks, new ones to write). Releases whose file disagrees with their lock are problems;
+    releases whose new digests would go over `limits.newDigestsPerDay` wait for the next day."""
     usable: dict[str, ReleaseLock] = {}
     new: dict[str, ReleaseLock] = {}
     for name, release in sorted(repository.releases.items()):
@@ -444,12 +476,45 @@ def _locks(
         if progress:
             progress(f"resolving release {name}")
         try:
-            usable[name] = new[name] = resolve_release(release, resolver)
+            lock = resolve_release(release, resolver)
+            if budget is not None and not budget.take(lock, result):
+                continue
+            usable[name] = new[name] = lock
         except Transient as exc:
             result.transient.append(f"release {name}: {exc}")
         except StellaError as exc:
             result.problems.append(Problem(f"releases/{name}.yaml", None, str(exc)))
     return usable, new
+
+
+@dataclass
+class _DigestBudget:
+    """`limits.newDigestsPerDay`: the digests locked today, and the limit they count against."""
+
+    hard: int
+    soft: int | None
+    used: set[str]
+    deferred: dict[str, str] = field(default_factory=dict)
+
+    def take(self, lock: ReleaseLock, result: PassResult) -> bool:
+        """Count the lock's new digests; False (with a message) when they would go over the hard limit."""
+        fresh = {c.digest for c in lock.components.values()} - self.used
+        total = len(self.used) + len(fresh)
+        if total > self.hard:
+            message = (
+                f"release {lock.name} not locked: limits.newDigestsPerDay: {len(self.used)} of {self.hard} "
+                f"used today (UTC) and it adds {len(fresh)}; it will be locked on a later day"
+            )
+            result.limits.append(message)
+            self.deferred[lock.name] = message
+            return False
+        if self.soft is not None and total > self.soft:
+            result.limits.append(
+                f"warning: limits.newDigestsPerDay: {total} of {self.hard} used today, "
+                f"over the soft limit of {self.soft}"
+            )
+        self.used |= fresh
+        return True
 
 
 @dataclass
@@ -538,9 +603,15 @@ def evaluate(
             repository = load_repository(source, promotions=scope[0], releases=scope[1])
         result = PassResult(source_commit=commit)
         tree = repo.tree(evidence_head) if evidence_head else None
+        budget = None
+        digest_limit = repository.settings.limits.newDigestsPerDay
+        if digest_limit is not None:
+            used = digests_locked_since(repo, evidence_head, day_start(now))
+            budget = _DigestBudget(digest_limit.hard, digest_limit.soft, used)
         with Resolver(repository.settings, plugins, source, offline=offline) as resolver:
-            locks, new_locks = _locks(repository, tree, resolver, result, progress)
+            locks, new_locks = _locks(repository, tree, resolver, result, progress, budget)
         state = _Pass(repo, plugins, repository, source, now, index, locks, offline)
+        state.deferred = budget.deferred if budget is not None else {}
         open_ids = [pid for pid in repository.promotions if index.decided(pid) is None]
         order = sorted(
             open_ids,

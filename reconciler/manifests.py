@@ -250,6 +250,7 @@ class Loader:
         reconcile pass, which must not read a whole history of manifests to find what changed."""
         partial = promotions is not None
         settings = None
+        loaded: tuple[Settings, _Doc] | None = None
         if self.files.size(SETTINGS_FILE) is None:
             self.problem(SETTINGS_FILE, None, "missing: every Stella repository has a stella.yaml")
         else:
@@ -260,6 +261,17 @@ class Loader:
             loaded_groups = self._model(GROUPS_FILE, Groups, "Groups")
             groups = loaded_groups[0] if loaded_groups else None  # broken: skip group checks
         environments = self._named("environments", Environment, "Environment")
+        if loaded is not None and settings is not None and settings.limits.environments is not None:
+            hard = settings.limits.environments.hard
+            count = len(self.seen.get("environments", set()))
+            if count > hard:
+                line = loaded[1].lines.get(("limits", "environments", "hard"))
+                self.problem(
+                    SETTINGS_FILE,
+                    line,
+                    f"limits.environments: {count} environments, over the hard limit of {hard} "
+                    "(raise the limit or remove environments)",
+                )
         loaded_promotions: dict[str, tuple[Promotion, _Doc]] = {}
         for path, stem in self._manifests("promotions", promotions):
             loaded_promotion = self._model(path, Promotion, "Promotion")

@@ -11,6 +11,7 @@ Aggregation: any `fail` -> deny; otherwise any `error` or `pending` -> pending; 
 from __future__ import annotations
 
 import logging
+import os
 import queue
 import threading
 from collections.abc import Callable, Sequence
@@ -22,10 +23,21 @@ from .protocols import Gate, GateContext, GateResult
 
 log = logging.getLogger(__name__)
 
-CORE_GATES = ("environment-order", "freeze-window", "approvals")
+CORE_GATES = ("environment-order", "freeze-window", "approvals", "quota")
 """Evaluated first, in this order, for every environment."""
 
-GATE_TIMEOUT = 10.0
+
+def _timeout_setting(default: float = 10.0) -> float:
+    """`STELLA_GATE_TIMEOUT` in seconds (read once, at import); `default` when unset or not positive."""
+    try:
+        value = float(os.environ.get("STELLA_GATE_TIMEOUT", default))
+    except ValueError:
+        return default
+    return value if 0 < value < float("inf") else default
+
+
+GATE_TIMEOUT = _timeout_setting()
+"""How long one gate may take before it is an `error` result (`gate-timeout`)."""
 
 Result = Literal["allow", "deny", "pending"]
 

@@ -179,14 +179,14 @@ class Repo:
         return Path(self.git.workdir) if self.git.workdir else None
 
     def resolve_ref(self, name: str) -> str | None:
-        """The commit id a ref or revision names, or None when it does not exist."""
+        """The commit id a ref or revision names, or None when it does not exist (or is unborn)."""
         for candidate in (name, f"refs/heads/{name}"):
             try:
                 ref = self.git.references.get(candidate)
-            except (pygit2.GitError, ValueError):
-                ref = None
-            if ref is not None:
-                return str(ref.peel(pygit2.Commit).id)
+                if ref is not None:
+                    return str(ref.peel(pygit2.Commit).id)
+            except (pygit2.GitError, ValueError, KeyError):
+                continue
         try:
             return str(self.git.revparse_single(name).peel(pygit2.Commit).id)
         except (KeyError, ValueError, pygit2.GitError):
@@ -245,6 +245,17 @@ class Repo:
             return bool(self.git.descendant_of(pygit2.Oid(hex=descendant), pygit2.Oid(hex=ancestor)))
         except (KeyError, ValueError, pygit2.GitError):
             return False
+
+    def first_parent_since(self, head: str, since: datetime) -> Iterator[tuple[str, str | None]]:
+        """(commit, first parent) along the first-parent line from `head`, while commits are at or
+        after `since` (committer time)."""
+        commit = self.git[head].peel(pygit2.Commit)
+        while datetime.fromtimestamp(commit.commit_time, UTC) >= since:
+            parent = commit.parents[0] if commit.parents else None
+            yield str(commit.id), str(parent.id) if parent else None
+            if parent is None:
+                return
+            commit = parent
 
     def changed_paths(self, base: str, head: str) -> list[str]:
         """Paths added, changed or deleted between two commits (both sides of a rename)."""

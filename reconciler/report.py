@@ -767,7 +767,8 @@ previous: <span class="chain-previous chain-missing">{{ r.previous.label }} (not
 <td class="actor-verified {{ 'verified-yes' if a.verified else 'verified-no' }}">
 {{ "verified" if a.verified else "not verified" }}
 {% if a.reason %}<br><span class="muted">{{ a.reason }}</span>{% endif %}</td>
-<td class="actor-commit"><code>{{ a.commit }}</code>{% if a.time %}<br>{{ a.time }}{% endif %}</td>
+<td class="actor-commit"><code>{{ a.commit }}</code>
+{%- if a.time %}<br><span class="actor-time">{{ a.time }}</span>{% endif %}</td>
 </tr>
 {% endfor %}
 {% if not r.approvers %}

@@ -289,6 +289,7 @@ def test_report_renders_every_record_and_highlights_tampering(tmp_path: Path) ->
         ("environment-order", "pass", "no-prior-environment"),
         ("freeze-window", "pass", "not-frozen"),
         ("approvals", "pass", "no-approvals-required"),
+        ("quota", "pass", "no-limit"),
     ]
     assert all("status-pass" in g.classes for g in newest.one("table", "gates").all("tr", "gate"))
 
@@ -298,7 +299,7 @@ def test_report_renders_every_record_and_highlights_tampering(tmp_path: Path) ->
     assert requester.one("td", "actor-identity").text() == "unknown"
     assert "verified-no" in requester.one("td", "actor-verified").classes
     assert requester.one("td", "actor-verified").text().startswith("not verified")
-    assert requester.one("td", "actor-commit").text() == requester_commit
+    assert requester.one("td", "actor-commit").one("code").text() == requester_commit
     assert newest.all("tr", "approver") == [] and newest.all("tr", "no-approvers")
 
     # what, how, when
