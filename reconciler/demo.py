@@ -22,7 +22,7 @@ from .loop import PassResult, dry_run, reconcile
 from .manifests import load_repository
 from .repo import Repo, WorkTree
 from .sign import KeySigner, generate_key, load_private_key
-from .workflow import promote
+from .workflow import approve, promote
 
 DEMO_IDENTITY = {
     "GIT_AUTHOR_NAME": "Requester",
@@ -66,6 +66,31 @@ def _summary(result: PassResult) -> list[str]:
     if result.evidence_commit:
         lines.append(f"one evidence commit: {result.evidence_commit[:12]}")
     return lines
+
+
+def _ssh_key(directory: Path, identity: str) -> tuple[str, Path]:
+    directory.mkdir(parents=True, exist_ok=True)
+    key = directory / identity.split("@")[0]
+    subprocess.run(
+        ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", identity, "-f", str(key)],
+        check=True,
+        capture_output=True,
+    )
+    return identity, key
+
+
+def _public(key: Path) -> str:
+    return " ".join(key.with_name(key.name + ".pub").read_text().split()[:2])
+
+
+def _identity_env(identity: str) -> dict[str, str]:
+    name = identity.split("@")[0]
+    return {
+        "GIT_AUTHOR_NAME": name,
+        "GIT_AUTHOR_EMAIL": identity,
+        "GIT_COMMITTER_NAME": name,
+        "GIT_COMMITTER_EMAIL": identity,
+    }
 
 
 def steps(example: Path, workdir: Path, now: datetime | None = None) -> Iterator[Step]:
@@ -133,29 +158,64 @@ def steps(example: Path, workdir: Path, now: datetime | None = None) -> Iterator
             ],
         )
 
+    keys = workdir / "ssh"
+    requester = _ssh_key(keys, "requester@example.com")
+    manager = _ssh_key(keys, "release-manager@example.com")
+    (work / "trust" / "allowed_signers").write_text(
+        "".join(f'{who} namespaces="git" {_public(key)}\n' for who, key in (requester, manager))
+    )
+    _git(work, "add", "-A")
+    _git(work, "commit", "-q", "-m", "trust the requester's and the release manager's SSH keys")
+    yield Step(
+        "People sign their commits with SSH keys",
+        "trust/allowed_signers maps identities to public keys. Stella takes who requested and who approved "
+        "from commit signatures (ssh-keygen -Y verify), never from what a file says.",
+        [f"{who}: {_public(key).split()[0]} key {key.name}" for who, key in (requester, manager)],
+    )
+
+    _git(work, "config", "gpg.format", "ssh")
+    _git(work, "config", "user.signingkey", str(requester[1]))
     commit = promote(repo, "main", "shop-1.4.0", "staging", "ready for staging")
+    _git(work, "config", "--unset", "user.signingkey")
     plan = dry_run(repo, plugins, now=clock(), commit=commit, only={"shop-1.4.0--staging"}, offline=True)
     yield Step(
         "Request staging through a pull request, and plan it",
-        "`stella promote` commits the promotion on branch promote/shop-1.4.0--staging; CI runs "
-        "`stella plan` on it and shows, per gate, why it would pass, wait or be blocked. Nothing is written.",
+        "`stella promote` commits the promotion, signed by the requester, on branch "
+        "promote/shop-1.4.0--staging; CI runs `stella plan` on it and shows, per gate, why it would pass, "
+        "wait or be blocked. Nothing is written.",
         _summary(plan),
     )
 
-    _git(
-        work,
-        "merge",
-        "-q",
-        "--no-ff",
-        "-m",
-        "Merge promote/shop-1.4.0--staging",
-        "promote/shop-1.4.0--staging",
+    branch = "promote/shop-1.4.0--staging"
+    _git(work, "checkout", "-q", branch)
+    approve(
+        repo,
+        plugins,
+        "shop-1.4.0--staging",
+        reject=False,
+        comment="checked in dev",
+        key=manager[1],
+        identity=manager[0],
+        offline=True,
+        environ={**os.environ, **_identity_env(manager[0])},
     )
+    head = repo.resolve_ref("HEAD")
+    approved = dry_run(repo, plugins, now=clock(), commit=head, only={"shop-1.4.0--staging"}, offline=True)
+    yield Step(
+        "A release manager approves on the branch",
+        "`stella approve` writes approvals/shop-1.4.0--staging/release-manager@example.com.yaml, bound to "
+        "the release id, in a commit signed with the release manager's key.",
+        _summary(approved),
+    )
+
+    _git(work, "checkout", "-q", "main")
+    _git(work, "merge", "-q", "--no-ff", "-m", f"Merge {branch}", branch)
     second = reconcile(repo, plugins, now=clock, signer=lambda: signer, offline=True)
     yield Step(
-        "Merge and reconcile again",
-        "staging requires an approval from release-managers, so the promotion stays pending: no "
-        "record is written for a pending decision, and `stella why` explains what it waits for.",
+        "Merge (a merge commit keeps the signatures) and reconcile",
+        "staging promotes from dev, needs one release manager who is not the requester, and is frozen at "
+        "weekends (Friday 18:00 to Monday 08:00 UTC): the decision is recorded when every gate passes, "
+        "with the requester and the approver in the evidence. A pending decision leaves no record.",
         _summary(second) or ["nothing new"],
         ok=not second.problems,
     )

@@ -663,6 +663,8 @@ def dry_run(
     """Decide as a pass would, and write nothing (`plan`, `why`)."""
     ev = evaluate(repo, plugins, now=now, commit=commit, only=only, offline=offline, progress=progress)
     ev.discard()
+    for outcome in ev.result.outcomes:
+        outcome.evidence = None  # computed, never written
     return ev.result
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -76,6 +77,7 @@ def approve(
     key: Path | None,
     identity: str | None,
     offline: bool,
+    environ: Mapping[str, str] | None = None,
 ) -> Approved:
     """Write `approvals/<promotion>/<identity>.yaml` bound to the release id, and commit it signed."""
     workdir = repo.workdir
@@ -116,7 +118,8 @@ def approve(
     target.write_text(yaml.safe_dump(body, sort_keys=False))
     verb = "reject" if reject else "approve"
     message = f"stella: {verb} {promotion_id}\n\nRelease {release.name} ({lock.id}).\n"
-    _git(workdir, "add", "--", path)
+    env = dict(environ if environ is not None else os.environ)
+    _git(workdir, "add", "--", path, env=env)
     _git(
         workdir,
         "-c",
@@ -130,8 +133,9 @@ def approve(
         message,
         "--",
         path,
+        env=env,
     )
-    commit = _git(workdir, "rev-parse", "HEAD")
+    commit = _git(workdir, "rev-parse", "HEAD", env=env)
     return Approved(commit, path, who, lock.id)
 
 
@@ -167,8 +171,8 @@ def _configured_email(repo: Repo) -> str:
         raise InvalidInput("no identity: pass --identity or set git config user.email") from exc
 
 
-def _git(cwd: Path, *argv: str) -> str:
-    done = subprocess.run(["git", *argv], cwd=cwd, capture_output=True, text=True, env=os.environ.copy())
+def _git(cwd: Path, *argv: str, env: Mapping[str, str]) -> str:
+    done = subprocess.run(["git", *argv], cwd=cwd, capture_output=True, text=True, env=dict(env))
     if done.returncode != 0:
         raise InvalidInput(f"git {argv[-1] if argv else ''} failed: {done.stderr.strip()}")
     return done.stdout.strip()
