@@ -20,7 +20,7 @@ def test_demo_runs_every_step() -> None:
         assert staging[0] == "shop-1.4.0--staging: pending"
     else:
         assert staging[0].startswith("shop-1.4.0--staging: allow -> evidence sha256:")
-        assert "    pass    approvals: approved: approved by release-manager@example.com" in staging
+        assert "  pass    approvals: approved: approved by release-manager@example.com" in staging
     assert by_title["Verify the evidence branch offline"][0].startswith("OK: ")
     tampered = by_title["Tamper with a statement, and verify again"]
     assert any("changed after it was written" in line for line in tampered)
