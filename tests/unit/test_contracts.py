@@ -48,3 +48,47 @@ class _NoManifest:
 def test_plugin_checks() -> None:
     assert "plugin API version 0" in (check(_WrongVersion(), RegistryPlugin, offline=False) or "")
     assert "no PluginManifest" in (check(_NoManifest(), RegistryPlugin, offline=False) or "")
+
+
+def test_public_api_is_pinned() -> None:
+    import reconciler
+
+    assert sorted(reconciler.__all__) == sorted(
+        [
+            "PLUGIN_API_VERSION",
+            "Actor",
+            "ApprovalRecord",
+            "FileSource",
+            "Gate",
+            "GateContext",
+            "GateResult",
+            "ImageRef",
+            "InvalidInput",
+            "PluginError",
+            "PluginManifest",
+            "PriorDecision",
+            "Problem",
+            "Registry",
+            "RegistryOptions",
+            "RegistryPlugin",
+            "RegistryUnavailable",
+            "Signer",
+            "SignerPlugin",
+            "StellaError",
+            "Transient",
+            "ValidationFailed",
+            "Waiting",
+            "__version__",
+        ]
+    )
+    for name in reconciler.__all__:
+        assert getattr(reconciler, name) is not None
+
+
+def test_every_builtin_gate_and_signer_loads() -> None:
+    plugins = discover()
+    assert {"environment-order", "freeze-window", "approvals", "quota", "vulnerability", "signature"} <= set(
+        plugins.gates
+    )
+    assert {"key", "keyless"} <= set(plugins.signers)
+    assert not plugins.broken, plugins.broken
