@@ -134,8 +134,6 @@ class EvidenceSettings(_Model):
     ref: Annotated[str, StringConstraints(pattern=r"^refs/heads/[A-Za-z0-9._/-]+$")] = (
         "refs/heads/stella/evidence"
     )
-    repository: str | None = None
-    """A separate evidence repository (path or URL); default: the same repository."""
 
 
 class Limit(_Model):
