@@ -162,6 +162,8 @@ def check_lock(release: Release, existing: ReleaseLock) -> list[str]:
             continue
         if comp.ref.repo != locked.image:
             problems.append(f"{name}: image changed from {locked.image} to {comp.ref.repo}")
+        elif comp.pinned_digest is None and comp.ref.tag != locked.tag:
+            problems.append(f"{name}: tag changed from {locked.tag} to {comp.ref.tag}")
         pinned = comp.pinned_digest
         if pinned is not None and pinned != locked.digest:
             problems.append(f"{name}: digest changed from {locked.digest} to {pinned}")
