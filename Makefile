@@ -30,6 +30,7 @@ test: $(VENV)/.installed-test lint
 bench: $(VENV)/.installed-test
 	$(BIN)/python bench/bench_resolve.py
 	$(BIN)/python bench/bench_reconcile.py
+	$(BIN)/python bench/bench_audit.py
 
 schemas: $(VENV)/.installed
 	$(BIN)/python -m reconciler.schemas

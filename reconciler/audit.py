@@ -1,57 +1,132 @@
-"""`stella audit verify`: check the evidence branch the way an auditor would, offline.
+"""`stella audit`: verify the evidence branch the way an auditor would, offline; export and checkpoint it.
 
-Checks, each failure a `Finding` naming the file (and commit, for history):
-- every file under `evidence/`, `inputs/`, `artifacts/` hashes to the name it is stored under, and every
-  release lock's id is the hash of its components;
-- every statement has a bundle whose DSSE payload is exactly the statement's bytes, signed by a key in
-  `trust/evidence-keys/` (read from the source branch, or a directory given by the caller);
-- every statement's inputs and artifacts exist; every chain link points to a record of the same
-  environment; no environment's chain forks; each environment pointer names its chain's head;
-- history: no file under `releases/`, `evidence/`, `inputs/`, `artifacts/` was ever changed or deleted
-  in any commit of the branch, and the ref's reflog shows only fast-forward moves.
-Read-only; never writes to the repository.
+`verify` checks, each failure a `Finding` with a stable `check` code and naming the file (and commit,
+for history):
+- `hash`: every file under `evidence/`, `inputs/`, `artifacts/` hashes to the name it is stored under;
+- `signature`: every statement has a bundle whose DSSE payload is exactly the statement's bytes, signed
+  by a trusted key (`trust/evidence-keys/` of the source branch, or a packet's);
+- `statement`: every statement is a JSON object with a predicate naming its environment;
+- `inputs`, `artifact`: every statement's inputs file and artifacts exist;
+- `lock`: every release lock's id is the hash of its name and digests, and every record's release id is
+  its lock's (a lock changed after it was written is also a `history` finding);
+- `chain`: every chain link points to a record of the same environment, no chain forks, and each
+  environment's chain has one head (a record nothing names as previous);
+- `pointer`: each environment's pointer names its chain's head and its newest allowed record;
+- `history`: no file under `releases/`, `evidence/`, `inputs/`, `artifacts/` was changed or deleted in
+  any commit of the branch; `reflog`: the ref only ever moved by fast-forward (where a reflog exists);
+- `layout`: no unexpected file in `evidence/`, `inputs/`, `artifacts/`;
+- `checkpoint`: given a signed checkpoint, everything it covered is still there, as a prefix;
+- `packet`: (verifying a packet) every member is the one its manifest lists.
+
+It streams: the work is cut into chunks (records, inputs, artifacts, locks), run by this process and
+worker processes that each open the repository themselves and return findings plus a few small facts
+per record (environment, previous, result, release); file bytes and statements are never all held at
+once. Meanwhile `git log` diffs every commit in a process of its own. Results are merged and sorted, so
+the report does not depend on scheduling.
+
+`export_packet` writes an offline packet (the branch as a Git bundle, the trust material, a manifest
+and a README); `verify_packet` verifies one in a temporary directory, refusing path tricks in the tar.
+`Checkpoint` is the signed statement of what the branch held at one time.
+
+Read-only: never writes to the repository it verifies. Never prints; errors are `StellaError`s.
 """
 
 from __future__ import annotations
 
+import gzip
+import hashlib
+import io
 import json
 import logging
-from collections.abc import Callable, Iterable
+import multiprocessing
+import os
+import re
+import subprocess
+import tarfile
+import tempfile
+import threading
+import zlib
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path, PurePosixPath
+from typing import Any, ClassVar, NamedTuple
 
 import pygit2
+import rfc8785
 
-from .errors import InvalidInput, StellaError
-from .evidence import release_id, sha256_hex
+from .errors import InvalidInput, StellaError, Transient
+from .protocols import IN_TOTO_PAYLOAD_TYPE, Signer
 from .repo import GitTree, Repo
-from .sign import TrustedKeys, verify_bundle
+from .sign import BundleError, TrustedKeys, public_pem, verify_bundle
 
 log = logging.getLogger(__name__)
 
 IMMUTABLE = ("releases/", "evidence/", "inputs/", "artifacts/")
 KEYS_DIR = "trust/evidence-keys"
+CHECKS = (
+    "hash",
+    "signature",
+    "statement",
+    "inputs",
+    "artifact",
+    "lock",
+    "chain",
+    "pointer",
+    "history",
+    "reflog",
+    "layout",
+    "checkpoint",
+    "packet",
+)
+"""Every `Finding.check` code, stable across versions (documented in docs/audit.md)."""
+
+Progress = Callable[[int, int], None]
+"""`progress(done, total)`: units of work (records, inputs, artifacts, locks) done so far, of the total."""
+
+PARALLEL_MIN = 2000
+"""Below this many units of work, `verify` runs in this process: starting workers would cost more."""
+
+_CHUNK = {"records": 250, "inputs": 1000, "artifacts": 1000, "releases": 500}
+_HEX = re.compile(r"[0-9a-f]{64}")
+_ZERO = "0" * 40
 
 
-@dataclass(frozen=True, order=True)
+@dataclass(frozen=True)
 class Finding:
     file: str
     message: str
     commit: str | None = None
+    check: str = "layout"
 
     def __str__(self) -> str:
         where = f"{self.file} (commit {self.commit[:12]})" if self.commit else self.file
         return f"{where}: {self.message}"
 
+    def sort_key(self) -> tuple[str, str, str, str]:
+        return (self.file, self.message, self.commit or "", self.check)
+
     def as_dict(self) -> dict[str, str | None]:
-        return {"file": self.file, "message": self.message, "commit": self.commit}
+        return {"file": self.file, "message": self.message, "commit": self.commit, "check": self.check}
 
 
 @dataclass
 class Report:
     head: str | None
+    ref: str = ""
     records: int = 0
     bundles: int = 0
     commits: int = 0
+    files: int = 0
+    witnesses: int = 0
+    """Keyless witnesses seen (`evidence/<hex>.keyless.sigstore.json`); the sigstore plugin checks them."""
+    chains: dict[str, str] = field(default_factory=dict)
+    """Environment -> the evidence id at the head of its chain (only for chains that do not fork)."""
+    keys: dict[str, str] = field(default_factory=dict)
+    """Trusted key source -> key hint: what the signatures were checked against."""
     findings: list[Finding] = field(default_factory=list)
 
     @property
@@ -68,194 +143,638 @@ def trusted_keys(tree: GitTree) -> TrustedKeys:
     return TrustedKeys.from_files(items)
 
 
+def load_keys(repo: Repo, branch: str) -> TrustedKeys:
+    commit = repo.resolve_ref(f"refs/heads/{branch}")
+    if commit is None:
+        raise InvalidInput(f"branch {branch!r} not found: cannot read {KEYS_DIR}/")
+    return trusted_keys(repo.tree(commit))
+
+
+# --- verify: the orchestration ---------------------------------------------------------------------
+
+
 def verify(
     repo: Repo,
     ref: str,
     keys: TrustedKeys,
-    progress: Callable[[str], None] | None = None,
+    progress: Progress | None = None,
+    *,
+    workers: int | None = None,
+    checkpoint: Checkpoint | None = None,
 ) -> Report:
+    """Verify the evidence branch `ref` of `repo` with the trusted `keys` (see the module docstring).
+
+    `workers`: how many processes share the work, this one included (default: one per available CPU
+    when the branch is large enough to gain from it, else this process alone). Worker processes start
+    from the main module, which must import without side effects (the `if __name__ == "__main__":`
+    idiom). `checkpoint`: also check that the branch still holds everything that checkpoint covered.
+    `progress(done, total)` is called in this process as the work advances.
+    """
     head = repo.resolve_ref(ref)
-    report = Report(head=head)
+    report = Report(head=head, ref=ref, keys={k.source: k.hint for k in keys.values()})
     if head is None:
-        report.findings.append(Finding(ref, "the evidence ref does not exist"))
-        return report
-    tree = repo.tree(head)
-    _check_history(repo, ref, head, report)
-    statements = _check_files(tree, keys, report, progress)
-    _check_chains(tree, statements, report)
-    report.findings.sort()
-    return report
-
-
-def _check_history(repo: Repo, ref: str, head: str, report: Report) -> None:
-    walker = repo.git.walk(head, pygit2.enums.SortMode.TOPOLOGICAL)
-    for commit in walker:
-        report.commits += 1
-        for parent in commit.parents:
-            diff = parent.tree.diff_to_tree(commit.tree)
-            for delta in diff.deltas:
-                path = delta.old_file.path
-                if not path.startswith(IMMUTABLE):
-                    continue
-                status = delta.status
-                if status == pygit2.enums.DeltaStatus.DELETED:
-                    report.findings.append(Finding(path, "deleted from the evidence branch", str(commit.id)))
-                elif status == pygit2.enums.DeltaStatus.MODIFIED:
-                    report.findings.append(Finding(path, "changed after it was written", str(commit.id)))
-                elif status not in (pygit2.enums.DeltaStatus.ADDED,):
-                    report.findings.append(
-                        Finding(path, f"unexpected change ({status.name})", str(commit.id))
-                    )
-    try:
-        entries = list(repo.git.lookup_reference(ref).log())
-    except (KeyError, pygit2.GitError):
-        entries = []
-    zero = "0" * 40
-    for entry in entries:
-        old, new = str(entry.oid_old), str(entry.oid_new)
-        if old in (zero, new):
-            continue
-        if not repo.git.descendant_of(entry.oid_new, entry.oid_old):
+        report.findings.append(Finding(ref, "the evidence ref does not exist", check="layout"))
+        if checkpoint is not None:
             report.findings.append(
                 Finding(
                     ref,
-                    f"moved from {old[:12]} to {new[:12]}, which is not a fast-forward (history rewritten)",
+                    f"the checkpoint covered {checkpoint.records} records at {checkpoint.head}",
+                    None,
+                    "checkpoint",
                 )
             )
+        return report
+    git = repo.git
+    commit = git[head].peel(pygit2.Commit)
+    tree = commit.tree
+    history = _History(repo, head)  # runs beside the rest, in a process of its own
+    try:
+        report.commits = sum(1 for _ in git.walk(commit.id, pygit2.enums.SortMode.NONE))
+        findings = _checked(repo, ref, head, tree, keys, progress, workers, report, checkpoint)
+        findings += history.findings()
+    finally:
+        history.close()
+    report.findings = sorted(set(findings), key=Finding.sort_key)
+    return report
 
 
-def _check_files(
-    tree: GitTree,
+def _checked(
+    repo: Repo,
+    ref: str,
+    head: str,
+    tree: Any,
     keys: TrustedKeys,
+    progress: Progress | None,
+    workers: int | None,
     report: Report,
-    progress: Callable[[str], None] | None,
-) -> dict[str, dict[str, object]]:
-    """Hashes and signatures of every stored file; returns statement hex -> parsed statement."""
-    add = report.findings.append
-    statements: dict[str, dict[str, object]] = {}
-    names = tree.listdir("evidence")
-    name_set = set(names)
-    for name in names:
-        path = f"evidence/{name}"
-        if name.endswith(".sigstore.json"):
-            if name.removesuffix(".sigstore.json") + ".json" not in name_set:
-                add(Finding(path, "bundle without its statement"))
-            continue
-        if not name.endswith(".json"):
-            add(Finding(path, "unexpected file in evidence/"))
-            continue
-        hex_id = name.removesuffix(".json")
-        raw = tree.read(path) or b""
-        report.records += 1
-        if progress and report.records % 200 == 0:
-            progress(f"{report.records} records")
-        if sha256_hex(raw) != hex_id:
-            add(Finding(path, f"content hash sha256:{sha256_hex(raw)} does not match its name"))
-        bundle = tree.read(f"evidence/{hex_id}.sigstore.json")
-        if bundle is None:
-            add(Finding(path, "no signature bundle (evidence/<hex>.sigstore.json)"))
+    checkpoint: Checkpoint | None,
+) -> list[Finding]:
+    """Every check but history: the chunks of work, then the whole-branch checks over their facts."""
+    findings: list[Finding] = []
+    plan = _plan(tree, findings, report)
+    total = sum(len(t.names) for t in plan)
+    job = _Job(str(repo.path), head, tuple((k.source, public_pem(k.public_key)) for k in keys.values()))
+    merged = _Merged()
+    done = 0
+
+    def collect(task: _Task, result: _Result) -> None:
+        nonlocal done
+        merged.add(result)
+        done += len(task.names)
+        if progress is not None:
+            progress(done, total)
+
+    if progress is not None:
+        progress(0, total)
+    count = _workers(workers, total)
+    try:
+        if count <= 1:
+            for task in plan:
+                collect(task, _run(job, task))
         else:
-            report.bundles += 1
+            _run_parallel(job, plan, count, collect)
+    finally:
+        _local.state = None  # let go of the repository (a packet's is deleted next)
+    findings += merged.findings
+    report.records, report.bundles, report.files = merged.records, merged.bundles, merged.files
+    findings += _check_locks(merged)
+    findings += _check_chains(GitTree(repo.git, tree, head), merged, report)
+    findings += _check_reflog(repo, ref)
+    if checkpoint is not None:
+        findings += _check_checkpoint(repo, ref, report, merged, checkpoint)
+    return findings
+
+
+def _workers(requested: int | None, total: int) -> int:
+    if requested is not None:
+        return max(requested, 0)
+    if total < PARALLEL_MIN:
+        return 0
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        cpus = os.cpu_count() or 1
+    return min(cpus, 8)
+
+
+def _run_parallel(
+    job: _Job, plan: Sequence[_Task], count: int, collect: Callable[[_Task, _Result], None]
+) -> None:
+    """Run the tasks on `count` CPUs: in this process and `count - 1` worker processes.
+
+    The workers take tasks from the front of the plan, a few in flight each (memory stays bounded);
+    this process takes them from the back whenever the workers are fed, so it works from the start,
+    while they are still starting. Workers come from a fork server where there is one ("spawn"
+    elsewhere): this process, which may hold threads (a progress bar's), is never forked itself; the
+    server imports the main module and this one once, so each worker starts without importing.
+    """
+    method = "forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else "spawn"
+    context = multiprocessing.get_context(method)
+    if isinstance(context, multiprocessing.context.ForkServerContext):
+        context.set_forkserver_preload(["__main__", __name__])
+    helpers = count - 1
+    tasks = deque(plan)
+    pending: dict[Future[_Result], _Task] = {}
+    try:
+        with ProcessPoolExecutor(max_workers=helpers, mp_context=context) as pool:
+            while tasks or pending:
+                while tasks and len(pending) < 2 * helpers:
+                    task = tasks.popleft()
+                    pending[pool.submit(_run, job, task)] = task
+                _drain(pending, collect, block=not tasks)
+                if tasks:
+                    task = tasks.pop()
+                    collect(task, _run(job, task))
+    except BrokenProcessPool as exc:
+        raise Transient(f"audit verify: a worker process died ({exc}); try again") from exc
+
+
+def _drain(
+    pending: dict[Future[_Result], _Task], collect: Callable[[_Task, _Result], None], block: bool
+) -> None:
+    """Collect the finished tasks (when `block`, wait for at least one)."""
+    if not pending:
+        return
+    finished, _ = wait(list(pending), timeout=None if block else 0, return_when=FIRST_COMPLETED)
+    for future in finished:
+        collect(pending.pop(future), future.result())
+
+
+def _plan(tree: Any, findings: list[Finding], report: Report) -> list[_Task]:
+    """The chunks of work, from the names under each directory (never their contents)."""
+    plan: list[_Task] = []
+    hexes: list[str] = []
+    groups: dict[str, set[str]] = {}
+    for name in _names(tree, "evidence"):
+        hex_id, _, suffix = name.partition(".")
+        if not _HEX.fullmatch(hex_id) or suffix not in ("json", "sigstore.json", "keyless.sigstore.json"):
+            findings.append(Finding(f"evidence/{name}", "unexpected file in evidence/", check="layout"))
+            continue
+        groups.setdefault(hex_id, set()).add(suffix)
+    for hex_id, suffixes in sorted(groups.items()):
+        if "json" in suffixes:
+            hexes.append(hex_id)
+        else:
+            for suffix in sorted(suffixes):
+                findings.append(
+                    Finding(f"evidence/{hex_id}.{suffix}", "bundle without its statement", check="signature")
+                )
+        if "keyless.sigstore.json" in suffixes:
+            report.witnesses += 1
+    del groups
+    plan += [_Task("records", tuple(c)) for c in _chunks(hexes, _CHUNK["records"])]
+    for kind in ("inputs", "artifacts", "releases"):
+        plan += [_Task(kind, tuple(c)) for c in _chunks(_names(tree, kind), _CHUNK[kind])]
+    return plan
+
+
+def _names(tree: Any, directory: str) -> list[str]:
+    try:
+        sub = tree[directory]
+    except KeyError:
+        return []
+    return sorted(e.name or "" for e in sub) if isinstance(sub, pygit2.Tree) else []
+
+
+def _chunks(items: Sequence[str], size: int) -> Iterator[Sequence[str]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+# --- verify: the work a worker does ----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Job:
+    """What every worker needs, picklable: where the repository is, which commit, which keys."""
+
+    git_dir: str
+    head: str
+    keys: tuple[tuple[str, bytes], ...]
+
+
+@dataclass(frozen=True)
+class _Task:
+    kind: str
+    names: tuple[str, ...]
+
+
+class _Fact(NamedTuple):
+    """The little a record leaves for the whole-branch checks."""
+
+    hex: str
+    environment: str | None
+    previous: str | None
+    result: str | None
+    release_name: str | None
+    release_id: str | None
+
+
+@dataclass
+class _Result:
+    findings: list[Finding] = field(default_factory=list)
+    facts: list[_Fact] = field(default_factory=list)
+    locks: dict[str, str] = field(default_factory=dict)
+    """Release name -> the id its lock file holds."""
+    records: int = 0
+    bundles: int = 0
+    files: int = 0
+
+
+@dataclass
+class _Merged(_Result):
+    def add(self, result: _Result) -> None:
+        self.findings += result.findings
+        self.facts += result.facts
+        self.locks.update(result.locks)
+        self.records += result.records
+        self.bundles += result.bundles
+        self.files += result.files
+
+
+class _State:
+    """One worker's view of the repository at the head commit (opened once, reused for its tasks)."""
+
+    def __init__(self, job: _Job) -> None:
+        self.job = job
+        self.git = pygit2.Repository(job.git_dir)
+        self.tree = self.git[job.head].peel(pygit2.Commit).tree
+        self.keys = TrustedKeys.from_files(job.keys)
+        self._dirs: dict[str, Any] = {}
+
+    def dir(self, name: str) -> Any:
+        """The tree of a top-level directory, or None."""
+        if name not in self._dirs:
             try:
-                verified = verify_bundle(bundle, keys, source=f"evidence/{hex_id}.sigstore.json")
-                if verified.payload != raw:
-                    add(Finding(f"evidence/{hex_id}.sigstore.json", "signs other bytes than the statement"))
-            except StellaError as exc:
-                add(Finding(f"evidence/{hex_id}.sigstore.json", str(exc)))
+                obj = self.tree[name]
+            except KeyError:
+                obj = None
+            self._dirs[name] = obj if isinstance(obj, pygit2.Tree) else None
+        return self._dirs[name]
+
+    @staticmethod
+    def read(directory: Any, name: str) -> bytes | None:
+        if directory is None:
+            return None
         try:
-            statement = json.loads(raw)
-            if not isinstance(statement, dict):
-                raise ValueError("not an object")
-            statements[hex_id] = statement
-        except ValueError as exc:
-            add(Finding(path, f"not a JSON statement: {exc}"))
-    for directory in ("inputs", "artifacts", "releases"):
-        for name in tree.listdir(directory):
-            _check_stored(tree, directory, name, add)
-    return statements
+            obj = directory[name]
+        except KeyError:
+            return None
+        return obj.data if isinstance(obj, pygit2.Blob) else None
 
 
-def _check_stored(tree: GitTree, directory: str, name: str, add: Callable[[Finding], None]) -> None:
-    path = f"{directory}/{name}"
-    if directory == "inputs":
-        raw = tree.read(path) or b""
-        if sha256_hex(raw) != name.removesuffix(".json"):
-            add(Finding(path, "content hash does not match its name"))
-    elif directory == "artifacts":
-        for artifact in tree.listdir(path):
-            raw = tree.read(f"{path}/{artifact}") or b""
-            if sha256_hex(raw) != name:
-                add(Finding(f"{path}/{artifact}", "content hash does not match its directory name"))
-    else:
-        raw = tree.read(path) or b""
+_local = threading.local()
+
+
+def _state(job: _Job) -> _State:
+    state: _State | None = getattr(_local, "state", None)
+    if state is None or state.job != job:
+        state = _State(job)
+        _local.state = state
+    return state
+
+
+def _run(job: _Job, task: _Task) -> _Result:
+    """Do one chunk of work (in a worker process, or in this one)."""
+    state = _state(job)
+    result = _Result()
+    {
+        "records": _check_records,
+        "inputs": _check_inputs,
+        "artifacts": _check_artifacts,
+        "releases": _check_releases,
+    }[task.kind](state, task.names, result)
+    return result
+
+
+def _check_records(state: _State, names: Sequence[str], out: _Result) -> None:
+    add = out.findings.append
+    evidence = state.dir("evidence")
+    for hex_id in names:
+        path = f"evidence/{hex_id}.json"
+        raw = state.read(evidence, f"{hex_id}.json") or b""
+        out.records += 1
+        out.files += 1
+        actual = hashlib.sha256(raw).hexdigest()
+        if actual != hex_id:
+            add(Finding(path, f"content hash sha256:{actual} does not match its name", check="hash"))
+        bundle_path = f"evidence/{hex_id}.sigstore.json"
+        bundle = state.read(evidence, f"{hex_id}.sigstore.json")
+        if bundle is None:
+            add(Finding(path, "no signature bundle (evidence/<hex>.sigstore.json)", check="signature"))
+        else:
+            out.bundles += 1
+            out.files += 1
+            try:
+                verified = verify_bundle(bundle, state.keys, source=bundle_path)
+            except StellaError as exc:
+                add(Finding(bundle_path, str(exc).removeprefix(f"{bundle_path}: "), check="signature"))
+            else:
+                if verified.payload != raw:
+                    add(Finding(bundle_path, "signs other bytes than the statement", check="signature"))
+                elif verified.payload_type != IN_TOTO_PAYLOAD_TYPE:
+                    add(
+                        Finding(
+                            bundle_path,
+                            f"payload type {verified.payload_type!r} is not {IN_TOTO_PAYLOAD_TYPE!r}",
+                            check="signature",
+                        )
+                    )
+        out.facts.append(_record_facts(state, hex_id, raw, add))
+
+
+def _record_facts(state: _State, hex_id: str, raw: bytes, add: Callable[[Finding], None]) -> _Fact:
+    path = f"evidence/{hex_id}.json"
+    try:
+        statement = json.loads(raw)
+    except ValueError as exc:
+        add(Finding(path, f"not a JSON statement: {exc}", check="statement"))
+        return _Fact(hex_id, None, None, None, None, None)
+    predicate = statement.get("predicate") if isinstance(statement, dict) else None
+    if not isinstance(predicate, dict):
+        add(Finding(path, "statement has no predicate", check="statement"))
+        return _Fact(hex_id, None, None, None, None, None)
+    environment = predicate.get("environment")
+    if not isinstance(environment, str) or not environment:
+        add(Finding(path, "the predicate names no environment", check="statement"))
+        environment = None
+    previous = predicate.get("previous")
+    if previous is not None and not (isinstance(previous, str) and previous.startswith("sha256:")):
+        add(Finding(path, f"chain link {previous!r} is not an evidence id", check="chain"))
+        previous = None
+    inputs = predicate.get("inputs")
+    digest = inputs.get("sha256") if isinstance(inputs, dict) else None
+    if not isinstance(digest, str):
+        add(Finding(path, "the predicate records no inputs digest", check="inputs"))
+    elif not _has(state.dir("inputs"), f"{digest}.json"):
+        add(Finding(path, f"its inputs file inputs/{digest}.json is missing", check="inputs"))
+    artifacts = state.dir("artifacts")
+    for artifact in _list(predicate.get("artifacts")):
+        name, sha = artifact.get("name"), artifact.get("sha256")
+        if not (isinstance(name, str) and isinstance(sha, str) and _has(artifacts, f"{sha}/{name}")):
+            add(Finding(path, f"artifact {name} ({sha}) is missing", check="artifact"))
+    release = predicate.get("release")
+    release_name = release.get("name") if isinstance(release, dict) else None
+    release_id = release.get("id") if isinstance(release, dict) else None
+    decision = predicate.get("decision")
+    result = decision.get("result") if isinstance(decision, dict) else None
+    return _Fact(
+        hex_id,
+        environment,
+        previous,
+        result if isinstance(result, str) else None,
+        release_name if isinstance(release_name, str) else None,
+        release_id if isinstance(release_id, str) else None,
+    )
+
+
+def _has(directory: Any, path: str) -> bool:
+    """Whether the tree holds a file at `path`, without reading it."""
+    if directory is None or not path or ".." in path.split("/"):
+        return False
+    try:
+        return isinstance(directory[path], pygit2.Blob)
+    except (KeyError, ValueError):
+        return False
+
+
+def _check_inputs(state: _State, names: Sequence[str], out: _Result) -> None:
+    inputs = state.dir("inputs")
+    for name in names:
+        path = f"inputs/{name}"
+        raw = state.read(inputs, name)
+        if raw is None or not name.endswith(".json") or not _HEX.fullmatch(name.removesuffix(".json")):
+            out.findings.append(Finding(path, "unexpected file in inputs/", check="layout"))
+            continue
+        out.files += 1
+        if hashlib.sha256(raw).hexdigest() != name.removesuffix(".json"):
+            out.findings.append(Finding(path, "content hash does not match its name", check="hash"))
+
+
+def _check_artifacts(state: _State, names: Sequence[str], out: _Result) -> None:
+    artifacts = state.dir("artifacts")
+    for name in names:
+        path = f"artifacts/{name}"
+        sub = artifacts[name]
+        if not isinstance(sub, pygit2.Tree) or not _HEX.fullmatch(name):
+            out.findings.append(Finding(path, "unexpected file in artifacts/", check="layout"))
+            continue
+        for blob in sub:
+            if not isinstance(blob, pygit2.Blob):
+                out.findings.append(Finding(f"{path}/{blob.name}", "unexpected directory", check="layout"))
+                continue
+            out.files += 1
+            if hashlib.sha256(blob.data).hexdigest() != name:
+                out.findings.append(
+                    Finding(
+                        f"{path}/{blob.name}", "content hash does not match its directory name", check="hash"
+                    )
+                )
+
+
+def _check_releases(state: _State, names: Sequence[str], out: _Result) -> None:
+    from .evidence import release_id  # only here: it brings the models, which workers need nowhere else
+
+    releases = state.dir("releases")
+    for name in names:
+        path = f"releases/{name}"
+        raw = state.read(releases, name)
+        if raw is None or not name.endswith(".json"):
+            out.findings.append(Finding(path, "unexpected file in releases/", check="layout"))
+            continue
+        out.files += 1
         try:
             lock = json.loads(raw)
             pinned = {c: f"{v['image']}@{v['digest']}" for c, v in lock["components"].items()}
+            if not isinstance(lock["id"], str) or not isinstance(lock["name"], str):
+                raise TypeError("name and id must be strings")
+            out.locks[name.removesuffix(".json")] = lock["id"]
             if release_id(lock["name"], pinned) != lock["id"] or f"{lock['name']}.json" != name:
-                add(Finding(path, "release id does not match the release's name and digests"))
-        except (ValueError, KeyError, TypeError) as exc:
-            add(Finding(path, f"not a release lock: {exc}"))
+                out.findings.append(
+                    Finding(path, "release id does not match the release's name and digests", check="lock")
+                )
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
+            out.findings.append(Finding(path, f"not a release lock: {exc}", check="lock"))
 
 
-def _check_chains(tree: GitTree, statements: dict[str, dict[str, object]], report: Report) -> None:
-    add = report.findings.append
-    env_of: dict[str, str] = {}
-    previous_of: dict[str, str | None] = {}
-    for hex_id, statement in statements.items():
-        path = f"evidence/{hex_id}.json"
-        predicate = statement.get("predicate")
-        if not isinstance(predicate, dict):
-            add(Finding(path, "statement has no predicate"))
+class _History:
+    """No file under IMMUTABLE changed or deleted by any commit of the branch (against each parent).
+
+    `git log` does the diffs, listing only deletions, modifications and type changes under those
+    directories: libgit2 re-reads each commit's large directory trees from their delta chains and is
+    many times slower at this. It runs in its own process while the records are checked.
+    """
+
+    _MESSAGES: ClassVar[dict[bytes, str]] = {
+        b"D": "deleted from the evidence branch",
+        b"M": "changed after it was written",
+        b"T": "changed type after it was written",
+    }
+
+    def __init__(self, repo: Repo, head: str) -> None:
+        argv = ["git", f"--git-dir={repo.path}", "log", "-z", "-m", "--full-history", "--no-renames"]
+        argv += ["--raw", "--no-abbrev", "--diff-filter=DMT", "--format=%x01%H", head, "--", *IMMUTABLE]
+        env = {**os.environ, "GIT_CONFIG_NOSYSTEM": "1", "GIT_TERMINAL_PROMPT": "0", "LC_ALL": "C"}
+        try:
+            self._process: subprocess.Popen[bytes] | None = subprocess.Popen(
+                argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, env=env
+            )
+        except OSError as exc:
+            raise Transient(f"cannot run git to check the branch history: {exc}") from exc
+
+    def findings(self) -> list[Finding]:
+        assert self._process is not None
+        out, err = self._process.communicate()
+        code, self._process = self._process.returncode, None
+        if code != 0:
+            raise Transient(
+                f"git log failed while checking the branch history: {err.decode(errors='replace')}"
+            )
+        found = []
+        for chunk in out.split(b"\x01")[1:]:
+            commit, _, rest = chunk.partition(b"\0")
+            fields = rest.lstrip(b"\n").split(b"\0")
+            for meta, path in zip(fields[0::2], fields[1::2], strict=False):
+                status = meta.rsplit(b" ", 1)[-1][:1]
+                if meta.startswith(b":") and status in self._MESSAGES:
+                    name = path.decode(errors="replace")
+                    found.append(Finding(name, self._MESSAGES[status], commit.decode(), "history"))
+        return found
+
+    def close(self) -> None:
+        if self._process is not None:
+            self._process.kill()
+            self._process.communicate()
+            self._process = None
+
+
+# --- verify: the whole-branch checks, from the facts -----------------------------------------------
+
+
+def _check_locks(merged: _Merged) -> list[Finding]:
+    found: list[Finding] = []
+    for fact in merged.facts:
+        if fact.release_name is None:
             continue
-        evidence_id = f"sha256:{hex_id}"
-        env_of[evidence_id] = str(predicate.get("environment"))
-        previous = predicate.get("previous")
-        previous_of[evidence_id] = previous if isinstance(previous, str) else None
-        inputs = predicate.get("inputs")
-        if isinstance(inputs, dict) and tree.read(f"inputs/{inputs.get('sha256')}.json") is None:
-            add(Finding(path, f"its inputs file inputs/{inputs.get('sha256')}.json is missing"))
-        for artifact in _list(predicate.get("artifacts")):
-            if tree.read(f"artifacts/{artifact.get('sha256')}/{artifact.get('name')}") is None:
-                add(Finding(path, f"artifact {artifact.get('name')} ({artifact.get('sha256')}) is missing"))
-        release = predicate.get("release")
-        if isinstance(release, dict):
-            lock = tree.read(f"releases/{release.get('name')}.json")
-            if lock is not None and json.loads(lock).get("id") != release.get("id"):
-                add(Finding(path, f"release id differs from releases/{release.get('name')}.json"))
+        lock_id = merged.locks.get(fact.release_name)
+        path = f"evidence/{fact.hex}.json"
+        if fact.release_name not in merged.locks:
+            found.append(
+                Finding(path, f"its release lock releases/{fact.release_name}.json is missing", check="lock")
+            )
+        elif lock_id != fact.release_id:
+            found.append(
+                Finding(path, f"release id differs from releases/{fact.release_name}.json", check="lock")
+            )
+    return found
+
+
+def _check_chains(tree: GitTree, merged: _Merged, report: Report) -> list[Finding]:
+    """Chain links, forks, and each environment's heads and pointer; sets `report.chains`."""
+    found: list[Finding] = []
+    facts = {f"sha256:{f.hex}": f for f in merged.facts if f.environment is not None}
     children: dict[str, list[str]] = {}
-    for evidence_id, previous in sorted(previous_of.items()):
+    for evidence_id, fact in sorted(facts.items()):
+        previous = fact.previous
         if previous is None:
             continue
-        if previous not in env_of:
-            add(Finding(_path(evidence_id), f"chain link points to {previous}, which is not a record here"))
-        elif env_of[previous] != env_of[evidence_id]:
-            add(Finding(_path(evidence_id), f"chain link points to {previous} of another environment"))
+        other = facts.get(previous)
+        if other is None:
+            message = f"chain link points to {previous}, which is not a record here"
+            found.append(Finding(_path(evidence_id), message, None, "chain"))
+        elif other.environment != fact.environment:
+            message = f"chain link points to {previous} of another environment"
+            found.append(Finding(_path(evidence_id), message, None, "chain"))
         children.setdefault(previous, []).append(evidence_id)
-    for previous, kids in children.items():
+    for previous, kids in sorted(children.items()):
         if len(kids) > 1:
-            add(Finding(_path(previous), f"chain forks: {len(kids)} records name it as previous"))
+            message = f"chain forks: {len(kids)} records name it as previous"
+            found.append(Finding(_path(previous), message, None, "chain"))
     heads: dict[str, list[str]] = {}
-    for evidence_id, env in env_of.items():
-        if evidence_id not in children:
-            heads.setdefault(env, []).append(evidence_id)
-    environments = set(env_of.values()) | set(tree.listdir("environments"))
-    for env in sorted(environments):
-        path = f"environments/{env}/stella.version.json"
-        raw = tree.read(path)
-        env_heads = heads.get(env, [])
-        if raw is None:
-            if env_heads:
-                add(Finding(path, "missing: the environment has records but no pointer"))
-            continue
-        try:
-            head = json.loads(raw).get("head")
-        except ValueError as exc:
-            add(Finding(path, f"not JSON: {exc}"))
-            continue
-        if env_heads and head not in env_heads:
-            add(
-                Finding(path, f"points to {head}, not the head of the chain ({', '.join(sorted(env_heads))})")
+    for evidence_id, fact in sorted(facts.items()):
+        if evidence_id not in children and fact.environment is not None:
+            heads.setdefault(fact.environment, []).append(evidence_id)
+    report.chains = {env: ids[0] for env, ids in sorted(heads.items()) if len(ids) == 1}
+    for env in sorted(set(heads) | set(tree.listdir("environments"))):
+        found += _check_pointer(tree, env, heads.get(env, []), facts)
+    return found
+
+
+def _check_pointer(tree: GitTree, env: str, heads: list[str], facts: Mapping[str, _Fact]) -> list[Finding]:
+    """`environments/<env>/stella.version.json` names the one head of the chain and its newest allowed
+    record; any other head is a record no later record and no pointer reaches."""
+    path = f"environments/{env}/stella.version.json"
+    raw = tree.read(path)
+    pointer: dict[str, Any] | None = None
+    found: list[Finding] = []
+    if raw is None:
+        if heads:
+            found.append(
+                Finding(path, "missing: the environment has records but no pointer", check="pointer")
             )
+    else:
+        try:
+            pointer = json.loads(raw)
+            if not isinstance(pointer, dict):
+                raise ValueError("not a JSON object")
+        except ValueError as exc:
+            found.append(Finding(path, f"not JSON: {exc}", check="pointer"))
+            pointer = None
+    head = pointer.get("head") if pointer is not None else None
+    for other in heads:
+        if other != head and len(heads) > 1:
+            message = f"a second head of {env}'s chain: no record names it as previous"
+            found.append(Finding(_path(other), f"{message}, and the pointer names {head}", None, "chain"))
+    if pointer is None or not heads:
+        return found
+    if head not in heads:
+        message = f"points to {head}, not the head of the chain ({', '.join(heads)})"
+        return [*found, Finding(path, message, check="pointer")]
+    if pointer.get("environment", env) != env:
+        return [*found, Finding(path, f"names environment {pointer.get('environment')!r}", check="pointer")]
+    current = pointer.get("current")
+    named = current.get("evidence") if isinstance(current, dict) else None
+    allowed = _newest_allowed(facts, head)
+    expected = f"sha256:{allowed.hex}" if allowed is not None else None
+    if expected != named:
+        message = f"current names {named}, not the newest allowed record of the chain ({expected or 'none'})"
+        found.append(Finding(path, message, check="pointer"))
+    elif allowed is not None and isinstance(current, dict) and current.get("releaseId") != allowed.release_id:
+        found.append(Finding(path, f"current releaseId differs from that of {named}", check="pointer"))
+    return found
+
+
+def _newest_allowed(facts: Mapping[str, _Fact], head: object) -> _Fact | None:
+    seen: set[str] = set()
+    current = head if isinstance(head, str) else None
+    while current is not None and current not in seen and current in facts:
+        seen.add(current)
+        fact = facts[current]
+        if fact.result == "allow":
+            return fact
+        current = fact.previous
+    return None
+
+
+def _check_reflog(repo: Repo, ref: str) -> list[Finding]:
+    try:
+        entries = list(repo.git.lookup_reference(ref).log())
+    except (KeyError, ValueError, pygit2.GitError):
+        entries = []
+    found = []
+    for entry in entries:
+        old, new = str(entry.oid_old), str(entry.oid_new)
+        if old in (_ZERO, new):
+            continue
+        if not repo.is_ancestor(old, new):
+            found.append(
+                Finding(
+                    ref,
+                    f"moved from {old[:12]} to {new[:12]}, which is not a fast-forward (history rewritten)",
+                    check="reflog",
+                )
+            )
+    return found
 
 
 def _path(evidence_id: str) -> str:
@@ -266,8 +785,570 @@ def _list(value: object) -> Iterable[dict[str, object]]:
     return [v for v in value if isinstance(v, dict)] if isinstance(value, list) else []
 
 
-def load_keys(repo: Repo, branch: str) -> TrustedKeys:
-    commit = repo.resolve_ref(f"refs/heads/{branch}")
-    if commit is None:
-        raise InvalidInput(f"branch {branch!r} not found: cannot read {KEYS_DIR}/")
-    return trusted_keys(repo.tree(commit))
+# --- checkpoints -----------------------------------------------------------------------------------
+
+CHECKPOINT_PAYLOAD_TYPE = "application/vnd.stella.checkpoint+json"
+CHECKPOINT_TYPE = "https://stella.dev/checkpoint/v1"
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """What the evidence branch held at one time: its head, record count and each chain's head."""
+
+    ref: str
+    head: str
+    records: int
+    chains: Mapping[str, str]
+    time: str
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "type": CHECKPOINT_TYPE,
+            "ref": self.ref,
+            "head": self.head,
+            "records": self.records,
+            "chains": dict(sorted(self.chains.items())),
+            "time": self.time,
+        }
+
+    def payload(self) -> bytes:
+        """The canonical (RFC 8785) bytes that are signed."""
+        data: bytes = rfc8785.dumps(self.as_json())
+        return data
+
+    @classmethod
+    def parse(cls, payload: bytes, source: str) -> Checkpoint:
+        try:
+            doc = json.loads(payload)
+            if not isinstance(doc, dict) or doc.get("type") != CHECKPOINT_TYPE:
+                raise ValueError(f"type is not {CHECKPOINT_TYPE}")
+            chains = doc["chains"]
+            if not isinstance(chains, dict) or not all(isinstance(v, str) for v in chains.values()):
+                raise ValueError("chains must map environments to evidence ids")
+            checkpoint = cls(
+                str(doc["ref"]), str(doc["head"]), int(doc["records"]), dict(chains), str(doc["time"])
+            )
+        except (ValueError, KeyError, TypeError) as exc:
+            raise InvalidInput(f"{source}: not a Stella checkpoint: {exc}") from exc
+        if not re.fullmatch(r"[0-9a-f]{40}|[0-9a-f]{64}", checkpoint.head):
+            raise InvalidInput(
+                f"{source}: not a Stella checkpoint: head {checkpoint.head!r} is not a commit id"
+            )
+        return checkpoint
+
+
+def make_checkpoint(report: Report, now: datetime) -> Checkpoint:
+    """The checkpoint of a verified branch; `InvalidInput` when there is nothing to checkpoint."""
+    if report.head is None:
+        raise InvalidInput(f"{report.ref}: the evidence ref does not exist; nothing to checkpoint")
+    from .evidence import rfc3339  # here, not at the top: workers never need the models it imports
+
+    return Checkpoint(report.ref, report.head, report.records, dict(report.chains), rfc3339(now))
+
+
+def sign_checkpoint(checkpoint: Checkpoint, signer: Signer) -> bytes:
+    """A Sigstore bundle (DSSE) over the checkpoint's canonical bytes."""
+    return signer.sign(checkpoint.payload(), CHECKPOINT_PAYLOAD_TYPE)
+
+
+def read_checkpoint(data: bytes, keys: TrustedKeys, source: str) -> Checkpoint:
+    """The checkpoint in a file `stella audit checkpoint` wrote (the bundle, or its `-o json` output),
+    after verifying its signature with `keys`. Anything else is `InvalidInput` (exit 2)."""
+    try:
+        doc = json.loads(data.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise InvalidInput(f"{source}: not a checkpoint file (not JSON: {exc})") from exc
+    if isinstance(doc, dict) and isinstance(doc.get("bundle"), dict):
+        doc = doc["bundle"]
+        data = json.dumps(doc).encode()
+    if not isinstance(doc, dict) or "dsseEnvelope" not in doc:
+        raise InvalidInput(
+            f"{source}: not a checkpoint file: expected the signed bundle `stella audit checkpoint` writes"
+        )
+    try:
+        verified = verify_bundle(data, keys, source=source)
+    except BundleError as exc:
+        raise InvalidInput(f"checkpoint not trusted: {exc}") from exc
+    if verified.payload_type != CHECKPOINT_PAYLOAD_TYPE:
+        raise InvalidInput(
+            f"{source}: signs a {verified.payload_type!r} payload, "
+            f"not a checkpoint ({CHECKPOINT_PAYLOAD_TYPE})"
+        )
+    return Checkpoint.parse(verified.payload, source)
+
+
+def _check_checkpoint(
+    repo: Repo, ref: str, report: Report, merged: _Merged, checkpoint: Checkpoint
+) -> list[Finding]:
+    found: list[Finding] = []
+    taken = f"the checkpoint of {checkpoint.time}"
+    head = report.head or ""
+    if checkpoint.ref != ref:
+        found.append(Finding(ref, f"{taken} is of {checkpoint.ref}, not of {ref}", None, "checkpoint"))
+    if not repo.is_ancestor(checkpoint.head, head):
+        known = repo.resolve_ref(checkpoint.head) is not None
+        where = "is not an ancestor of" if known else "is not in the history of"
+        found.append(
+            Finding(
+                ref,
+                f"{taken} was at {checkpoint.head[:12]}, which {where} today's head {head[:12]}: "
+                "the branch was rewritten after the checkpoint",
+                None,
+                "checkpoint",
+            )
+        )
+    if report.records < checkpoint.records:
+        found.append(
+            Finding(
+                ref,
+                f"{report.records} records today, fewer than the {checkpoint.records} {taken} covered",
+                None,
+                "checkpoint",
+            )
+        )
+    facts = {f"sha256:{f.hex}": f for f in merged.facts}
+    for env, evidence_id in sorted(checkpoint.chains.items()):
+        fact = facts.get(evidence_id)
+        if fact is None:
+            found.append(
+                Finding(
+                    _path(evidence_id), f"the head of {env}'s chain at {taken} is gone", None, "checkpoint"
+                )
+            )
+            continue
+        if fact.environment != env or not _in_chain(facts, report.chains.get(env), evidence_id):
+            found.append(
+                Finding(
+                    _path(evidence_id),
+                    f"the head of {env}'s chain at {taken} is no longer in {env}'s chain",
+                    None,
+                    "checkpoint",
+                )
+            )
+    return found
+
+
+def _in_chain(facts: Mapping[str, _Fact], head: str | None, wanted: str) -> bool:
+    seen: set[str] = set()
+    current = head
+    while current is not None and current not in seen:
+        if current == wanted:
+            return True
+        seen.add(current)
+        fact = facts.get(current)
+        current = fact.previous if fact is not None else None
+    return False
+
+
+# --- the offline packet ----------------------------------------------------------------------------
+
+PACKET_FORMAT = "stella-evidence-packet/v1"
+BUNDLE_MEMBER = "evidence.bundle"
+MANIFEST_MEMBER = "manifest.json"
+README_MEMBER = "README.md"
+TRUST_FILES = ("trust/allowed_signers", "trust/keyless.yaml")
+MAX_MEMBER_BYTES = 8 << 30
+
+
+class PacketError(InvalidInput):
+    """The packet is unusable: not a packet, a member outside the packet, a link, no manifest..."""
+
+
+@dataclass(frozen=True)
+class Exported:
+    path: Path
+    ref: str
+    head: str
+    records: int
+    members: Mapping[str, str]
+    """Member -> sha256 (the manifest's list)."""
+
+
+def export_packet(repo: Repo, ref: str, branch: str, out: Path) -> Exported:
+    """Write the offline packet of `ref` to `out` (a .tar.gz): the branch as a Git bundle, the trust
+    material of `branch`, `manifest.json` and `README.md`. The same branch gives the same bytes."""
+    if repo.resolve_ref(ref) is None:
+        raise InvalidInput(f"{ref}: the evidence ref does not exist; nothing to export")
+    source = repo.resolve_ref(f"refs/heads/{branch}")
+    if source is None:
+        raise InvalidInput(f"branch {branch!r} not found: cannot read the trust material")
+    files = repo.tree(source)
+    members: dict[str, bytes] = {}
+    for name in files.listdir(KEYS_DIR):
+        if name.endswith(".pub"):
+            members[f"{KEYS_DIR}/{name}"] = files.read(f"{KEYS_DIR}/{name}") or b""
+    if not any(m.startswith(KEYS_DIR) for m in members):
+        raise InvalidInput(f"{KEYS_DIR}/ on {branch} holds no *.pub key: the packet could not be verified")
+    for path in TRUST_FILES:
+        data = files.read(path)
+        if data is not None:
+            members[path] = data
+    root = _trusted_root_path(members.get("trust/keyless.yaml"))
+    if root is not None and (data := files.read(root)) is not None:
+        members[root] = data
+    with tempfile.TemporaryDirectory(prefix="stella-export-") as tmp:
+        bundle = Path(tmp) / BUNDLE_MEMBER
+        # one thread: the same objects give the same pack, so the same branch gives the same packet
+        git_dir = ["--git-dir", str(repo.path), "-c", "pack.threads=1"]
+        _git([*git_dir, "bundle", "create", "--quiet", str(bundle), ref], "git bundle create")
+        heads = _git([*git_dir, "bundle", "list-heads", str(bundle), ref], "git bundle list-heads")
+        head = heads.split()[0]  # where the ref was when bundled (it may have moved since we looked)
+        commit = repo.git[head].peel(pygit2.Commit)
+        records = sum(
+            1
+            for name in _names(commit.tree, "evidence")
+            if name.endswith(".json") and not name.endswith(".sigstore.json")
+        )
+        digests = {name: hashlib.sha256(data).hexdigest() for name, data in members.items()}
+        digests[BUNDLE_MEMBER] = _file_sha256(bundle)
+        keys = TrustedKeys.from_files((n, d) for n, d in members.items() if n.startswith(f"{KEYS_DIR}/"))
+        readme = _readme(ref, head, records, keys, sorted(members), root)
+        members[README_MEMBER] = readme
+        digests[README_MEMBER] = hashlib.sha256(readme).hexdigest()
+        manifest = {
+            "format": PACKET_FORMAT,
+            "ref": ref,
+            "head": head,
+            "records": records,
+            "trust": {"branch": branch, "commit": source},
+            "members": dict(sorted(digests.items())),
+        }
+        members[MANIFEST_MEMBER] = json.dumps(manifest, indent=2, sort_keys=True).encode() + b"\n"
+        _write_tar(out, members, bundle, commit.commit_time)
+    return Exported(out, ref, head, records, dict(sorted(digests.items())))
+
+
+def _trusted_root_path(keyless: bytes | None) -> str | None:
+    """The trusted root `trust/keyless.yaml` pins, when it names a plain path inside the repository."""
+    if keyless is None:
+        return None
+    import yaml
+
+    try:
+        doc = yaml.safe_load(keyless)
+    except yaml.YAMLError:
+        return None
+    path = doc.get("trustedRoot") if isinstance(doc, dict) else None
+    if not isinstance(path, str) or _unsafe(path):
+        return None
+    return str(PurePosixPath(path))
+
+
+def _write_tar(out: Path, members: Mapping[str, bytes], bundle: Path, mtime: int) -> None:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    partial = out.with_name(out.name + ".partial")
+    try:
+        with (
+            open(partial, "wb") as raw,
+            gzip.GzipFile(filename="", fileobj=raw, mode="wb", mtime=0) as gz,
+            tarfile.open(fileobj=gz, mode="w", format=tarfile.PAX_FORMAT) as tar,
+        ):
+            names = sorted([*members, BUNDLE_MEMBER], key=lambda n: (n != README_MEMBER, n))
+            for name in names:
+                info = tarfile.TarInfo(name)
+                info.mtime, info.mode, info.uname, info.gname = mtime, 0o644, "", ""
+                if name == BUNDLE_MEMBER:
+                    info.size = bundle.stat().st_size
+                    with open(bundle, "rb") as fh:
+                        tar.addfile(info, fh)
+                else:
+                    info.size = len(members[name])
+                    tar.addfile(info, io.BytesIO(members[name]))
+        os.replace(partial, out)
+    except OSError as exc:
+        partial.unlink(missing_ok=True)
+        raise InvalidInput(f"{out}: cannot write the packet: {exc}") from exc
+
+
+def _file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _git(argv: list[str], what: str) -> str:
+    env = {**os.environ, "GIT_TERMINAL_PROMPT": "0", "GIT_CONFIG_NOSYSTEM": "1"}
+    try:
+        done = subprocess.run(["git", *argv], capture_output=True, text=True, timeout=600, env=env)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise Transient(f"{what}: {exc}") from exc
+    if done.returncode != 0:
+        raise Transient(f"{what} failed: {done.stderr.strip() or done.stdout.strip()}")
+    return done.stdout
+
+
+def _unsafe(name: str) -> str | None:
+    """Why a member name could write outside the directory it is extracted into (None: it is safe)."""
+    if not name or "\x00" in name:
+        return "an empty or NUL name"
+    if name.startswith(("/", "\\")) or re.match(r"^[A-Za-z]:", name):
+        return "an absolute path"
+    if "\\" in name:
+        return "a backslash in the name"
+    if ".." in PurePosixPath(name).parts:
+        return "a parent-directory (..) component"
+    return None
+
+
+def extract_packet(packet: Path, dest: Path) -> dict[str, str]:
+    """Extract the regular files of `packet` into `dest`; returns member -> sha256.
+
+    Refuses (`PacketError`) any member that is an absolute path or has a `..` component, any link,
+    device or other special file, and duplicate names, before anything is written.
+    """
+    if not packet.is_file():
+        raise PacketError(f"{packet}: no such file")
+    try:
+        with tarfile.open(packet, mode="r:gz") as tar:
+            return _extract(packet, tar, dest)
+    except (tarfile.TarError, EOFError, zlib.error) as exc:
+        raise PacketError(f"{packet}: not a .tar.gz evidence packet, or a damaged one: {exc}") from exc
+    except OSError as exc:
+        raise PacketError(f"{packet}: cannot extract the packet: {exc}") from exc
+
+
+def _extract(packet: Path, tar: tarfile.TarFile, dest: Path) -> dict[str, str]:
+    members = tar.getmembers()
+    seen: set[str] = set()
+    for member in members:
+        why = _unsafe(member.name)
+        if why is None and (member.issym() or member.islnk()):
+            why = f"a {'symbolic' if member.issym() else 'hard'} link (to {member.linkname!r})"
+        elif why is None and not (member.isfile() or member.isdir()):
+            why = "a special file (device, FIFO...)"
+        elif why is None and member.size > MAX_MEMBER_BYTES:
+            why = f"too large ({member.size} bytes)"
+        name = str(PurePosixPath(member.name))
+        if why is None and name in seen:
+            why = "a duplicate name"
+        if why is not None:
+            raise PacketError(
+                f"{packet}: refusing member {member.name!r}: {why}; the packet is not safe to open"
+            )
+        seen.add(name)
+    digests: dict[str, str] = {}
+    for member in members:
+        if not member.isfile():
+            continue
+        name = str(PurePosixPath(member.name))
+        target = dest.joinpath(*PurePosixPath(name).parts)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        source = tar.extractfile(member)
+        if source is None:
+            raise PacketError(f"{packet}: cannot read member {name!r}")
+        digest = hashlib.sha256()
+        with source, open(target, "xb") as fh:
+            while block := source.read(1 << 20):
+                digest.update(block)
+                fh.write(block)
+        digests[name] = digest.hexdigest()
+    return digests
+
+
+@dataclass(frozen=True)
+class Packet:
+    """What a packet holds, once extracted and checked against its manifest."""
+
+    ref: str
+    head: str
+    records: int
+    keys: TrustedKeys
+    findings: tuple[Finding, ...]
+
+
+def verify_packet(
+    packet: Path,
+    *,
+    checkpoint: tuple[bytes, str] | None = None,
+    progress: Progress | None = None,
+    workers: int | None = None,
+) -> tuple[Packet, Report]:
+    """Verify an offline packet with only what it holds: extract it into a temporary directory, check
+    every member against the manifest, clone the Git bundle there, and verify that branch with the
+    packet's keys (and `checkpoint`: the bytes of a checkpoint file and its name). Needs no network and
+    no repository. Member mismatches are `packet` findings; an unusable packet is `PacketError`."""
+    with tempfile.TemporaryDirectory(prefix="stella-packet-") as tmp:
+        root = Path(tmp) / "packet"
+        root.mkdir()
+        digests = extract_packet(packet, root)
+        manifest = _manifest(packet, root)
+        findings: list[Finding] = []
+        listed = manifest["members"]
+        for name, digest in sorted(listed.items()):
+            if name not in digests:
+                findings.append(Finding(name, "listed in the manifest but not in the packet", None, "packet"))
+            elif digests[name] != digest:
+                findings.append(
+                    Finding(
+                        name,
+                        f"sha256 {digests[name]} differs from the manifest's {digest}: "
+                        "the packet was changed after it was exported",
+                        None,
+                        "packet",
+                    )
+                )
+        for name in sorted(set(digests) - set(listed) - {MANIFEST_MEMBER}):
+            findings.append(Finding(name, "in the packet but not listed in the manifest", None, "packet"))
+        if BUNDLE_MEMBER not in digests:
+            raise PacketError(f"{packet}: the packet has no {BUNDLE_MEMBER}")
+        key_files = sorted(n for n in digests if n.startswith(f"{KEYS_DIR}/") and n.endswith(".pub"))
+        if not key_files:
+            raise PacketError(
+                f"{packet}: the packet has no {KEYS_DIR}/*.pub: nothing to verify signatures with"
+            )
+        keys = TrustedKeys.from_files((n, root.joinpath(*n.split("/")).read_bytes()) for n in key_files)
+        clone = Path(tmp) / "evidence.git"
+        try:
+            _git(
+                ["clone", "--quiet", "--mirror", str(root / BUNDLE_MEMBER), str(clone)],
+                "git clone of the bundle",
+            )
+        except Transient as exc:
+            raise PacketError(f"{packet}: {BUNDLE_MEMBER} is not a usable Git bundle: {exc}") from exc
+        repo = Repo(clone)
+        ref = manifest["ref"]
+        head = repo.resolve_ref(ref)
+        if head != manifest["head"]:
+            findings.append(
+                Finding(
+                    ref, f"the bundle's head is {head}, not the manifest's {manifest['head']}", None, "packet"
+                )
+            )
+        read = read_checkpoint(checkpoint[0], keys, checkpoint[1]) if checkpoint is not None else None
+        report = verify(repo, ref, keys, progress, workers=workers, checkpoint=read)
+        if head == manifest["head"] and report.records != int(manifest["records"]):
+            message = f"the branch holds {report.records} records, the manifest says {manifest['records']}"
+            findings.append(Finding(ref, message, None, "packet"))
+        report.findings = sorted({*report.findings, *findings}, key=Finding.sort_key)
+        info = Packet(ref, manifest["head"], int(manifest["records"]), keys, tuple(findings))
+    return info, report
+
+
+def _manifest(packet: Path, root: Path) -> dict[str, Any]:
+    path = root / MANIFEST_MEMBER
+    if not path.is_file():
+        raise PacketError(f"{packet}: the packet has no {MANIFEST_MEMBER}: not a Stella evidence packet")
+    try:
+        doc = json.loads(path.read_bytes())
+        if not isinstance(doc, dict) or doc.get("format") != PACKET_FORMAT:
+            raise ValueError(f"format is not {PACKET_FORMAT}")
+        if not isinstance(doc.get("ref"), str) or not isinstance(doc.get("head"), str):
+            raise ValueError("ref and head must be strings")
+        members = doc.get("members")
+        if not isinstance(members, dict) or not all(isinstance(v, str) for v in members.values()):
+            raise ValueError("members must map names to sha256 digests")
+        int(doc.get("records", 0))
+    except (ValueError, TypeError) as exc:
+        raise PacketError(f"{packet}: {MANIFEST_MEMBER} is not a packet manifest: {exc}") from exc
+    return doc
+
+
+def _readme(
+    ref: str, head: str, records: int, keys: TrustedKeys, members: Sequence[str], trusted_root: str | None
+) -> bytes:
+    key_lines = "\n".join(f"- `{k.source}`: hint `{k.hint}`" for k in keys.values())
+    first_key = next(iter(keys.values())).source
+    root_note = (
+        f"This packet includes `{trusted_root}` (the trusted root `trust/keyless.yaml` pins): give it to\n"
+        "cosign with `--trusted-root`."
+        if trusted_root
+        else "Give cosign any trusted root file it accepts (e.g. the `trusted_root.json` of your Sigstore\n"
+        "instance, saved while online); the key-based bundles use none of its keys."
+    )
+    listing = "\n".join(f"- `{m}`" for m in [BUNDLE_MEMBER, *members, MANIFEST_MEMBER])
+    text = f"""# Stella evidence packet
+
+The evidence branch `{ref}` at commit `{head}` ({records} records), exported for offline audit.
+
+{listing}
+
+`manifest.json` lists the sha256 of every other member. The trust material comes from the source
+branch named there. Before you trust anything below, compare these key hints with the ones you were
+given through another channel (whoever can change this packet can also change its keys):
+
+{key_lines}
+
+## Verify everything with stella
+
+No network and no repository are needed; run it from any directory:
+
+```sh
+stella audit verify --packet PACKET.tar.gz
+stella audit verify --packet PACKET.tar.gz -o json           # one entry per finding, with a check code
+stella audit verify --packet PACKET.tar.gz --checkpoint CHECKPOINT.json   # a checkpoint you kept
+```
+
+It extracts the packet into a temporary directory, checks each member against the manifest, clones
+`evidence.bundle`, and checks every file hash, every signature (with the packet's keys), every chain
+link, the branch history (no evidence file changed or deleted), every record's inputs and artifacts,
+the release locks and the environment pointers. Exit code 0: no findings; 1: findings; 2: not a
+usable packet (or checkpoint).
+
+## Verify records with standard Sigstore tooling
+
+Extract the packet and check out the branch:
+
+```sh
+mkdir packet && tar -xzf PACKET.tar.gz -C packet && cd packet
+git clone --quiet --branch {ref.removeprefix("refs/heads/")} evidence.bundle evidence
+ls evidence/evidence/        # <hex>.json: a statement; <hex>.sigstore.json: its Sigstore bundle
+sha256sum evidence/evidence/<hex>.json    # must print <hex>: the record's id is the hash of its bytes
+```
+
+Each `evidence/<hex>.sigstore.json` is a Sigstore bundle v0.3 with a DSSE envelope over exactly the
+bytes of `evidence/<hex>.json`, signed with a P-256 key (key hint in `verificationMaterial.publicKey`,
+no transparency-log entry). With sigstore-js (`npm install @sigstore/bundle @sigstore/verify`), save
+this as `verify.js` and run `node verify.js evidence/evidence/<hex>.sigstore.json {first_key}`:
+
+```js
+const crypto = require('node:crypto');
+const fs = require('node:fs');
+const {{ bundleFromJSON }} = require('@sigstore/bundle');
+const {{ Verifier, toSignedEntity, toTrustMaterial }} = require('@sigstore/verify');
+
+const [bundlePath, keyPath] = process.argv.slice(2);
+const der = crypto.createPublicKey(fs.readFileSync(keyPath)).export({{ type: 'spki', format: 'der' }});
+const hint = crypto.createHash('sha256').update(der).digest('base64');
+const root = {{ tlogs: [], certificateAuthorities: [], ctlogs: [], timestampAuthorities: [] }};
+// keyDetails 5: PKIX_ECDSA_P256_SHA_256
+const keys = {{ [hint]: {{ rawBytes: der, keyDetails: 5, validFor: undefined }} }};
+const thresholds = {{ tlogThreshold: 0, ctlogThreshold: 0, timestampThreshold: 0 }};
+const verifier = new Verifier(toTrustMaterial(root, keys), thresholds);
+const bundle = bundleFromJSON(JSON.parse(fs.readFileSync(bundlePath, 'utf8')));
+verifier.verify(toSignedEntity(bundle));   // throws when the signature does not verify
+const payload = Buffer.from(bundle.content.dsseEnvelope.payload);
+const statement = fs.readFileSync(bundlePath.replace(/\\.sigstore\\.json$/, '.json'));
+if (!payload.equals(statement)) throw new Error('the bundle signs other bytes than the statement');
+console.log('OK');
+```
+
+The thresholds are 0 because key-based bundles made offline carry no log entry, certificate or
+timestamp. With cosign (2.4 or later):
+
+```sh
+cosign verify-blob-attestation --new-bundle-format --insecure-ignore-tlog \\
+  --key {first_key} --trusted-root trusted_root.json \\
+  --bundle evidence/evidence/<hex>.sigstore.json --check-claims=false
+```
+
+Offline, cosign cannot fetch Sigstore's trusted root through TUF, and with `--new-bundle-format` it
+needs one: pass a file with `--trusted-root`. {root_note}
+`--check-claims=false` verifies the envelope only: by default cosign also wants a file whose sha256 is
+one of the statement's subjects, which are the release's image manifests (if you have the image
+manifest, pass it instead of that flag). Then compare the envelope's payload with the statement's
+bytes, as the script above does.
+
+Neither tool checks what is between the records (chain links, history, inputs, locks, pointers):
+`stella audit verify --packet` does.
+"""
+    return text.encode()
+
+
+# --- small helpers for the command line ------------------------------------------------------------
+
+
+def checkpoint_json(checkpoint: Checkpoint, bundle: bytes) -> dict[str, Any]:
+    """What `stella audit checkpoint -o json` prints (and `verify --checkpoint` accepts back)."""
+    return {"checkpoint": checkpoint.as_json(), "bundle": json.loads(bundle)}

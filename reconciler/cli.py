@@ -14,7 +14,8 @@ import os
 import subprocess
 import sys
 import tempfile
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -36,7 +37,7 @@ from .protocols import GateResult, Signer
 from .repo import Repo, WorkTree
 from .resolve import Resolver, resolve_release
 from .scaffold import write_scaffold
-from .sign import generate_key
+from .sign import generate_key, key_signer_plugin
 from .workflow import approve, promote
 
 OK, NOT_OK, INVALID, TRANSIENT = 0, 1, 2, 3
@@ -540,30 +541,136 @@ def cmd_replay(args: argparse.Namespace) -> int:
     return OK if payload["identical"] else NOT_OK
 
 
+@contextmanager
+def _audit_bar(what: str) -> Iterator[audit.Progress | None]:
+    """A progress bar on stderr while the evidence branch is verified (on a terminal only)."""
+    if not err.is_terminal:
+        yield None
+        return
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    with Progress(*columns, console=err, transient=True) as bar:
+        task = bar.add_task(what, total=None)
+        yield lambda done, total: bar.update(task, completed=done, total=total)
+
+
+def _audited(args: argparse.Namespace) -> tuple[Repo, Settings]:
+    """The repository and its settings, as `_session` reads them, without loading plugins."""
+    repo = Repo(_root(args))
+    _, commit = source_commit(repo)
+    return repo, load_settings(repo.tree(commit))
+
+
+def _read_input(path: str, what: str) -> bytes:
+    try:
+        return Path(path).read_bytes()
+    except OSError as exc:
+        raise InvalidInput(f"{path}: cannot read the {what}: {exc.strerror or exc}") from exc
+
+
 def cmd_audit_verify(args: argparse.Namespace) -> int:
-    session = _session(args)
-    keys = audit.load_keys(session.repo, session.settings.branch)
-    report = audit.verify(session.repo, session.settings.evidence.ref, keys, progress=_progress())
+    checkpoint = (_read_input(args.checkpoint, "checkpoint"), args.checkpoint) if args.checkpoint else None
+    packet: audit.Packet | None = None
+    with _audit_bar("verifying evidence") as progress:
+        if args.packet:  # everything from the packet: no repository, no settings, no network
+            packet, report = audit.verify_packet(Path(args.packet), checkpoint=checkpoint, progress=progress)
+        else:
+            repo, settings = _audited(args)
+            keys = audit.load_keys(repo, settings.branch)
+            read = audit.read_checkpoint(checkpoint[0], keys, checkpoint[1]) if checkpoint else None
+            report = audit.verify(repo, settings.evidence.ref, keys, progress, checkpoint=read)
     payload = {
         "ok": report.ok,
+        "ref": report.ref,
         "head": report.head,
         "records": report.records,
         "bundles": report.bundles,
+        "files": report.files,
         "commits": report.commits,
+        "witnesses": report.witnesses,
+        "chains": report.chains,
+        "keys": [{"source": source, "hint": hint} for source, hint in report.keys.items()],
+        "packet": str(Path(args.packet).resolve()) if packet else None,
+        "checkpoint": args.checkpoint,
         "findings": [f.as_dict() for f in report.findings],
     }
 
     def text() -> None:
         for finding in report.findings:
             _say(f"FAIL {finding}")
+        if packet is not None:
+            for source, hint in report.keys.items():
+                _say(f"key {source}: hint {hint} (compare with the hints you were given)")
         verdict = "OK" if report.ok else f"{len(report.findings)} finding(s)"
+        where = f" from packet {args.packet}" if packet else ""
+        against = f", against checkpoint {args.checkpoint}" if checkpoint else ""
         _say(
             f"{verdict}: {report.records} records, {report.bundles} bundles, {report.commits} commits "
-            f"on {session.settings.evidence.ref}"
+            f"on {report.ref}{where}{against}"
         )
 
     _emit(args, payload, text)
     return OK if report.ok else NOT_OK
+
+
+def cmd_audit_export(args: argparse.Namespace) -> int:
+    repo, settings = _audited(args)
+    done = audit.export_packet(repo, settings.evidence.ref, settings.branch, Path(args.out))
+    path = done.path.resolve()
+    payload = {
+        "packet": str(path),
+        "ref": done.ref,
+        "head": done.head,
+        "records": done.records,
+        "members": dict(done.members),
+    }
+    _emit(
+        args,
+        payload,
+        lambda: _say(
+            f"wrote {path}: {done.ref} at {done.head[:12]}, {done.records} records, "
+            f"{len(done.members)} members\n"
+            f"verify it anywhere, offline: stella audit verify --packet {done.path.name}"
+        ),
+    )
+    return OK
+
+
+def cmd_audit_checkpoint(args: argparse.Namespace) -> int:
+    """Verify the branch, then sign a checkpoint of it with the evidence key (refused on findings)."""
+    repo, settings = _audited(args)
+    ref = settings.evidence.ref
+    keys = audit.load_keys(repo, settings.branch)
+    with _audit_bar("verifying evidence") as progress:
+        report = audit.verify(repo, ref, keys, progress)
+    if not report.ok:
+        for finding in report.findings:
+            err.print(f"FAIL {finding}", markup=False)
+        err.print(
+            f"{len(report.findings)} finding(s): {ref} does not verify, so no checkpoint was signed",
+            markup=False,
+        )
+        return NOT_OK
+    checkpoint = audit.make_checkpoint(report, _now())
+    signer = key_signer_plugin.open(settings.signer.key, os.environ)
+    bundle = audit.sign_checkpoint(checkpoint, signer)
+    target = Path(args.out) if args.out else None
+    if target is not None:
+        try:
+            target.write_bytes(bundle)
+        except OSError as exc:
+            raise InvalidInput(f"{target}: cannot write the checkpoint: {exc.strerror or exc}") from exc
+    if args.output == "json":
+        payload = {**audit.checkpoint_json(checkpoint, bundle), "out": str(target) if target else None}
+        print(json.dumps(payload, indent=2, sort_keys=True))
+    elif target is not None:
+        chains = ", ".join(f"{env} {head[:19]}" for env, head in sorted(checkpoint.chains.items()))
+        _say(f"wrote {target}: checkpoint of {ref} at {checkpoint.head[:12]}, {checkpoint.records} records")
+        _say(f"chain heads: {chains or 'none'}; keep it where the branch's writers cannot change it")
+    else:
+        sys.stdout.write(bundle.decode("utf-8"))
+    return OK
 
 
 def cmd_keys_generate(args: argparse.Namespace) -> int:
@@ -660,7 +767,8 @@ def cmd_audit_report(args: argparse.Namespace) -> int:
     session = _session(args)
     ref = session.settings.evidence.ref
     keys = audit.load_keys(session.repo, session.settings.branch)
-    report = audit.verify(session.repo, ref, keys, progress=_progress())
+    with _audit_bar("verifying evidence") as progress:
+        report = audit.verify(session.repo, ref, keys, progress)
     paths = write_report(session.repo, ref, Path(args.dir), report)
     index, pages = paths[0].resolve(), [str(p.resolve()) for p in paths[1:]]
     _emit(
@@ -821,7 +929,15 @@ def build_parser() -> argparse.ArgumentParser:
     audit_parser = sub.add_parser("audit", parents=[common], help="verify the evidence branch")
     asub = audit_parser.add_subparsers(dest="audit_command", required=True, parser_class=_Parser)
     p = asub.add_parser("verify", parents=[common], help="hashes, signatures, chains and history")
+    p.add_argument("--packet", metavar="FILE", help="verify an exported packet (no repository needed)")
+    p.add_argument("--checkpoint", metavar="FILE", help="also check the branch against a signed checkpoint")
     p.set_defaults(func=cmd_audit_verify)
+    p = asub.add_parser("export", parents=[common], help="write an offline evidence packet OUT (.tar.gz)")
+    p.add_argument("out", metavar="OUT")
+    p.set_defaults(func=cmd_audit_export)
+    p = asub.add_parser("checkpoint", parents=[common], help="verify, then print a signed checkpoint")
+    p.add_argument("--out", metavar="FILE", help="write the checkpoint to FILE instead of stdout")
+    p.set_defaults(func=cmd_audit_checkpoint)
     p = asub.add_parser("report", parents=[common], help="verify, then write a static HTML report into DIR")
     p.add_argument("dir", metavar="DIR")
     p.set_defaults(func=cmd_audit_report)

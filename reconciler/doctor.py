@@ -697,17 +697,11 @@ def _ssh_keygen_problems(allowed: bytes) -> list[str] | None:
 def _git_access_check(repo: Repo, settings: Settings | None) -> Check:
     targets = [repo.path / "objects", repo.path / "refs"]
     blocked = [str(p) for p in targets if not os.access(p, os.W_OK | os.X_OK)]
-    notes = []
-    if settings is not None and settings.evidence.repository:
-        notes.append(f"evidence goes to {settings.evidence.repository}: that repository is not checked")
     if blocked:
         return Check(
-            "git-access",
-            "fail",
-            f"cannot write {', '.join(blocked)}: the reconciler could not commit evidence",
-            tuple(notes),
+            "git-access", "fail", f"cannot write {', '.join(blocked)}: the reconciler could not commit evidence"
         )
-    return Check("git-access", "ok", f"can write objects and refs in {repo.path}", tuple(notes))
+    return Check("git-access", "ok", f"can write objects and refs in {repo.path}")
 
 
 @dataclass

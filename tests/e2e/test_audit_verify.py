@@ -1,17 +1,33 @@
-"""`stella audit verify` finds each kind of tampering and names the file; the untouched branch is OK."""
+"""`stella audit verify` finds each kind of tampering and names the file, with a stable check code; the
+untouched branch is OK. `stella audit export` writes a packet that verifies in an empty directory with
+no network and no repository (with stella, and with sigstore-js as its README says); a changed packet
+is caught. A checkpoint catches a history rewrite that a fresh clone cannot see.
+"""
 
 from __future__ import annotations
 
+import io
 import json
+import os
+import re
+import shutil
+import subprocess
+import tarfile
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
+from reconciler import audit
 from reconciler.evidence import canonical, sha256_hex
-from reconciler.sign import KeySigner, generate_key, load_private_key
+from reconciler.repo import Repo
+from reconciler.sign import KeySigner, generate_key, key_hint, load_private_key, load_public_key
+from tests.support.cli import STELLA, Run
 from tests.support.pipeline import RELEASE_130, Workspace, change_evidence, example_workspace, promotion
 from tests.support.repos import commit_all, write_files
+
+REF = "refs/heads/stella/evidence"
+JS = Path(__file__).resolve().parents[1] / "js"
 
 
 @pytest.fixture
@@ -95,28 +111,393 @@ def _chain_elsewhere(ws: Workspace) -> str:
     return f"evidence/{hex_id}.json"
 
 
+def _second_start(ws: Workspace) -> str:
+    """A well-signed record that starts dev's chain over (previous: null): no link is broken."""
+    data = json.loads(ws.show(_records(ws)[0]))
+    data["predicate"]["decidedAt"] = "2030-01-01T00:00:00Z"
+    statement = canonical(data)
+    hex_id = sha256_hex(statement)
+    signer = KeySigner(load_private_key(ws.key))
+    change_evidence(
+        ws,
+        {f"evidence/{hex_id}.json": statement, f"evidence/{hex_id}.sigstore.json": signer.sign(statement)},
+        "add a record that starts dev's chain again",
+    )
+    return f"evidence/{hex_id}.json"
+
+
 def _rewrite(ws: Workspace) -> str:
     parent = ws.git("rev-parse", "refs/heads/stella/evidence~1")
     ws.git("update-ref", "-m", "rewrite", "refs/heads/stella/evidence", parent)
     return "refs/heads/stella/evidence"
 
 
-CASES: dict[str, tuple[Callable[[Workspace], str], str]] = {
-    "statement-edited": (_edit_statement, "changed after it was written"),
-    "unknown-key": (_unknown_key, "no trusted key"),
-    "record-deleted": (_delete_record, "deleted from the evidence branch"),
-    "chain-link-elsewhere": (_chain_elsewhere, "chain link points to sha256:0000"),
-    "branch-rewritten": (_rewrite, "not a fast-forward"),
+def _delete_inputs(ws: Workspace) -> str:
+    path = _records(ws)[0]
+    inputs = json.loads(ws.show(path))["predicate"]["inputs"]["sha256"]
+    change_evidence(ws, {f"inputs/{inputs}.json": None}, "delete an inputs file")
+    return path
+
+
+def _delete_artifact(ws: Workspace) -> str:
+    path = _records(ws)[1]
+    (artifact,) = json.loads(ws.show(path))["predicate"]["artifacts"]
+    change_evidence(ws, {f"artifacts/{artifact['sha256']}/{artifact['name']}": None}, "delete an artifact")
+    return path
+
+
+def _move_pointer(ws: Workspace) -> str:
+    path = "environments/dev/stella.version.json"
+    pointer = json.loads(ws.show(path))
+    pointer["head"] = "sha256:" + _records(ws)[0].removeprefix("evidence/").removesuffix(".json")
+    change_evidence(ws, {path: canonical(pointer)}, "point dev back at its first record")
+    return path
+
+
+def _edit_lock(ws: Workspace) -> str:
+    path = "releases/shop-1.3.0.json"
+    lock = json.loads(ws.show(path))
+    lock["components"]["web"]["digest"] = "sha256:" + "e" * 64
+    change_evidence(ws, {path: canonical(lock)}, "swap a digest in a release lock")
+    return path
+
+
+# case: (tamper, message of the finding naming the returned file, its check, every check reported)
+CASES: dict[str, tuple[Callable[[Workspace], str], str, str, set[str]]] = {
+    "statement-edited": (
+        _edit_statement,
+        "changed after it was written",
+        "history",
+        {"history", "hash", "signature"},
+    ),
+    "unknown-key": (_unknown_key, "no trusted key", "signature", {"signature"}),
+    "record-deleted": (
+        _delete_record,
+        "deleted from the evidence branch",
+        "history",
+        {"history", "pointer", "signature"},
+    ),
+    "chain-link-elsewhere": (_chain_elsewhere, "chain link points to sha256:0000", "chain", {"chain"}),
+    "second-chain-start": (_second_start, "a second head of dev's chain", "chain", {"chain"}),
+    "branch-rewritten": (_rewrite, "not a fast-forward", "reflog", {"reflog"}),
+    "inputs-deleted": (_delete_inputs, "its inputs file inputs/", "inputs", {"history", "inputs"}),
+    "artifact-deleted": (
+        _delete_artifact,
+        "artifact compose.stella.lock.yml",
+        "artifact",
+        {"history", "artifact"},
+    ),
+    "pointer-moved": (_move_pointer, "not the head of the chain", "pointer", {"pointer"}),
+    "lock-edited": (
+        _edit_lock,
+        "release id does not match the release's name and digests",
+        "lock",
+        {"history", "lock"},
+    ),
 }
 
 
 @pytest.mark.parametrize("case", CASES.values(), ids=CASES.keys())
-def test_tampering_is_found(ws: Workspace, case: tuple[Callable[[Workspace], str], str]) -> None:
-    tamper, expected = case
+def test_tampering_is_found(
+    ws: Workspace, case: tuple[Callable[[Workspace], str], str, str, set[str]]
+) -> None:
+    tamper, expected, check, checks = case
     path = tamper(ws)
     run = ws.stella("audit", "verify", "-o", "json")
     assert run.code == 1, run.out
     findings = run.json()["findings"]
-    assert any(f["file"] == path and expected in f["message"] for f in findings), findings
+    assert any(f["file"] == path and expected in f["message"] and f["check"] == check for f in findings), (
+        findings
+    )
+    assert {f["check"] for f in findings} == checks, findings
+    assert all(set(f) == {"file", "message", "commit", "check"} for f in findings)
+    assert [(f["file"], f["message"]) for f in findings] == sorted(
+        (f["file"], f["message"]) for f in findings
+    )
     text = ws.stella("audit", "verify")
     assert text.code == 1 and f"FAIL {path}" in text.out
+
+
+def test_worker_processes_find_what_one_process_finds(ws: Workspace) -> None:
+    _edit_statement(ws)
+    _delete_artifact(ws)
+    repo = Repo(ws.root)
+    keys = audit.load_keys(repo, "main")
+    seen: list[tuple[int, int]] = []
+    serial = audit.verify(repo, REF, keys, workers=0)
+    parallel = audit.verify(repo, REF, keys, lambda done, total: seen.append((done, total)), workers=2)
+    assert parallel == serial
+    assert {f.check for f in serial.findings} == {"hash", "history", "signature", "artifact"}
+    total = seen[0][1]
+    assert seen[0] == (0, total) and seen[-1] == (total, total)
+    assert [done for done, _ in seen] == sorted(done for done, _ in seen)
+
+
+# --- the offline packet ----------------------------------------------------------------------------
+
+
+def _offline(argv: list[str], cwd: Path) -> Run:
+    """Run with no network: in a network namespace of its own where the system allows one, and in any
+    case with proxies that lead nowhere and git allowed local files only."""
+    isolate = (
+        ["unshare", "-rn"]
+        if shutil.which("unshare")
+        and subprocess.run(["unshare", "-rn", "true"], capture_output=True, check=False).returncode == 0
+        else []
+    )
+    env = {
+        **os.environ,
+        "http_proxy": "http://127.0.0.1:9",
+        "https_proxy": "http://127.0.0.1:9",
+        "all_proxy": "http://127.0.0.1:9",
+        "GIT_ALLOW_PROTOCOL": "file",
+    }
+    env.pop("STELLA_REPO", None)
+    done = subprocess.run([*isolate, *argv], cwd=cwd, env=env, capture_output=True, text=True, timeout=120)
+    return Run(done.returncode, done.stdout, done.stderr)
+
+
+def _export(ws: Workspace, packet: Path) -> dict[str, object]:
+    run = ws.stella("audit", "export", packet, "-o", "json")
+    assert run.code == 0, run.err
+    exported: dict[str, object] = run.json()
+    return exported
+
+
+def test_packet_verifies_in_an_empty_directory_offline(ws: Workspace, tmp_path: Path) -> None:
+    packet = tmp_path / "export" / "evidence.tar.gz"
+    exported = _export(ws, packet)
+    head = ws.git("rev-parse", REF)
+    assert {k: v for k, v in exported.items() if k != "members"} == {
+        "packet": str(packet),
+        "ref": REF,
+        "head": head,
+        "records": 2,
+    }
+    with tarfile.open(packet) as tar:
+        names = tar.getnames()
+        manifest = json.loads(tar.extractfile("manifest.json").read())  # type: ignore[union-attr]
+    assert names == [
+        "README.md",
+        "evidence.bundle",
+        "manifest.json",
+        "trust/allowed_signers",
+        "trust/evidence-keys/test.pub",
+    ]
+    assert manifest == {
+        "format": "stella-evidence-packet/v1",
+        "ref": REF,
+        "head": head,
+        "records": 2,
+        "trust": {"branch": "main", "commit": ws.git("rev-parse", "main")},
+        "members": exported["members"],
+    }
+    assert sorted(manifest["members"]) == [n for n in names if n != "manifest.json"]
+    again = tmp_path / "again.tar.gz"
+    _export(ws, again)
+    assert again.read_bytes() == packet.read_bytes()  # the same branch gives the same packet
+
+    auditor = tmp_path / "auditor"
+    auditor.mkdir()
+    shutil.copy(packet, auditor / "packet.tar.gz")
+    run = _offline([STELLA, "audit", "verify", "--packet", "packet.tar.gz", "-o", "json"], auditor)
+    assert run.code == 0, run.out + run.err
+    report = run.json()
+    key = load_public_key(ws.key.with_name("evidence.pem.pub").read_bytes(), "test.pub")
+    assert (report["ok"], report["records"], report["bundles"], report["head"], report["findings"]) == (
+        True,
+        2,
+        2,
+        head,
+        [],
+    )
+    assert report["keys"] == [{"source": "trust/evidence-keys/test.pub", "hint": key_hint(key)}]
+    assert report["packet"] == str(auditor / "packet.tar.gz")
+    assert sorted(p.name for p in auditor.iterdir()) == ["packet.tar.gz"]  # nothing left behind
+    text = _offline([STELLA, "audit", "verify", "--packet", "packet.tar.gz"], auditor)
+    assert text.code == 0 and f"hint {key_hint(key)}" in text.out and "OK: 2 records" in text.out
+
+
+def test_packet_readme_commands_verify_a_record_with_sigstore_js(ws: Workspace, tmp_path: Path) -> None:
+    """The README's own commands: clone the bundle, run its sigstore-js snippet on a record."""
+    node = shutil.which("node")
+    if node is None or not (JS / "node_modules" / "@sigstore" / "verify").is_dir():
+        pytest.fail("node and tests/js/node_modules are needed: run `make setup`", pytrace=False)
+    packet = tmp_path / "evidence.tar.gz"
+    _export(ws, packet)
+    work = tmp_path / "packet"
+    work.mkdir()
+    with tarfile.open(packet) as tar:
+        readme = tar.extractfile("README.md").read().decode()  # type: ignore[union-attr]
+        tar.extractall(work, filter="data")
+    (snippet,) = re.findall(r"```js\n(.*?)```", readme, flags=re.S)
+    (tmp_path / "verify.js").write_text(snippet)
+    (clone,) = [line for line in readme.splitlines() if line.startswith("git clone ")]
+    subprocess.run(clone, shell=True, cwd=work, check=True, capture_output=True)
+    record = _records(ws)[1]
+    bundle = f"evidence/{record.replace('.json', '.sigstore.json')}"
+    env = {**os.environ, "NODE_PATH": str(JS / "node_modules")}
+    argv = [node, str(tmp_path / "verify.js"), bundle, "trust/evidence-keys/test.pub"]
+    done = subprocess.run(argv, cwd=work, env=env, capture_output=True, text=True, timeout=60)
+    assert (done.returncode, done.stdout, done.stderr) == (0, "OK\n", "")
+    statement = work / "evidence" / record
+    statement.write_bytes(statement.read_bytes().replace(b'"allow"', b'"deny"'))
+    done = subprocess.run(argv, cwd=work, env=env, capture_output=True, text=True, timeout=60)
+    assert done.returncode != 0 and "the bundle signs other bytes than the statement" in done.stderr
+
+
+def _repack(packet: Path, tmp_path: Path, member: str, change: Callable[[bytes], bytes]) -> Path:
+    out = tmp_path / "tampered.tar.gz"
+    with tarfile.open(packet) as source, tarfile.open(out, "w:gz") as target:
+        for info in source.getmembers():
+            data = source.extractfile(info).read()  # type: ignore[union-attr]
+            if info.name == member:
+                data = change(data)
+                info.size = len(data)
+            target.addfile(info, io.BytesIO(data))
+    return out
+
+
+TAMPERED_PACKETS: dict[str, tuple[str, Callable[[bytes], bytes], int, str]] = {
+    "readme-edited": (
+        "README.md",
+        lambda data: data.replace(b"compare these key hints", b"no need to compare key hints"),
+        1,
+        "README.md: sha256 ",
+    ),
+    "signers-edited": (
+        "trust/allowed_signers",
+        lambda data: data + b"mallory@example.com ssh-ed25519 AAAA\n",
+        1,
+        "trust/allowed_signers: sha256 ",
+    ),
+    "bundle-replaced": (
+        "evidence.bundle",
+        lambda data: b"# v2 git bundle\n" + data[:40],
+        2,
+        "is not a usable Git bundle",
+    ),
+}
+
+
+def test_a_packet_with_a_path_trick_is_refused(ws: Workspace, tmp_path: Path) -> None:
+    packet = tmp_path / "evidence.tar.gz"
+    _export(ws, packet)
+    tricked = tmp_path / "tricked.tar.gz"
+    with tarfile.open(packet) as source, tarfile.open(tricked, "w:gz") as target:
+        for info in source.getmembers():
+            target.addfile(info, source.extractfile(info))
+        link = tarfile.TarInfo("trust/evidence-keys/attacker.pub")
+        link.type, link.linkname = tarfile.SYMTYPE, "/etc/ssh/ssh_host_ecdsa_key.pub"
+        target.addfile(link)
+    run = _offline([STELLA, "audit", "verify", "--packet", str(tricked)], tmp_path)
+    assert run.code == 2, run.out + run.err
+    assert run.out == ""
+    assert run.err.strip() == (
+        f"error: {tricked}: refusing member 'trust/evidence-keys/attacker.pub': a symbolic link "
+        "(to '/etc/ssh/ssh_host_ecdsa_key.pub'); the packet is not safe to open"
+    )
+
+
+@pytest.mark.parametrize("case", TAMPERED_PACKETS.values(), ids=TAMPERED_PACKETS.keys())
+def test_a_changed_packet_is_caught(
+    ws: Workspace, tmp_path: Path, case: tuple[str, Callable[[bytes], bytes], int, str]
+) -> None:
+    member, change, code, expected = case
+    packet = tmp_path / "evidence.tar.gz"
+    _export(ws, packet)
+    tampered = _repack(packet, tmp_path, member, change)
+    run = _offline([STELLA, "audit", "verify", "--packet", str(tampered)], tmp_path)
+    assert run.code == code, run.out + run.err
+    assert expected in run.out + run.err
+    if code == 1:
+        assert f"FAIL {member}: sha256 " in run.out
+        assert (
+            "differs from the manifest's" in run.out
+            and "the packet was changed after it was exported" in run.out
+        )
+        findings = _offline(
+            [STELLA, "audit", "verify", "--packet", str(tampered), "-o", "json"], tmp_path
+        ).json()["findings"]
+        assert [(f["file"], f["check"]) for f in findings] == [(member, "packet")]
+
+
+# --- checkpoints -----------------------------------------------------------------------------------
+
+
+def test_checkpoint_catches_a_rewrite_that_a_fresh_clone_cannot_see(ws: Workspace, tmp_path: Path) -> None:
+    checkpoint = tmp_path / "checkpoint.json"
+    run = ws.stella("audit", "checkpoint", "--out", checkpoint)
+    assert run.code == 0, run.err
+    assert f"wrote {checkpoint}: checkpoint of {REF}" in run.out
+    printed = ws.stella("audit", "checkpoint", "-o", "json").json()
+    dev_head = "sha256:" + _records(ws)[1].removeprefix("evidence/").removesuffix(".json")
+    head = ws.git("rev-parse", REF)
+    assert {k: v for k, v in printed["checkpoint"].items() if k != "time"} == {
+        "type": "https://stella.dev/checkpoint/v1",
+        "ref": REF,
+        "head": head,
+        "records": 2,
+        "chains": {"dev": dev_head},
+    }
+    assert ws.stella("audit", "verify", "--checkpoint", checkpoint).code == 0
+
+    # history rewritten: back one commit, and a different commit on top
+    ws.git("update-ref", "-m", "rewrite", REF, ws.git("rev-parse", f"{REF}~1"))
+    change_evidence(ws, {"notes/rewritten.txt": b"another history\n"}, "a different commit on top")
+
+    run = ws.stella("audit", "verify", "--checkpoint", checkpoint, "-o", "json")
+    assert run.code == 1
+    local = run.json()["findings"]
+    assert {f["check"] for f in local} == {"checkpoint", "reflog"}
+
+    packet = tmp_path / "evidence.tar.gz"  # a fresh clone: no reflog to tell the story
+    _export(ws, packet)
+    plain = _offline([STELLA, "audit", "verify", "--packet", str(packet), "-o", "json"], tmp_path)
+    assert plain.code == 0 and plain.json()["findings"] == []
+    run = _offline(
+        [STELLA, "audit", "verify", "--packet", str(packet), "--checkpoint", str(checkpoint), "-o", "json"],
+        tmp_path,
+    )
+    assert run.code == 1
+    findings = [(f["file"], f["check"]) for f in run.json()["findings"]]
+    assert findings == [
+        (f"evidence/{dev_head.removeprefix('sha256:')}.json", "checkpoint"),
+        (REF, "checkpoint"),
+        (REF, "checkpoint"),
+    ]
+    messages = [f["message"] for f in run.json()["findings"]]
+    assert "the head of dev's chain at the checkpoint of" in messages[0] and messages[0].endswith("is gone")
+    assert messages[1].startswith("1 records today, fewer than the 2 the checkpoint of")
+    assert f"was at {head[:12]}, which is not in the history of today's head" in messages[2]
+    assert "the branch was rewritten after the checkpoint" in messages[2]
+
+
+def _evidence_bundle(ws: Workspace, path: Path) -> None:
+    """Signed by a trusted key, but a record's bundle, not a checkpoint."""
+    path.write_bytes(ws.show(_records(ws)[0].replace(".json", ".sigstore.json")))
+
+
+BAD_CHECKPOINT_FILES: dict[str, tuple[Callable[[Workspace, Path], None], str]] = {
+    "missing": (lambda ws, p: None, "checkpoint.json: cannot read the checkpoint: No such file or directory"),
+    "not-json": (
+        lambda ws, p: p.write_text("checkpoint?"),
+        "checkpoint.json: not a checkpoint file (not JSON",
+    ),
+    "evidence-bundle": (
+        _evidence_bundle,
+        "payload, not a checkpoint (application/vnd.stella.checkpoint+json)",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", BAD_CHECKPOINT_FILES.values(), ids=BAD_CHECKPOINT_FILES.keys())
+def test_a_bad_checkpoint_file_is_invalid_input(
+    ws: Workspace, tmp_path: Path, case: tuple[Callable[[Workspace, Path], None], str]
+) -> None:
+    make, expected = case
+    path = tmp_path / "checkpoint.json"
+    make(ws, path)
+    run = ws.stella("audit", "verify", "--checkpoint", path)
+    assert run.code == 2, run.out + run.err
+    assert expected in run.err
