@@ -53,13 +53,14 @@ from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path, PurePosixPath
-from typing import Any, ClassVar, NamedTuple
+from typing import Any, ClassVar, NamedTuple, cast
 
 import pygit2
 import rfc8785
 
+from .discover import discover
 from .errors import InvalidInput, StellaError, Transient
-from .protocols import IN_TOTO_PAYLOAD_TYPE, Signer
+from .protocols import IN_TOTO_PAYLOAD_TYPE, WITNESS_SUFFIX, BundleVerifier, Signer
 from .repo import GitTree, Repo
 from .sign import BundleError, TrustedKeys, public_pem, verify_bundle
 
@@ -161,8 +162,12 @@ def verify(
     *,
     workers: int | None = None,
     checkpoint: Checkpoint | None = None,
+    keyless: Sequence[tuple[str, bytes]] = (),
 ) -> Report:
     """Verify the evidence branch `ref` of `repo` with the trusted `keys` (see the module docstring).
+
+    `keyless`: `trust/keyless.yaml` and its trusted root (`load_keyless`), to verify keyless bundles and
+    witnesses with a signer plugin that can (the sigstore plugin's `keyless`).
 
     `workers`: how many processes share the work, this one included (default: one per available CPU
     when the branch is large enough to gain from it, else this process alone). Worker processes start
@@ -190,7 +195,10 @@ def verify(
     history = _History(repo, head)  # runs beside the rest, in a process of its own
     try:
         report.commits = sum(1 for _ in git.walk(commit.id, pygit2.enums.SortMode.NONE))
-        findings = _checked(repo, ref, head, tree, keys, progress, workers, report, checkpoint)
+        _keyless_verifier(tuple(keyless))  # an unusable keyless policy is invalid input, before any work
+        findings = _checked(
+            repo, ref, head, tree, keys, progress, workers, report, checkpoint, tuple(keyless)
+        )
         findings += history.findings()
     finally:
         history.close()
@@ -208,12 +216,15 @@ def _checked(
     workers: int | None,
     report: Report,
     checkpoint: Checkpoint | None,
+    keyless: tuple[tuple[str, bytes], ...] = (),
 ) -> list[Finding]:
     """Every check but history: the chunks of work, then the whole-branch checks over their facts."""
     findings: list[Finding] = []
     plan = _plan(tree, findings, report)
     total = sum(len(t.names) for t in plan)
-    job = _Job(str(repo.path), head, tuple((k.source, public_pem(k.public_key)) for k in keys.values()))
+    job = _Job(
+        str(repo.path), head, tuple((k.source, public_pem(k.public_key)) for k in keys.values()), keyless
+    )
     merged = _Merged()
     done = 0
 
@@ -351,6 +362,8 @@ class _Job:
     git_dir: str
     head: str
     keys: tuple[tuple[str, bytes], ...]
+    keyless: tuple[tuple[str, bytes], ...] = ()
+    """trust/keyless.yaml and the trusted root it pins (from the source branch), when present."""
 
 
 @dataclass(frozen=True)
@@ -400,6 +413,7 @@ class _State:
         self.git = pygit2.Repository(job.git_dir)
         self.tree = self.git[job.head].peel(pygit2.Commit).tree
         self.keys = TrustedKeys.from_files(job.keys)
+        self.keyless = _keyless_verifier(job.keyless)
         self._dirs: dict[str, Any] = {}
 
     def dir(self, name: str) -> Any:
@@ -467,6 +481,11 @@ def _check_records(state: _State, names: Sequence[str], out: _Result) -> None:
             out.files += 1
             try:
                 verified = verify_bundle(bundle, state.keys, source=bundle_path)
+            except BundleError as exc:
+                if exc.reason == "unsupported" and state.keyless is not None:  # a keyless record
+                    _check_keyless(state, bundle, raw, bundle_path, add)
+                else:
+                    add(Finding(bundle_path, str(exc).removeprefix(f"{bundle_path}: "), check="signature"))
             except StellaError as exc:
                 add(Finding(bundle_path, str(exc).removeprefix(f"{bundle_path}: "), check="signature"))
             else:
@@ -480,7 +499,80 @@ def _check_records(state: _State, names: Sequence[str], out: _Result) -> None:
                             check="signature",
                         )
                     )
+        witness_path = f"evidence/{hex_id}{WITNESS_SUFFIX}"
+        witness = state.read(evidence, f"{hex_id}{WITNESS_SUFFIX}")
+        if witness is not None:
+            out.files += 1
+            if state.keyless is None:
+                add(
+                    Finding(
+                        witness_path,
+                        "a keyless witness, but no trust/keyless.yaml "
+                        "(or no keyless signer plugin) to verify it",
+                        check="signature",
+                    )
+                )
+            else:
+                _check_keyless(state, witness, raw, witness_path, add)
         out.facts.append(_record_facts(state, hex_id, raw, add))
+
+
+def _check_keyless(
+    state: _State, bundle: bytes, raw: bytes, path: str, add: Callable[[Finding], None]
+) -> None:
+    assert state.keyless is not None
+    try:
+        state.keyless.verify(bundle, raw, source=path)
+    except StellaError as exc:
+        add(Finding(path, str(exc).removeprefix(f"{path}: "), check="signature"))
+
+
+class _MemoryFiles:
+    """A `FileSource` over a few files held in memory (the keyless trust material)."""
+
+    def __init__(self, files: Sequence[tuple[str, bytes]]) -> None:
+        self._files = dict(files)
+
+    def read(self, path: str) -> bytes | None:
+        return self._files.get(path)
+
+    def listdir(self, path: str) -> list[str]:
+        prefix = f"{path}/" if path else ""
+        return sorted({p[len(prefix) :].split("/")[0] for p in self._files if p.startswith(prefix)})
+
+
+def _keyless_verifier(files: tuple[tuple[str, bytes], ...]) -> BundleVerifier | None:
+    """A verifier of keyless bundles from a signer plugin that offers one, or None (no policy/plugin)."""
+    if not files:
+        return None
+    plugins = discover(kinds=("signers",))
+    for name in sorted(plugins.signers):
+        opener = getattr(plugins.signers[name], "open_verifier", None)
+        if callable(opener):
+            verifier = opener(_MemoryFiles(files))
+            if verifier is not None:
+                return cast(BundleVerifier, verifier)
+    return None
+
+
+def load_keyless(repo: Repo, branch: str) -> tuple[tuple[str, bytes], ...]:
+    """`trust/keyless.yaml` and the trusted root it pins, from the branch head (empty when absent)."""
+    commit = repo.resolve_ref(f"refs/heads/{branch}")
+    if commit is None:
+        return ()
+    return keyless_files(repo.tree(commit))
+
+
+def keyless_files(files: Any) -> tuple[tuple[str, bytes], ...]:
+    policy = files.read("trust/keyless.yaml")
+    if policy is None:
+        return ()
+    out = [("trust/keyless.yaml", policy)]
+    root = _trusted_root_path(policy)
+    data = files.read(root) if root else None
+    if root and data is not None:
+        out.append((root, data))
+    return tuple(out)
 
 
 def _record_facts(state: _State, hex_id: str, raw: bytes, add: Callable[[Finding], None]) -> _Fact:
@@ -1217,7 +1309,11 @@ def verify_packet(
                 )
             )
         read = read_checkpoint(checkpoint[0], keys, checkpoint[1]) if checkpoint is not None else None
-        report = verify(repo, ref, keys, progress, workers=workers, checkpoint=read)
+        members = {n: root.joinpath(*n.split("/")) for n in digests}
+        keyless = keyless_files(
+            _MemoryFiles([(n, p.read_bytes()) for n, p in members.items() if n.startswith("trust/")])
+        )
+        report = verify(repo, ref, keys, progress, workers=workers, checkpoint=read, keyless=keyless)
         if head == manifest["head"] and report.records != int(manifest["records"]):
             message = f"the branch holds {report.records} records, the manifest says {manifest['records']}"
             findings.append(Finding(ref, message, None, "packet"))

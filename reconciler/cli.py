@@ -38,6 +38,7 @@ from .repo import Repo, WorkTree
 from .resolve import Resolver, resolve_release
 from .scaffold import write_scaffold
 from .sign import generate_key, key_signer_plugin
+from .witness import witness
 from .workflow import approve, promote
 
 OK, NOT_OK, INVALID, TRANSIENT = 0, 1, 2, 3
@@ -569,6 +570,30 @@ def _read_input(path: str, what: str) -> bytes:
         raise InvalidInput(f"{path}: cannot read the {what}: {exc.strerror or exc}") from exc
 
 
+def cmd_audit_witness(args: argparse.Namespace) -> int:
+    session = _session(args)
+    ref = session.settings.evidence.ref
+    commit, witnessed = witness(
+        session.repo,
+        session.plugins,
+        ref,
+        evidence=args.evidence or None,
+        token=args.token,
+        environ=os.environ,
+        progress=_progress(),
+    )
+    _emit(
+        args,
+        {"commit": commit, "witnessed": witnessed},
+        lambda: _say(
+            f"witnessed {len(witnessed)} record(s) in commit {commit[:12]}"
+            if commit
+            else "nothing to witness"
+        ),
+    )
+    return OK
+
+
 def cmd_audit_verify(args: argparse.Namespace) -> int:
     checkpoint = (_read_input(args.checkpoint, "checkpoint"), args.checkpoint) if args.checkpoint else None
     packet: audit.Packet | None = None
@@ -578,8 +603,11 @@ def cmd_audit_verify(args: argparse.Namespace) -> int:
         else:
             repo, settings = _audited(args)
             keys = audit.load_keys(repo, settings.branch)
+            keyless = audit.load_keyless(repo, settings.branch)
             read = audit.read_checkpoint(checkpoint[0], keys, checkpoint[1]) if checkpoint else None
-            report = audit.verify(repo, settings.evidence.ref, keys, progress, checkpoint=read)
+            report = audit.verify(
+                repo, settings.evidence.ref, keys, progress, checkpoint=read, keyless=keyless
+            )
     payload = {
         "ok": report.ok,
         "ref": report.ref,
@@ -928,6 +956,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     audit_parser = sub.add_parser("audit", parents=[common], help="verify the evidence branch")
     asub = audit_parser.add_subparsers(dest="audit_command", required=True, parser_class=_Parser)
+    p = asub.add_parser("witness", parents=[common], help="add keyless signatures to key-signed records")
+    p.add_argument("evidence", nargs="*", metavar="EVIDENCE_ID", help="default: every record not witnessed")
+    p.add_argument("--token", default="env:SIGSTORE_ID_TOKEN", help="the OIDC token reference (env:NAME)")
+    p.set_defaults(func=cmd_audit_witness)
+
     p = asub.add_parser("verify", parents=[common], help="hashes, signatures, chains and history")
     p.add_argument("--packet", metavar="FILE", help="verify an exported packet (no repository needed)")
     p.add_argument("--checkpoint", metavar="FILE", help="also check the branch against a signed checkpoint")

@@ -197,6 +197,15 @@ class Signer(Protocol):
         ...
 
 
+class BundleVerifier(Protocol):
+    """Verifies bundles a signer plugin makes, offline, with trust material from the repository."""
+
+    def verify(self, bundle: bytes, payload: bytes, *, source: str) -> str:
+        """The signer's identity when `bundle` is a valid signature over exactly `payload`; raises a
+        `StellaError` (naming `source`) otherwise."""
+        ...
+
+
 @runtime_checkable
 class SignerPlugin(Protocol):
     """Entry point object of group `stella.signers`: makes a Signer from settings and environment."""
@@ -206,3 +215,7 @@ class SignerPlugin(Protocol):
     def open(self, key: str, environ: Mapping[str, str]) -> Signer:
         """`key` is the settings' reference (`env:NAME`, `file:/path`); `environ` the process env."""
         ...
+
+
+WITNESS_SUFFIX = ".keyless.sigstore.json"
+"""`evidence/<hex>.keyless.sigstore.json`: a keyless bundle over a record first signed with a key."""

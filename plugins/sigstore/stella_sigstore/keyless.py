@@ -298,6 +298,25 @@ class _KeylessSignerPlugin:
         log.debug("keyless signer for %s (issuer %s)", token.identity, token.issuer)
         return KeylessSigner(token, config)
 
+    def open_verifier(self, files: FileSource) -> _PolicyVerifier | None:
+        """A verifier of keyless evidence bundles under the repository's `trust/keyless.yaml` (None
+        when the repository has no such policy)."""
+        keyless_policy = load_keyless_policy(files)
+        if keyless_policy is None:
+            return None
+        return _PolicyVerifier(KeylessVerifier(keyless_policy, read_trusted_root(files, keyless_policy)))
+
+
+class _PolicyVerifier:
+    """`BundleVerifier` over a `KeylessVerifier`: returns the certificate identity that signed."""
+
+    def __init__(self, verifier: KeylessVerifier) -> None:
+        self._verifier = verifier
+
+    def verify(self, bundle: bytes, payload: bytes, *, source: str) -> str:
+        matched = self._verifier.verify(bundle, payload, source=source).identity
+        return f"{matched.san} ({matched.issuer})"
+
 
 keyless = _KeylessSignerPlugin()
 
