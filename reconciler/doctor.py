@@ -699,7 +699,9 @@ def _git_access_check(repo: Repo, settings: Settings | None) -> Check:
     blocked = [str(p) for p in targets if not os.access(p, os.W_OK | os.X_OK)]
     if blocked:
         return Check(
-            "git-access", "fail", f"cannot write {', '.join(blocked)}: the reconciler could not commit evidence"
+            "git-access",
+            "fail",
+            f"cannot write {', '.join(blocked)}: the reconciler could not commit evidence",
         )
     return Check("git-access", "ok", f"can write objects and refs in {repo.path}")
 
