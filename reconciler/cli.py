@@ -409,10 +409,22 @@ def cmd_why(args: argparse.Namespace) -> int:
 
         _emit(args, payload, text)
         return OK if record.result == "allow" else NOT_OK
-    result = dry_run(repo, session.plugins, now=_now(), only={args.promotion}, offline=session.offline)
-    outcome = next((o for o in result.outcomes if o.promotion_id == args.promotion), None)
+    # on the branch the reconciler reads; else at HEAD (a pull request's checkout)
+    outcome = None
+    for commit in dict.fromkeys([source_commit(repo)[1], repo.resolve_ref("HEAD")]):
+        if commit is None:
+            continue
+        result = dry_run(
+            repo, session.plugins, now=_now(), commit=commit, only={args.promotion}, offline=session.offline
+        )
+        outcome = next((o for o in result.outcomes if o.promotion_id == args.promotion), None)
+        if outcome is not None:
+            break
     if outcome is None:
-        raise Usage(f"no promotion {args.promotion!r} on the branch (promotions/{args.promotion}.yaml)")
+        raise Usage(
+            f"no promotion {args.promotion!r} on {session.settings.branch} or at HEAD "
+            f"(promotions/{args.promotion}.yaml)"
+        )
     _emit(args, {"recorded": False, **_outcome_json(outcome)}, lambda: _print_plan(result))
     return OK if outcome.decision and outcome.decision.result == "allow" else NOT_OK
 

@@ -88,6 +88,8 @@ def test_request_two_approvals_merge_allow(tmp_path: Path, team: dict[str, Perso
     ws.git("config", "--unset", "gpg.format")
 
     ws.git("checkout", "-q", f"promote/{PROMOTION}")
+    why = ws.stella("why", PROMOTION, "-o", "json")  # not on main yet: explained at HEAD
+    assert (why.code, why.json()["decision"], why.json()["recorded"]) == (1, "pending", False)
     plan = ws.stella("plan", "--base", "main", "-o", "markdown")
     assert plan.code == 1
     assert (
