@@ -33,6 +33,7 @@ Read-only: never writes to the repository it verifies. Never prints; errors are 
 
 from __future__ import annotations
 
+import base64
 import gzip
 import hashlib
 import io
@@ -60,9 +61,19 @@ import rfc8785
 
 from .discover import discover
 from .errors import InvalidInput, StellaError, Transient
+from .governance import (
+    POINTER,
+    POLICY_CHAIN,
+    RATIFICATION,
+    Policy,
+    PolicyError,
+    read_pointer,
+    stored_policy,
+)
 from .protocols import IN_TOTO_PAYLOAD_TYPE, WITNESS_SUFFIX, BundleVerifier, Signer
 from .repo import GitTree, Repo
 from .sign import BundleError, TrustedKeys, public_pem, verify_bundle
+from .sshsig import AllowedSigners
 
 log = logging.getLogger(__name__)
 
@@ -82,6 +93,8 @@ CHECKS = (
     "layout",
     "checkpoint",
     "packet",
+    "policy",
+    "identity",
 )
 """Every `Finding.check` code, stable across versions (documented in docs/audit.md)."""
 
@@ -128,6 +141,18 @@ class Report:
     """Environment -> the evidence id at the head of its chain (only for chains that do not fork)."""
     keys: dict[str, str] = field(default_factory=dict)
     """Trusted key source -> key hint: what the signatures were checked against."""
+    genesis: str | None = None
+    """The genesis ratification the policy chain starts from (pinned with `--root`, else trusted on
+    first use)."""
+    root_pinned: bool = False
+    policy: str | None = None
+    """The policy ratified at the head of the chain."""
+    policies: list[str] = field(default_factory=list)
+    """Every ratified policy, oldest first."""
+    verified_by: dict[str, str] = field(default_factory=dict)
+    """Evidence id -> `<policy id>: <key source>` (or `legacy: <key source>`): which key verified it."""
+    identities: int = 0
+    """Signed commits (requesters, approvers) re-verified from the recorded inputs."""
     findings: list[Finding] = field(default_factory=list)
 
     @property
@@ -144,11 +169,32 @@ def trusted_keys(tree: GitTree) -> TrustedKeys:
     return TrustedKeys.from_files(items)
 
 
-def load_keys(repo: Repo, branch: str) -> TrustedKeys:
+def load_keys(repo: Repo, branch: str, *, missing_ok: bool = False) -> TrustedKeys:
+    """The evidence keys of `branch` (what records written before policies existed verify with).
+    `missing_ok`: an unreadable key is logged and left out instead of failing."""
     commit = repo.resolve_ref(f"refs/heads/{branch}")
     if commit is None:
         raise InvalidInput(f"branch {branch!r} not found: cannot read {KEYS_DIR}/")
-    return trusted_keys(repo.tree(commit))
+    try:
+        return trusted_keys(repo.tree(commit))
+    except InvalidInput:
+        if not missing_ok:
+            raise
+        log.warning("an evidence key on %s is unreadable; it verifies nothing", branch, exc_info=True)
+        return TrustedKeys()
+
+
+def branch_keys(repo: Repo, ref: str, legacy: TrustedKeys) -> TrustedKeys:
+    """Every evidence key of every policy stored on `ref` (and `legacy`): what a checkpoint of that
+    branch may be signed with."""
+    head = repo.resolve_ref(ref)
+    if head is None:
+        return legacy
+    tree = repo.tree(head)
+    book = _PolicyBook.read(tree, legacy, (), [])
+    return TrustedKeys(
+        key for source, pem in book.key_pems() for key in TrustedKeys.from_files([(source, pem)]).values()
+    )
 
 
 # --- verify: the orchestration ---------------------------------------------------------------------
@@ -163,8 +209,14 @@ def verify(
     workers: int | None = None,
     checkpoint: Checkpoint | None = None,
     keyless: Sequence[tuple[str, bytes]] = (),
+    root: str | None = None,
 ) -> Report:
-    """Verify the evidence branch `ref` of `repo` with the trusted `keys` (see the module docstring).
+    """Verify the evidence branch `ref` of `repo` (see the module docstring).
+
+    Every record verifies with the evidence keys of the ratified policy it names, every ratification
+    with those of the policy before it, from the genesis (`root`: the genesis record id it must be;
+    None: the one found, trusted on first use). `keys` (and `keyless`) verify what was written before
+    the branch had a policy chain: records naming no policy when there is no genesis.
 
     `keyless`: `trust/keyless.yaml` and its trusted root (`load_keyless`), to verify keyless bundles and
     witnesses with a signer plugin that can (the sigstore plugin's `keyless`).
@@ -177,6 +229,7 @@ def verify(
     """
     head = repo.resolve_ref(ref)
     report = Report(head=head, ref=ref, keys={k.source: k.hint for k in keys.values()})
+    report.root_pinned = root is not None
     if head is None:
         report.findings.append(Finding(ref, "the evidence ref does not exist", check="layout"))
         if checkpoint is not None:
@@ -197,7 +250,7 @@ def verify(
         report.commits = sum(1 for _ in git.walk(commit.id, pygit2.enums.SortMode.NONE))
         _keyless_verifier(tuple(keyless))  # an unusable keyless policy is invalid input, before any work
         findings = _checked(
-            repo, ref, head, tree, keys, progress, workers, report, checkpoint, tuple(keyless)
+            repo, ref, head, tree, keys, progress, workers, report, checkpoint, tuple(keyless), root
         )
         findings += history.findings()
     finally:
@@ -217,13 +270,21 @@ def _checked(
     report: Report,
     checkpoint: Checkpoint | None,
     keyless: tuple[tuple[str, bytes], ...] = (),
+    root: str | None = None,
 ) -> list[Finding]:
     """Every check but history: the chunks of work, then the whole-branch checks over their facts."""
     findings: list[Finding] = []
     plan = _plan(tree, findings, report)
     total = sum(len(t.names) for t in plan)
+    gtree = GitTree(repo.git, tree, head)
+    book = _PolicyBook.read(gtree, keys, keyless, findings)
     job = _Job(
-        str(repo.path), head, tuple((k.source, public_pem(k.public_key)) for k in keys.values()), keyless
+        str(repo.path),
+        head,
+        book.key_pems(),
+        keyless,
+        signers=tuple(sorted(book.allowed_signers.items())),
+        keyless_groups=book.keyless_groups(),
     )
     merged = _Merged()
     done = 0
@@ -248,8 +309,10 @@ def _checked(
         _local.state = None  # let go of the repository (a packet's is deleted next)
     findings += merged.findings
     report.records, report.bundles, report.files = merged.records, merged.bundles, merged.files
+    report.identities = merged.identities
     findings += _check_locks(merged)
-    findings += _check_chains(GitTree(repo.git, tree, head), merged, report)
+    findings += book.check(repo, head, merged, report, root)
+    findings += _check_chains(gtree, merged, report)
     findings += _check_reflog(repo, ref)
     if checkpoint is not None:
         findings += _check_checkpoint(repo, ref, report, merged, checkpoint)
@@ -364,6 +427,10 @@ class _Job:
     keys: tuple[tuple[str, bytes], ...]
     keyless: tuple[tuple[str, bytes], ...] = ()
     """trust/keyless.yaml and the trusted root it pins (from the source branch), when present."""
+    signers: tuple[tuple[str, bytes], ...] = ()
+    """Policy id -> its trust/allowed_signers: identities in inputs are re-verified against them."""
+    keyless_groups: tuple[tuple[tuple[str, ...], tuple[tuple[str, bytes], ...]], ...] = ()
+    """(policy ids, keyless trust files) for each distinct keyless policy among the stored policies."""
 
 
 @dataclass(frozen=True)
@@ -381,6 +448,17 @@ class _Fact(NamedTuple):
     result: str | None
     release_name: str | None
     release_id: str | None
+    kind: str | None = None
+    """The predicate type (`release_decision`, `policy_ratification`, ...)."""
+    policy: str | None = None
+    """The policy named (for a ratification: the one it ratifies)."""
+    signing: str | None = None
+    """The policy whose keys must sign it (a ratification: the previous one; the genesis: its own)."""
+    key: str | None = None
+    """The hint of the key that verified its bundle (`keyless:<i>` for keyless group i), if one did."""
+    previous_policy: str | None = None
+    inputs: str | None = None
+    """The sha256 of its inputs file."""
 
 
 @dataclass
@@ -392,6 +470,7 @@ class _Result:
     records: int = 0
     bundles: int = 0
     files: int = 0
+    identities: int = 0
 
 
 @dataclass
@@ -403,6 +482,7 @@ class _Merged(_Result):
         self.records += result.records
         self.bundles += result.bundles
         self.files += result.files
+        self.identities += result.identities
 
 
 class _State:
@@ -414,7 +494,17 @@ class _State:
         self.tree = self.git[job.head].peel(pygit2.Commit).tree
         self.keys = TrustedKeys.from_files(job.keys)
         self.keyless = _keyless_verifier(job.keyless)
+        self.keyless_groups = [(ids, _keyless_verifier(files)) for ids, files in job.keyless_groups]
+        self.signers = dict(job.signers)
+        self._allowed: dict[str, AllowedSigners] = {}
         self._dirs: dict[str, Any] = {}
+
+    def allowed_signers(self, policy: str) -> AllowedSigners:
+        if policy not in self._allowed:
+            self._allowed[policy] = AllowedSigners.parse(
+                self.signers.get(policy, b""), "trust/allowed_signers"
+            )
+        return self._allowed[policy]
 
     def dir(self, name: str) -> Any:
         """The tree of a top-level directory, or None."""
@@ -467,6 +557,7 @@ def _check_records(state: _State, names: Sequence[str], out: _Result) -> None:
     for hex_id in names:
         path = f"evidence/{hex_id}.json"
         raw = state.read(evidence, f"{hex_id}.json") or b""
+        key: str | None = None
         out.records += 1
         out.files += 1
         actual = hashlib.sha256(raw).hexdigest()
@@ -482,8 +573,8 @@ def _check_records(state: _State, names: Sequence[str], out: _Result) -> None:
             try:
                 verified = verify_bundle(bundle, state.keys, source=bundle_path)
             except BundleError as exc:
-                if exc.reason == "unsupported" and state.keyless is not None:  # a keyless record
-                    _check_keyless(state, bundle, raw, bundle_path, add)
+                if exc.reason == "unsupported" and (state.keyless is not None or state.keyless_groups):
+                    key = _check_keyless(state, bundle, raw, bundle_path, add)  # a keyless record
                 else:
                     add(Finding(bundle_path, str(exc).removeprefix(f"{bundle_path}: "), check="signature"))
             except StellaError as exc:
@@ -499,11 +590,13 @@ def _check_records(state: _State, names: Sequence[str], out: _Result) -> None:
                             check="signature",
                         )
                     )
+                else:
+                    key = verified.hint
         witness_path = f"evidence/{hex_id}{WITNESS_SUFFIX}"
         witness = state.read(evidence, f"{hex_id}{WITNESS_SUFFIX}")
         if witness is not None:
             out.files += 1
-            if state.keyless is None:
+            if state.keyless is None and not any(v for _, v in state.keyless_groups):
                 add(
                     Finding(
                         witness_path,
@@ -514,17 +607,30 @@ def _check_records(state: _State, names: Sequence[str], out: _Result) -> None:
                 )
             else:
                 _check_keyless(state, witness, raw, witness_path, add)
-        out.facts.append(_record_facts(state, hex_id, raw, add))
+        fact = _record_facts(state, hex_id, raw, add)
+        out.facts.append(fact._replace(key=key))
+        out.identities += _check_identities(state, fact, raw, add)
 
 
 def _check_keyless(
     state: _State, bundle: bytes, raw: bytes, path: str, add: Callable[[Finding], None]
-) -> None:
-    assert state.keyless is not None
-    try:
-        state.keyless.verify(bundle, raw, source=path)
-    except StellaError as exc:
-        add(Finding(path, str(exc).removeprefix(f"{path}: "), check="signature"))
+) -> str | None:
+    """Verify a keyless bundle with the keyless policies stored on the branch (then the legacy one);
+    the label of the one that verified (`keyless:<i>`), or None with a finding."""
+    candidates = [(f"keyless:{i}", v) for i, (_, v) in enumerate(state.keyless_groups) if v is not None]
+    if state.keyless is not None:
+        candidates.append(("keyless:legacy", state.keyless))
+    first: StellaError | None = None
+    for label, verifier in candidates:
+        try:
+            verifier.verify(bundle, raw, source=path)
+        except StellaError as exc:
+            first = first or exc
+            continue
+        return label
+    message = str(first) if first else "no keyless policy to verify it with"
+    add(Finding(path, message.removeprefix(f"{path}: "), check="signature"))
+    return None
 
 
 class _MemoryFiles:
@@ -586,10 +692,21 @@ def _record_facts(state: _State, hex_id: str, raw: bytes, add: Callable[[Finding
     if not isinstance(predicate, dict):
         add(Finding(path, "statement has no predicate", check="statement"))
         return _Fact(hex_id, None, None, None, None, None)
-    environment = predicate.get("environment")
-    if not isinstance(environment, str) or not environment:
-        add(Finding(path, "the predicate names no environment", check="statement"))
-        environment = None
+    kind = predicate.get("type")
+    policy = _dict_of(predicate.get("policy"))
+    named = policy.get("id") if isinstance(policy.get("id"), str) else None
+    previous_policy = policy.get("previous") if isinstance(policy.get("previous"), str) else None
+    if kind == RATIFICATION:
+        environment: str | None = POLICY_CHAIN
+        signing = previous_policy or named
+        if named is None:
+            add(Finding(path, "a ratification that names no policy", check="policy"))
+    else:
+        environment = predicate.get("environment")
+        signing = named
+        if not isinstance(environment, str) or not environment or environment.startswith("@"):
+            add(Finding(path, "the predicate names no environment", check="statement"))
+            environment = None
     previous = predicate.get("previous")
     if previous is not None and not (isinstance(previous, str) and previous.startswith("sha256:")):
         add(Finding(path, f"chain link {previous!r} is not an evidence id", check="chain"))
@@ -610,6 +727,8 @@ def _record_facts(state: _State, hex_id: str, raw: bytes, add: Callable[[Finding
     release_id = release.get("id") if isinstance(release, dict) else None
     decision = predicate.get("decision")
     result = decision.get("result") if isinstance(decision, dict) else None
+    if kind == RATIFICATION:
+        result, release_name, release_id = "ratified", None, None
     return _Fact(
         hex_id,
         environment,
@@ -617,7 +736,94 @@ def _record_facts(state: _State, hex_id: str, raw: bytes, add: Callable[[Finding
         result if isinstance(result, str) else None,
         release_name if isinstance(release_name, str) else None,
         release_id if isinstance(release_id, str) else None,
+        kind if isinstance(kind, str) else None,
+        named,
+        signing,
+        None,
+        previous_policy,
+        digest if isinstance(digest, str) else None,
     )
+
+
+def _check_identities(state: _State, fact: _Fact, raw: bytes, add: Callable[[Finding], None]) -> int:
+    """Re-verify, offline, every signed commit a record's inputs count as verified (requester and
+    approvals; a ratification's votes) against `trust/allowed_signers` of the policy in force: the one
+    a decision names, the one before a ratification. Returns how many were checked."""
+    policy = fact.previous_policy if fact.kind == RATIFICATION else fact.policy
+    if policy is None or fact.inputs is None or fact.kind not in ("release_decision", RATIFICATION):
+        return 0  # written before policies existed, or a genesis (no votes)
+    path = f"inputs/{fact.inputs}.json"
+    data = state.read(state.dir("inputs"), f"{fact.inputs}.json")
+    if data is None:
+        return 0  # already an `inputs` finding
+    try:
+        doc = json.loads(data)
+        if fact.kind == RATIFICATION:
+            actors = [(f"policy approval of {v['identity']}", v["signer"]) for v in doc.get("approvals", [])]
+        else:
+            actors = [("requester", doc["requester"])]
+            actors += [(f"approval of {a['identity']}", a["signer"]) for a in doc.get("approvals", [])]
+    except (ValueError, KeyError, TypeError) as exc:
+        add(Finding(path, f"not decision inputs: {exc}", check="identity"))
+        return 0
+    allowed = state.allowed_signers(policy)
+    checked = 0
+    for role, actor in actors:
+        if not isinstance(actor, dict) or actor.get("verified") is not True:
+            continue
+        who = actor.get("identity")
+        payload, signature = actor.get("payload"), actor.get("signature")
+        if not isinstance(payload, str) or not isinstance(signature, str) or not isinstance(who, str):
+            add(
+                Finding(
+                    path,
+                    f"{role}: counted as verified but its signed commit is not recorded",
+                    check="identity",
+                )
+            )
+            continue
+        checked += 1
+        try:
+            body = base64.b64decode(payload, validate=True)
+            verified = allowed.verify(body, signature.encode("utf-8"), principal=who)
+        except (ValueError, StellaError) as exc:
+            add(
+                Finding(
+                    path,
+                    f"{role}: the recorded signature does not verify for {who} against "
+                    f"trust/allowed_signers of policy {policy}: {exc}",
+                    check="identity",
+                )
+            )
+            continue
+        if actor.get("key") not in (None, verified.fingerprint):
+            add(
+                Finding(
+                    path,
+                    f"{role}: recorded key {actor.get('key')} is not {verified.fingerprint}",
+                    check="identity",
+                )
+            )
+        if actor.get("commit") not in (None, signed_commit_id(body, signature.encode("utf-8"))):
+            add(
+                Finding(
+                    path, f"{role}: the signed payload is not commit {actor.get('commit')}", check="identity"
+                )
+            )
+    return checked
+
+
+def signed_commit_id(payload: bytes, signature: bytes) -> str:
+    """The id of the commit whose signed payload and signature these are (Git puts the signature in a
+    `gpgsig` header after the others, each continuation line indented by one space)."""
+    header, sep, message = payload.partition(b"\n\n")
+    lines = signature.rstrip(b"\n").split(b"\n")
+    body = header + b"\ngpgsig " + b"\n ".join(lines) + sep + message if sep else payload
+    return hashlib.sha1(b"commit %d\0" % len(body) + body).hexdigest()
+
+
+def _dict_of(value: object) -> dict[str, Any]:
+    return value if isinstance(value, dict) else {}
 
 
 def _has(directory: Any, path: str) -> bool:
@@ -740,6 +946,223 @@ class _History:
             self._process = None
 
 
+# --- verify: the policy chain and which key may sign what -----------------------------------------
+
+
+@dataclass
+class _PolicyBook:
+    """The policies stored on the branch (`policies/`, `policy-files/`), their keys and signers.
+
+    Workers verify each bundle with the keys of every stored policy (and the legacy keys) and report
+    which key did; `check()` then holds each record to the keys of the policy it must be signed under,
+    walking the ratified chain from its genesis.
+    """
+
+    policies: dict[str, Policy] = field(default_factory=dict)
+    hints: dict[str, dict[str, str]] = field(default_factory=dict)
+    """Policy id -> key hint -> the key's file."""
+    allowed_signers: dict[str, bytes] = field(default_factory=dict)
+    keyless: dict[str, tuple[tuple[str, bytes], ...]] = field(default_factory=dict)
+    legacy: TrustedKeys = field(default_factory=TrustedKeys)
+    legacy_keyless: tuple[tuple[str, bytes], ...] = ()
+    pointer: dict[str, Any] | None = None
+
+    @classmethod
+    def read(
+        cls,
+        tree: GitTree,
+        legacy: TrustedKeys,
+        legacy_keyless: tuple[tuple[str, bytes], ...],
+        findings: list[Finding],
+    ) -> _PolicyBook:
+        book = cls(legacy=legacy, legacy_keyless=legacy_keyless, pointer=read_pointer(tree))
+        for name in tree.listdir("policies"):
+            hex_id = name.removesuffix(".json")
+            if not name.endswith(".json") or not _HEX.fullmatch(hex_id):
+                findings.append(Finding(f"policies/{name}", "unexpected file in policies/", check="layout"))
+                continue
+            try:
+                policy = stored_policy(tree, f"sha256:{hex_id}")
+            except PolicyError as exc:
+                findings.append(Finding(exc.file or f"policies/{name}", str(exc), check="policy"))
+                continue
+            book.policies[policy.id] = policy
+            book.hints[policy.id] = {}
+            for path, data in sorted(policy.files.items()):
+                if path.startswith(f"{KEYS_DIR}/") and path.endswith(".pub"):
+                    try:
+                        trusted = TrustedKeys.from_files([(path, data)])
+                    except InvalidInput as exc:
+                        findings.append(Finding(f"policies/{name}", f"{path}: {exc}", check="policy"))
+                        continue
+                    book.hints[policy.id].update({hint: path for hint in trusted})
+            signers = policy.files.get("trust/allowed_signers")
+            if signers is not None:
+                book.allowed_signers[policy.id] = signers
+            keyless = keyless_files(_MemoryFiles(sorted(policy.files.items())))
+            if keyless:
+                book.keyless[policy.id] = keyless
+        return book
+
+    def key_pems(self) -> tuple[tuple[str, bytes], ...]:
+        """Every key a bundle may be verified with (legacy keys first), as (source, PEM)."""
+        out = [(k.source, public_pem(k.public_key)) for k in self.legacy.values()]
+        for policy_id, policy in sorted(self.policies.items()):
+            for _hint, path in sorted(self.hints[policy_id].items()):
+                out.append((f"{policy_id}:{path}", policy.files[path]))
+        return tuple(out)
+
+    def keyless_groups(self) -> tuple[tuple[tuple[str, ...], tuple[tuple[str, bytes], ...]], ...]:
+        groups: dict[tuple[tuple[str, bytes], ...], list[str]] = {}
+        for policy_id, files in sorted(self.keyless.items()):
+            groups.setdefault(files, []).append(policy_id)
+        return tuple((tuple(ids), files) for files, ids in groups.items())
+
+    def _holds(self, policy_id: str, key: str | None) -> str | None:
+        """The key file of `policy_id` that `key` (a hint or `keyless:<i>`) is, or None."""
+        if key is None:
+            return None
+        if key.startswith("keyless:"):
+            index = key.removeprefix("keyless:")
+            if index == "legacy" or not index.isdigit():
+                return None
+            ids, _ = self.keyless_groups()[int(index)]
+            return "trust/keyless.yaml" if policy_id in ids else None
+        return self.hints.get(policy_id, {}).get(key)
+
+    def check(
+        self, repo: Repo, head: str, merged: _Merged, report: Report, root: str | None
+    ) -> list[Finding]:
+        """The policy chain from its genesis, and each record against the keys it must be signed with."""
+        found: list[Finding] = []
+        facts = {f"sha256:{f.hex}": f for f in merged.facts}
+        ratifications = {k: f for k, f in facts.items() if f.kind == RATIFICATION}
+        starts = sorted(k for k, f in ratifications.items() if f.previous is None)
+        genesis: str | None = None
+        if root is not None:
+            if root in starts:
+                genesis = root
+            else:
+                found.append(
+                    Finding(
+                        _path(root) if root.startswith("sha256:") else report.ref,
+                        f"the pinned root {root} is not a genesis ratification on this branch",
+                        check="policy",
+                    )
+                )
+        elif len(starts) > 1:
+            first = repo.first_added(head, [_path(k) for k in starts])
+            genesis = next((k for k in starts if _path(k) == first), starts[0])
+        elif starts:
+            genesis = starts[0]
+        for other in starts:
+            if other != genesis:
+                pinned = "the pinned root" if root else "the first genesis"
+                found.append(
+                    Finding(_path(other), f"a second genesis: the chain starts at {pinned}", check="policy")
+                )
+        report.genesis = genesis
+        ratified: list[str] = []
+        current = genesis
+        on_chain: set[str] = set()
+        while current is not None and current not in on_chain:
+            on_chain.add(current)
+            fact = ratifications[current]
+            expected = fact.policy if fact.previous is None else (ratified[-1] if ratified else None)
+            if fact.previous is not None and fact.previous_policy != expected:
+                found.append(
+                    Finding(
+                        _path(current),
+                        f"names previous policy {fact.previous_policy}, but the chain ratified {expected}",
+                        check="policy",
+                    )
+                )
+            signing = fact.policy if fact.previous is None else fact.previous_policy
+            self._check_key(current, fact, signing, found, report)
+            if fact.policy is not None:
+                ratified.append(fact.policy)
+            children = sorted(k for k, f in ratifications.items() if f.previous == current)
+            current = children[0] if children else None
+        for other in sorted(set(ratifications) - on_chain):
+            if other not in starts:
+                found.append(Finding(_path(other), "a ratification not on the policy chain", check="policy"))
+        report.policies = ratified
+        report.policy = ratified[-1] if ratified else None
+        valid = set(ratified)
+        for evidence_id, fact in sorted(facts.items()):
+            if fact.kind == RATIFICATION or fact.key is None:
+                continue
+            if fact.policy is None:
+                if genesis is None:
+                    source = next((k.source for k in self.legacy.values() if k.hint == fact.key), None)
+                    if source is None and not fact.key.startswith("keyless:"):
+                        found.append(
+                            Finding(
+                                _path(evidence_id), _not_in("the legacy keys", fact.key), check="signature"
+                            )
+                        )
+                    else:
+                        report.verified_by[evidence_id] = f"legacy: {source or fact.key}"
+                    continue
+                signing = ratifications[genesis].policy
+            else:
+                signing = fact.policy
+                if signing not in valid:
+                    found.append(
+                        Finding(
+                            _path(evidence_id),
+                            f"made under policy {signing}, which was never ratified",
+                            check="policy",
+                        )
+                    )
+                    continue
+            self._check_key(evidence_id, fact, signing, found, report)
+        found += self._check_pointer(report, ratifications)
+        return found
+
+    def _check_key(
+        self, evidence_id: str, fact: _Fact, signing: str | None, found: list[Finding], report: Report
+    ) -> None:
+        if fact.key is None:
+            return  # the bundle did not verify at all: already a finding
+        held = self._holds(signing, fact.key) if signing else None
+        if held is None:
+            where = f"policy {signing}" if signing else "no policy"
+            found.append(Finding(_path(evidence_id), _not_in(where, fact.key), check="signature"))
+            return
+        report.verified_by[evidence_id] = f"{signing}: {held}"
+
+    def _check_pointer(self, report: Report, ratifications: Mapping[str, _Fact]) -> list[Finding]:
+        head = next(
+            (
+                k
+                for k in ratifications
+                if k in report.verified_by and not any(f.previous == k for f in ratifications.values())
+            ),
+            None,
+        )
+        if not ratifications:
+            if self.pointer is not None:
+                return [
+                    Finding(POINTER, "a policy pointer, but no ratification on the branch", check="pointer")
+                ]
+            return []
+        expected = {"id": report.policy, "record": head}
+        if self.pointer != expected:
+            return [
+                Finding(
+                    POINTER,
+                    f"says {self.pointer}, not the head of the policy chain ({report.policy}, {head})",
+                    check="pointer",
+                )
+            ]
+        return []
+
+
+def _not_in(where: str, key: str) -> str:
+    return f"signed by a key (hint {key}) that {where} does not hold as an evidence key"
+
+
 # --- verify: the whole-branch checks, from the facts -----------------------------------------------
 
 
@@ -787,7 +1210,7 @@ def _check_chains(tree: GitTree, merged: _Merged, report: Report) -> list[Findin
         if evidence_id not in children and fact.environment is not None:
             heads.setdefault(fact.environment, []).append(evidence_id)
     report.chains = {env: ids[0] for env, ids in sorted(heads.items()) if len(ids) == 1}
-    for env in sorted(set(heads) | set(tree.listdir("environments"))):
+    for env in sorted((set(heads) | set(tree.listdir("environments"))) - {POLICY_CHAIN}):
         found += _check_pointer(tree, env, heads.get(env, []), facts)
     return found
 
@@ -1069,7 +1492,8 @@ def export_packet(repo: Repo, ref: str, branch: str, out: Path) -> Exported:
     for name in files.listdir(KEYS_DIR):
         if name.endswith(".pub"):
             members[f"{KEYS_DIR}/{name}"] = files.read(f"{KEYS_DIR}/{name}") or b""
-    if not any(m.startswith(KEYS_DIR) for m in members):
+    stored = repo.tree(repo.resolve_ref(ref) or "").listdir("policies")
+    if not stored and not any(m.startswith(KEYS_DIR) for m in members):
         raise InvalidInput(f"{KEYS_DIR}/ on {branch} holds no *.pub key: the packet could not be verified")
     for path in TRUST_FILES:
         data = files.read(path)
@@ -1256,16 +1680,17 @@ def verify_packet(
     checkpoint: tuple[bytes, str] | None = None,
     progress: Progress | None = None,
     workers: int | None = None,
+    root: str | None = None,
 ) -> tuple[Packet, Report]:
     """Verify an offline packet with only what it holds: extract it into a temporary directory, check
     every member against the manifest, clone the Git bundle there, and verify that branch with the
     packet's keys (and `checkpoint`: the bytes of a checkpoint file and its name). Needs no network and
     no repository. Member mismatches are `packet` findings; an unusable packet is `PacketError`."""
     with tempfile.TemporaryDirectory(prefix="stella-packet-") as tmp:
-        root = Path(tmp) / "packet"
-        root.mkdir()
-        digests = extract_packet(packet, root)
-        manifest = _manifest(packet, root)
+        unpacked = Path(tmp) / "packet"
+        unpacked.mkdir()
+        digests = extract_packet(packet, unpacked)
+        manifest = _manifest(packet, unpacked)
         findings: list[Finding] = []
         listed = manifest["members"]
         for name, digest in sorted(listed.items()):
@@ -1286,15 +1711,11 @@ def verify_packet(
         if BUNDLE_MEMBER not in digests:
             raise PacketError(f"{packet}: the packet has no {BUNDLE_MEMBER}")
         key_files = sorted(n for n in digests if n.startswith(f"{KEYS_DIR}/") and n.endswith(".pub"))
-        if not key_files:
-            raise PacketError(
-                f"{packet}: the packet has no {KEYS_DIR}/*.pub: nothing to verify signatures with"
-            )
-        keys = TrustedKeys.from_files((n, root.joinpath(*n.split("/")).read_bytes()) for n in key_files)
+        keys = TrustedKeys.from_files((n, unpacked.joinpath(*n.split("/")).read_bytes()) for n in key_files)
         clone = Path(tmp) / "evidence.git"
         try:
             _git(
-                ["clone", "--quiet", "--mirror", str(root / BUNDLE_MEMBER), str(clone)],
+                ["clone", "--quiet", "--mirror", str(unpacked / BUNDLE_MEMBER), str(clone)],
                 "git clone of the bundle",
             )
         except Transient as exc:
@@ -1308,12 +1729,15 @@ def verify_packet(
                     ref, f"the bundle's head is {head}, not the manifest's {manifest['head']}", None, "packet"
                 )
             )
-        read = read_checkpoint(checkpoint[0], keys, checkpoint[1]) if checkpoint is not None else None
-        members = {n: root.joinpath(*n.split("/")) for n in digests}
+        signed_with = branch_keys(repo, ref, keys)
+        read = read_checkpoint(checkpoint[0], signed_with, checkpoint[1]) if checkpoint is not None else None
+        members = {n: unpacked.joinpath(*n.split("/")) for n in digests}
         keyless = keyless_files(
             _MemoryFiles([(n, p.read_bytes()) for n, p in members.items() if n.startswith("trust/")])
         )
-        report = verify(repo, ref, keys, progress, workers=workers, checkpoint=read, keyless=keyless)
+        report = verify(
+            repo, ref, keys, progress, workers=workers, checkpoint=read, keyless=keyless, root=root
+        )
         if head == manifest["head"] and report.records != int(manifest["records"]):
             message = f"the branch holds {report.records} records, the manifest says {manifest['records']}"
             findings.append(Finding(ref, message, None, "packet"))

@@ -11,6 +11,7 @@ import argparse
 import json
 import logging
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -29,8 +30,18 @@ from .discover import Plugins, discover
 from .errors import InvalidInput, Problem, StellaError, ValidationFailed
 from .evidence import gate_json, rfc3339
 from .gates.quota import day_start
+from .governance import KEYS_DIR
 from .history import open_index
-from .loop import Outcome, PassResult, digests_locked_since, dry_run, reconcile, run, source_commit
+from .loop import (
+    Outcome,
+    PassResult,
+    digests_locked_since,
+    dry_run,
+    evidence_ref,
+    reconcile,
+    run,
+    source_commit,
+)
 from .manifests import load_repository, load_settings, manifest_of
 from .models import Release, Settings
 from .protocols import GateResult, Signer
@@ -39,7 +50,7 @@ from .resolve import Resolver, resolve_release
 from .scaffold import write_scaffold
 from .sign import generate_key, key_signer_plugin
 from .witness import witness
-from .workflow import approve, promote
+from .workflow import approve, approve_policy, promote
 
 OK, NOT_OK, INVALID, TRANSIENT = 0, 1, 2, 3
 
@@ -279,6 +290,10 @@ def _pass_json(result: PassResult) -> dict[str, Any]:
         "transient": result.transient,
         "limits": result.limits,
         "races": result.races,
+        "policy": result.policy,
+        "ratification": result.ratification,
+        "policyChange": result.policy_change.as_json() if result.policy_change else None,
+        "ignored": result.ignored,
     }
 
 
@@ -345,6 +360,16 @@ def cmd_plan(args: argparse.Namespace) -> int:
 
 def _print_plan(result: PassResult) -> None:
     _say(f"plan for {result.source_commit[:12]} (nothing is written)")
+    if result.ratification:
+        _say(
+            f"policy {result.policy} would be ratified first "
+            f"({'genesis' if not result.policy_change else 'approved'})"
+        )
+    if result.policy_change is not None and result.policy_change.state != "ratify":
+        _say(f"policy change pending: decisions below are made under the ratified policy {result.policy}")
+        _print_policy_change(result.policy_change)
+    for line in result.ignored:
+        _say(f"ignored on the evidence branch: {line}")
     if not result.outcomes:
         _say("no open promotions")
     for outcome in result.outcomes:
@@ -363,6 +388,28 @@ def _print_plan(result: PassResult) -> None:
 def plan_markdown(result: PassResult) -> str:
     icons = {"pass": "✅", "fail": "❌", "pending": "⏳", "error": "⚠️"}
     lines = [f"### Stella plan for `{result.source_commit[:12]}`", ""]
+    change = result.policy_change
+    if change is not None:
+        lines += [
+            f"#### Policy change `{(change.proposed or 'unreadable')[:19]}…`: "
+            f"**{change.state}** ({change.reason})",
+            "",
+            change.message.replace("|", "\\|"),
+            "",
+            f"Decisions are made under the ratified policy `{change.ratified}` until this change is "
+            "ratified.",
+            "",
+            "Changed files: " + (", ".join(f"`{p}`" for p in change.changed) or "none"),
+            "",
+        ]
+        if change.votes:
+            lines += ["| approver | decision | counted |", "|---|---|---|"]
+            for judged in change.votes:
+                counted = "yes" if judged.counts else f"no: `{judged.code}` {judged.message}"
+                lines.append(f"| {judged.vote.identity} | {judged.vote.approval.decision} | {counted} |")
+            lines.append("")
+        if change.can_approve:
+            lines += ["Can still approve: " + ", ".join(change.can_approve), ""]
     if not result.outcomes:
         lines.append("No open promotions.")
     for outcome in result.outcomes:
@@ -451,6 +498,12 @@ def cmd_promote(args: argparse.Namespace) -> int:
 
 
 def cmd_approve(args: argparse.Namespace) -> int:
+    if args.policy:
+        if args.promotion:
+            raise Usage("give a PROMOTION or --policy, not both")
+        return _approve_policy(args)
+    if not args.promotion:
+        raise Usage("give the PROMOTION to approve (or --policy to approve the policy change at HEAD)")
     session = _session(args)
     done = approve(
         session.repo,
@@ -479,6 +532,86 @@ def cmd_approve(args: argparse.Namespace) -> int:
         ),
     )
     return OK
+
+
+def _approve_policy(args: argparse.Namespace) -> int:
+    repo = Repo(_root(args))
+    done = approve_policy(
+        repo,
+        reject=args.reject,
+        comment=args.comment,
+        key=Path(args.key) if args.key else None,
+        identity=args.identity,
+    )
+    verb = "rejected" if args.reject else "approved"
+    _emit(
+        args,
+        {
+            "policy": done.release_id,
+            "decision": "reject" if args.reject else "approve",
+            "identity": done.identity,
+            "file": done.path,
+            "commit": done.commit,
+        },
+        lambda: _say(
+            f"{done.identity} {verb} policy {done.release_id}\n"
+            f"wrote {done.path} in signed commit {done.commit[:12]}; it counts once it is on "
+            "the branch the reconciler reads"
+        ),
+    )
+    return OK
+
+
+def cmd_policy_status(args: argparse.Namespace) -> int:
+    """The ratified policy, the branch's (or --rev's), the files that differ, and the approvals."""
+    session = _session(args)
+    repo = session.repo
+    commit = repo.resolve_ref(args.rev) if args.rev else None
+    if args.rev and commit is None:
+        raise Usage(f"no such revision {args.rev!r}")
+    result = dry_run(repo, session.plugins, now=_now(), commit=commit, only=set(), offline=session.offline)
+    change = result.policy_change
+    genesis = result.ratification is not None
+    payload = {
+        "ratified": None if genesis else result.policy,
+        "proposed": change.proposed if change else result.policy,
+        "genesisPending": genesis,
+        "change": change.as_json() if change else None,
+        "ignored": result.ignored,
+    }
+
+    def text() -> None:
+        if genesis:
+            _say(f"no policy ratified yet: the next reconcile pass ratifies {result.policy} as the genesis")
+        else:
+            _say(f"ratified policy: {result.policy}")
+        if change is None:
+            if not genesis:
+                _say("the branch's policy is the ratified one: nothing to ratify")
+        else:
+            _print_policy_change(change)
+        for line in result.ignored:
+            _say(f"ignored on the evidence branch: {line}")
+
+    _emit(args, payload, text)
+    return OK if change is None and not genesis else NOT_OK
+
+
+def _print_policy_change(change: Any) -> None:
+    _say(f"proposed policy: {change.proposed or '(unreadable)'}: {change.state} ({change.reason})")
+    _say(f"  {change.message}")
+    for path in change.changed:
+        _say(f"  changed: {path}")
+    for judged in change.votes:
+        vote = judged.vote
+        how = "counted" if judged.counts else f"not counted: {judged.code}: {judged.message}"
+        _say(f"  {vote.approval.decision} by {vote.identity} ({how})")
+    if change.authors:
+        _say(f"  authors of the change: {', '.join(change.authors)}")
+    if change.state in ("pending", "blocked"):
+        _say(f"  can still approve: {', '.join(change.can_approve) or 'nobody'}")
+    for problem in change.problems:
+        _say(f"  error: {problem}")
 
 
 def cmd_usage(args: argparse.Namespace) -> int:
@@ -526,11 +659,17 @@ def cmd_usage(args: argparse.Namespace) -> int:
 
 def cmd_replay(args: argparse.Namespace) -> int:
     session = _session(args)
-    ref = session.settings.evidence.ref
+    root = _root_arg(args.root)
+    ref = evidence_ref(session.repo, session.settings)
     head = session.repo.resolve_ref(ref)
     if head is None:
         raise Usage(f"{ref} does not exist: nothing to replay")
     tree = session.repo.tree(head)
+    if root is not None:
+        genesis = replay.genesis(session.repo, tree, head)
+        if genesis != root:
+            err.print(f"error: the policy chain on {ref} starts at {genesis}, not at the pinned root {root}")
+            return NOT_OK
     if args.all == (args.evidence is not None):
         raise Usage("give one EVIDENCE_ID, or --all")
     ids = list(replay.records(tree)) if args.all else [args.evidence]
@@ -606,20 +745,34 @@ def cmd_audit_witness(args: argparse.Namespace) -> int:
     return OK
 
 
+def _root_arg(value: str | None) -> str | None:
+    if value is None:
+        return None
+    if not re.fullmatch(r"sha256:[0-9a-f]{64}", value):
+        raise Usage(f"--root {value!r}: expected sha256:<64 hex> (the genesis record's evidence id)")
+    return value
+
+
 def cmd_audit_verify(args: argparse.Namespace) -> int:
+    root = _root_arg(args.root)
     checkpoint = (_read_input(args.checkpoint, "checkpoint"), args.checkpoint) if args.checkpoint else None
     packet: audit.Packet | None = None
     with _audit_bar("verifying evidence") as progress:
         if args.packet:  # everything from the packet: no repository, no settings, no network
-            packet, report = audit.verify_packet(Path(args.packet), checkpoint=checkpoint, progress=progress)
+            packet, report = audit.verify_packet(
+                Path(args.packet), checkpoint=checkpoint, progress=progress, root=root
+            )
         else:
             repo, settings = _audited(args)
-            keys = audit.load_keys(repo, settings.branch)
+            ref = evidence_ref(repo, settings)
+            keys = audit.load_keys(repo, settings.branch, missing_ok=True)
             keyless = audit.load_keyless(repo, settings.branch)
-            read = audit.read_checkpoint(checkpoint[0], keys, checkpoint[1]) if checkpoint else None
-            report = audit.verify(
-                repo, settings.evidence.ref, keys, progress, checkpoint=read, keyless=keyless
+            read = (
+                audit.read_checkpoint(checkpoint[0], audit.branch_keys(repo, ref, keys), checkpoint[1])
+                if checkpoint
+                else None
             )
+            report = audit.verify(repo, ref, keys, progress, checkpoint=read, keyless=keyless, root=root)
     payload = {
         "ok": report.ok,
         "ref": report.ref,
@@ -631,6 +784,12 @@ def cmd_audit_verify(args: argparse.Namespace) -> int:
         "witnesses": report.witnesses,
         "chains": report.chains,
         "keys": [{"source": source, "hint": hint} for source, hint in report.keys.items()],
+        "genesis": report.genesis,
+        "rootPinned": report.root_pinned,
+        "policy": report.policy,
+        "policies": report.policies,
+        "verifiedBy": report.verified_by,
+        "identities": report.identities,
         "packet": str(Path(args.packet).resolve()) if packet else None,
         "checkpoint": args.checkpoint,
         "findings": [f.as_dict() for f in report.findings],
@@ -639,6 +798,22 @@ def cmd_audit_verify(args: argparse.Namespace) -> int:
     def text() -> None:
         for finding in report.findings:
             _say(f"FAIL {finding}")
+        if report.genesis is None:
+            _say(f"no policy chain on {report.ref}: signatures checked against {KEYS_DIR}/ of the branch")
+        elif report.root_pinned:
+            _say(f"policy chain from the pinned root {report.genesis}: {len(report.policies)} ratified")
+        else:
+            _say(
+                f"policy chain from genesis {report.genesis} (trusted on first use; pin it with "
+                f"--root {report.genesis}): {len(report.policies)} ratified"
+            )
+        if report.policy:
+            _say(f"policy in force: {report.policy}")
+        if report.identities:
+            _say(f"re-verified {report.identities} signed commit(s) of requesters and approvers")
+        if args.verbose:
+            for evidence, key in sorted(report.verified_by.items()):
+                _say(f"{evidence}: {key}")
         if packet is not None:
             for source, hint in report.keys.items():
                 _say(f"key {source}: hint {hint} (compare with the hints you were given)")
@@ -726,18 +901,36 @@ def cmd_keys_generate(args: argparse.Namespace) -> int:
 
 def cmd_init(args: argparse.Namespace) -> int:
     target = Path(args.dir)
-    written, key = write_scaffold(target)
+    admin_key = None
+    if args.admin_key:
+        admin_key = _read_input(args.admin_key, "admin's SSH public key").decode("utf-8", "replace").strip()
+    admin = args.admin or _git_config("user.email") or "admin@example.com"
+    if "@" not in admin:
+        raise Usage(f"--admin {admin!r}: an identity is an email address")
+    written, key = write_scaffold(target, admin, admin_key)
     _emit(
         args,
         {"directory": str(target), "files": written, "signingKey": str(key)},
         lambda: _say(
             f"scaffolded {target} ({len(written)} files)\n"
             f"evidence signing key: {key} (never commit it)\n"
+            f"first policy admin: {admin}"
+            + (
+                ""
+                if admin_key
+                else " (add their SSH key to trust/allowed_signers before the first reconcile)"
+            )
+            + "\n"
             f"next: cd {target} && git add -A && git commit -m 'stella: initial' && "
             f"export STELLA_SIGNING_KEY={key}"
         ),
     )
     return OK
+
+
+def _git_config(name: str) -> str | None:
+    done = subprocess.run(["git", "config", "--get", name], capture_output=True, text=True, check=False)
+    return done.stdout.strip() or None if done.returncode == 0 else None
 
 
 def _example_repo() -> Path:
@@ -942,7 +1135,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_promote)
 
     p = sub.add_parser("approve", parents=[common], help="approve (or reject) a promotion in a signed commit")
-    p.add_argument("promotion")
+    p.add_argument("promotion", nargs="?")
+    p.add_argument("--policy", action="store_true", help="approve the policy change at HEAD instead")
     p.add_argument("--reject", action="store_true", help="reject instead of approve (a reject blocks)")
     p.add_argument("--comment", default="")
     p.add_argument("--key", help="SSH private key to sign with (default: git config user.signingkey)")
@@ -954,6 +1148,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--base", help="only promotions added or changed since this revision")
     p.set_defaults(func=cmd_plan)
 
+    policy_parser = sub.add_parser("policy", parents=[common], help="the ratified policy and changes to it")
+    psub = policy_parser.add_subparsers(dest="policy_command", required=True, parser_class=_Parser)
+    p = psub.add_parser("status", parents=[common], help="ratified vs proposed policy, and approvals so far")
+    p.add_argument("--rev", help="the commit whose policy is proposed (default: the branch head)")
+    p.set_defaults(func=cmd_policy_status)
+
     p = sub.add_parser("why", parents=[common], help="every gate's result and reason for one promotion")
     p.add_argument("promotion")
     p.set_defaults(func=cmd_why)
@@ -964,6 +1164,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("replay", parents=[common], help="recompute recorded decisions from their inputs")
     p.add_argument("evidence", nargs="?", metavar="EVIDENCE_ID")
     p.add_argument("--all", action="store_true", help="replay every record on the evidence branch")
+    p.add_argument(
+        "--root", metavar="sha256:ID", help="the genesis ratification the policy chain must start at"
+    )
     p.set_defaults(func=cmd_replay)
 
     audit_parser = sub.add_parser("audit", parents=[common], help="verify the evidence branch")
@@ -975,6 +1178,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = asub.add_parser("verify", parents=[common], help="hashes, signatures, chains and history")
     p.add_argument("--packet", metavar="FILE", help="verify an exported packet (no repository needed)")
+    p.add_argument(
+        "--root", metavar="sha256:ID", help="the genesis ratification the policy chain must start at"
+    )
     p.add_argument("--checkpoint", metavar="FILE", help="also check the branch against a signed checkpoint")
     p.set_defaults(func=cmd_audit_verify)
     p = asub.add_parser("export", parents=[common], help="write an offline evidence packet OUT (.tar.gz)")
@@ -1012,6 +1218,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("init", parents=[common], help="scaffold a new repository")
     p.add_argument("dir")
+    p.add_argument("--admin", help="the first policy admin's identity (default: git config user.email)")
+    p.add_argument("--admin-key", metavar="PUB", help="the first admin's SSH public key file (.pub)")
     p.set_defaults(func=cmd_init)
 
     p = sub.add_parser("demo", parents=[common], help="the whole flow on a copy of example-repo/")

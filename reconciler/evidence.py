@@ -14,6 +14,7 @@ from typing import Any
 
 import rfc8785
 
+from . import reference
 from .models import ReleaseLock
 from .protocols import GateResult
 
@@ -63,9 +64,19 @@ def gate_json(result: GateResult) -> dict[str, Any]:
     return out
 
 
-def subjects(release: ReleaseLock) -> list[dict[str, Any]]:
-    """in-toto subjects: each component image with its digest, sorted by name then digest."""
+def subjects(release: ReleaseLock, extra_images: Sequence[str] = ()) -> list[dict[str, Any]]:
+    """in-toto subjects: each component image, and each of `extra_images` (`repo@sha256:...`, such as
+    the images of the rendered lock), with its digest; unique, sorted by name then digest.
+
+    Without extra images (or with only the components' own), the subjects are the components' alone.
+    Raises ValueError for an extra image that is not pinned by digest alone.
+    """
     items = {(c.image, c.digest) for c in release.components.values()}
+    for text in extra_images:
+        ref = reference.parse(text)
+        if ref.digest is None or ref.tag is not None:
+            raise ValueError(f"subject image {text!r} is not pinned by digest alone (repo@sha256:<64 hex>)")
+        items.add((ref.repo, ref.digest))
     return [
         {"name": image, "digest": {"sha256": digest.removeprefix("sha256:")}}
         for image, digest in sorted(items)
@@ -89,11 +100,16 @@ def decision_statement(
     requested_at: datetime | None,
     decided_at: datetime,
     previous: str | None,
+    extra_images: Sequence[str] = (),
 ) -> dict[str, Any]:
-    """The in-toto Statement v1 of one decision (a plain JSON value; `canonical()` makes its bytes)."""
+    """The in-toto Statement v1 of one decision (a plain JSON value; `canonical()` makes its bytes).
+
+    `extra_images` are further images the decision covers (`render.lock_images()` of the lock: the
+    components' and the environment's `allowedImages` it runs); each becomes a subject too.
+    """
     return {
         "_type": STATEMENT_TYPE,
-        "subject": subjects(release),
+        "subject": subjects(release, extra_images),
         "predicateType": PREDICATE_TYPE,
         "predicate": {
             "type": record_type,

@@ -22,19 +22,21 @@ from pathlib import Path
 from typing import Any, Literal
 
 from .errors import InvalidInput
+from .governance import POLICY_CHAIN, RATIFICATION, Keyring, RecordRejected
 from .protocols import PriorDecision
 from .repo import GitTree, Repo
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = "2"
+SCHEMA_VERSION = "3"
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS records (
     evidence TEXT PRIMARY KEY, type TEXT NOT NULL, environment TEXT NOT NULL, promotion TEXT,
     release_id TEXT NOT NULL, release_name TEXT NOT NULL, result TEXT NOT NULL,
-    decided_at TEXT NOT NULL, previous TEXT, artifacts TEXT NOT NULL
+    decided_at TEXT NOT NULL, previous TEXT, artifacts TEXT NOT NULL, policy TEXT, source TEXT
 );
+CREATE TABLE IF NOT EXISTS rejected (evidence TEXT PRIMARY KEY, code TEXT NOT NULL, message TEXT NOT NULL);
 CREATE INDEX IF NOT EXISTS records_by_promotion ON records (promotion);
 CREATE INDEX IF NOT EXISTS records_by_release ON records (environment, release_id);
 CREATE TABLE IF NOT EXISTS heads (environment TEXT PRIMARY KEY, evidence TEXT NOT NULL);
@@ -55,6 +57,10 @@ class Record:
     decided_at: datetime
     previous: str | None
     artifacts: dict[str, str]
+    policy: str | None = None
+    """The policy the record was made under (for a ratification: the policy it ratifies)."""
+    source: str | None = None
+    """The source commit a ratification read (None for other records)."""
 
     def prior(self) -> PriorDecision:
         result: Literal["allow", "deny"] = "allow" if self.result == "allow" else "deny"
@@ -65,6 +71,21 @@ def parse_record(evidence_id: str, raw: bytes, source: str) -> Record:
     try:
         statement: dict[str, Any] = json.loads(raw)
         p = statement["predicate"]
+        if p["type"] == RATIFICATION:
+            return Record(
+                evidence=evidence_id,
+                record_type=RATIFICATION,
+                environment=POLICY_CHAIN,
+                promotion=None,
+                release_id=p["policy"]["id"],
+                release_name="policy",
+                result="ratified",
+                decided_at=datetime.fromisoformat(p["decidedAt"]),
+                previous=p.get("previous"),
+                artifacts={},
+                policy=p["policy"]["id"],
+                source=p.get("sourceCommit"),
+            )
         decision = p.get("decision") or {}
         return Record(
             evidence=evidence_id,
@@ -77,8 +98,9 @@ def parse_record(evidence_id: str, raw: bytes, source: str) -> Record:
             decided_at=datetime.fromisoformat(p["decidedAt"]),
             previous=p.get("previous"),
             artifacts={a["name"]: a["sha256"] for a in p.get("artifacts", [])},
+            policy=(p.get("policy") or {}).get("id"),
         )
-    except (ValueError, KeyError, TypeError) as exc:
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
         raise InvalidInput(f"{source}: not a Stella evidence statement: {exc}") from exc
 
 
@@ -94,6 +116,8 @@ def _row(record: Record) -> tuple[Any, ...]:
         record.decided_at.isoformat(),
         record.previous,
         json.dumps(record.artifacts, sort_keys=True),
+        record.policy,
+        record.source,
     )
 
 
@@ -109,6 +133,8 @@ def _record(row: sqlite3.Row) -> Record:
         decided_at=datetime.fromisoformat(row["decided_at"]),
         previous=row["previous"],
         artifacts=json.loads(row["artifacts"]),
+        policy=row["policy"],
+        source=row["source"],
     )
 
 
@@ -214,6 +240,35 @@ class EvidenceIndex:
         added = sum(1 for r in self._added.values() if r.result == "allow" and r.decided_at >= since)
         return int(row[0]) + added
 
+    def ratified(self) -> Record | None:
+        """The ratification at the head of the policy chain (what decisions are made under now)."""
+        head = self.chain_head(POLICY_CHAIN)
+        return self.record(head) if head else None
+
+    def is_ratified(self, policy_id: str) -> bool:
+        """Whether `policy_id` was ratified at some point of the chain (records may name older ones)."""
+        if any(r.policy == policy_id for r in self._added.values() if r.record_type == RATIFICATION):
+            return True
+        row = self._db.execute(
+            "SELECT 1 FROM records WHERE type = ? AND release_id = ? LIMIT 1", (RATIFICATION, policy_id)
+        ).fetchone()
+        return row is not None
+
+    def genesis(self) -> Record | None:
+        row = self._db.execute(
+            "SELECT * FROM records WHERE type = ? AND previous IS NULL LIMIT 1", (RATIFICATION,)
+        ).fetchone()
+        if row is not None:
+            return _record(row)
+        added = [r for r in self._added.values() if r.record_type == RATIFICATION and r.previous is None]
+        return added[0] if added else None
+
+    def rejected(self) -> list[tuple[str, str, str]]:
+        """(evidence path, code, message) of every statement on the branch that was not indexed because
+        it does not verify under the policy it names (or does not fit the policy chain)."""
+        rows = self._db.execute("SELECT * FROM rejected ORDER BY evidence")
+        return [(str(r["evidence"]), str(r["code"]), str(r["message"])) for r in rows]
+
     def count(self) -> int:
         return int(self._db.execute("SELECT count(*) FROM records").fetchone()[0]) + len(self._added)
 
@@ -239,7 +294,7 @@ class EvidenceIndex:
         self._heads.clear()
 
     def _store(self, record: Record) -> None:
-        self._db.execute("INSERT OR IGNORE INTO records VALUES (?,?,?,?,?,?,?,?,?,?)", _row(record))
+        self._db.execute("INSERT OR IGNORE INTO records VALUES (?,?,?,?,?,?,?,?,?,?,?,?)", _row(record))
         row = self._db.execute(
             "SELECT evidence FROM heads WHERE environment = ?", (record.environment,)
         ).fetchone()
@@ -277,21 +332,47 @@ def cache_path(repo: Repo, ref: str) -> Path:
     return repo.path / "stella" / f"index-{name}.sqlite"
 
 
-def _records_in(tree: GitTree, names: Iterable[str]) -> list[Record]:
-    records = []
+@dataclass(frozen=True)
+class _Read:
+    record: Record | None
+    raw: bytes
+    bundle: bytes | None
+    path: str
+
+
+def _read_records(tree: GitTree, names: Iterable[str], rejected: list[tuple[str, str, str]]) -> list[_Read]:
+    out = []
     for name in names:
         if not name.endswith(".json") or name.endswith(".sigstore.json"):
             continue
-        raw = tree.read(f"evidence/{name}")
+        path = f"evidence/{name}"
+        raw = tree.read(path)
         if raw is None:
             continue
-        records.append(parse_record(f"sha256:{name.removesuffix('.json')}", raw, f"evidence/{name}"))
-    return records
+        hex_id = name.removesuffix(".json")
+        try:
+            record = parse_record(f"sha256:{hex_id}", raw, path)
+        except InvalidInput as exc:
+            rejected.append((path, "statement", str(exc)))
+            continue
+        out.append(_Read(record, raw, tree.read(f"evidence/{hex_id}.sigstore.json"), path))
+    return out
 
 
-def open_index(repo: Repo, ref: str, head: str | None, *, persistent: bool = True) -> EvidenceIndex:
+def open_index(
+    repo: Repo,
+    ref: str,
+    head: str | None,
+    *,
+    persistent: bool = True,
+    keyring: Keyring | None = None,
+) -> EvidenceIndex:
     """The index of `ref` at `head`: the cached one brought up to date, or one built afresh (in
-    memory when `persistent` is false or the Git directory is not writable)."""
+    memory when `persistent` is false or the Git directory is not writable).
+
+    Only statements that verify under the policy they name are indexed (`keyring`, by default one over
+    the branch at `head` with no legacy keys); the others are listed by `rejected()`.
+    """
     path = cache_path(repo, ref) if persistent else None
     if path is not None:
         try:
@@ -300,38 +381,101 @@ def open_index(repo: Repo, ref: str, head: str | None, *, persistent: bool = Tru
         except (OSError, sqlite3.Error) as exc:
             log.info("no index cache (%s): indexing %s in memory", exc, ref)
             path = None
+    if keyring is None:
+        keyring = Keyring(repo.tree(head) if head else None)
     try:
         index = EvidenceIndex(_connect(path))
-        _sync(repo, ref, head, index)
+        _sync(repo, ref, head, index, keyring)
     except sqlite3.DatabaseError as exc:
         if path is None:
             raise
         log.warning("index cache %s is unusable (%s): rebuilding it", path, exc)
         path.unlink(missing_ok=True)
         index = EvidenceIndex(_connect(path))
-        _sync(repo, ref, head, index)
+        _sync(repo, ref, head, index, keyring)
     return index
 
 
-def _sync(repo: Repo, ref: str, head: str | None, index: EvidenceIndex) -> None:
+def _sync(repo: Repo, ref: str, head: str | None, index: EvidenceIndex, keyring: Keyring) -> None:
     known = index.head
     same = index.meta("schema") == SCHEMA_VERSION and index.meta("ref") == ref
     if same and known == (head or ""):
+        genesis = index.genesis()
+        keyring.genesis = genesis.policy if genesis else None
         return
+    rejected: list[tuple[str, str, str]] = []
     with index._transaction():
         if same and head is not None and known and repo.is_ancestor(known, head):
             added = [p.split("/", 1)[1] for p in repo.added_paths(known, head, "evidence/")]
-            records = _records_in(repo.tree(head), added)
+            reads = _read_records(repo.tree(head), added, rejected)
         else:
             if known is not None:
                 log.info("rebuilding the evidence index of %s", ref)
-            for table in ("records", "heads", "meta"):
+            for table in ("records", "heads", "meta", "rejected"):
                 index._db.execute(f"DELETE FROM {table}")
             tree = repo.tree(head) if head is not None else None
-            records = _records_in(tree, tree.listdir("evidence")) if tree is not None else []
-        for record in chain_order(records):
-            index._store(record)
+            reads = _read_records(tree, tree.listdir("evidence"), rejected) if tree is not None else []
+        _index_verified(repo, head, index, keyring, reads, rejected)
+        index._db.executemany("INSERT OR REPLACE INTO rejected VALUES (?, ?, ?)", rejected)
         index._db.executemany(
             "INSERT OR REPLACE INTO meta VALUES (?, ?)",
             [("schema", SCHEMA_VERSION), ("ref", ref), ("evidence", head or "")],
         )
+    for path, code, message in rejected:
+        log.warning("not indexed: %s (%s): %s", path, code, message)
+
+
+def _index_verified(
+    repo: Repo,
+    head: str | None,
+    index: EvidenceIndex,
+    keyring: Keyring,
+    reads: list[_Read],
+    rejected: list[tuple[str, str, str]],
+) -> None:
+    """Store the records that verify: ratifications first (in chain order, each extending the chain
+    from its one genesis), then the others, each under a ratified policy (or, naming none, the keys of
+    the genesis policy, or before any genesis the legacy keys)."""
+    ratifications = [r for r in reads if r.record and r.record.record_type == RATIFICATION]
+    others = [r for r in reads if r.record and r.record.record_type != RATIFICATION]
+    by_id = {r.record.evidence: r for r in ratifications if r.record}
+    genesis = index.genesis()
+    starts = [r for r in ratifications if r.record and r.record.previous is None]
+    if genesis is None and len(starts) > 1 and head is not None:
+        first = repo.first_added(head, [r.path for r in starts])
+        starts = [r for r in starts if r.path == first] or starts[:1]
+    for record in chain_order(r.record for r in ratifications if r.record):
+        read = by_id[record.evidence]
+        head_id = index.chain_head(POLICY_CHAIN)
+        if (record.previous is None and (genesis is not None or read not in starts)) or (
+            record.previous is not None and record.previous != head_id
+        ):
+            rejected.append((read.path, "chain", "a ratification that does not extend the policy chain"))
+            continue
+        if record.previous is not None:
+            before = index.record(record.previous)
+            raw_previous = json.loads(read.raw)["predicate"]["policy"].get("previous")
+            if before is None or before.policy != raw_previous:
+                rejected.append((read.path, "chain", "names a previous policy that is not the ratified one"))
+                continue
+        try:
+            keyring.verify(read.raw, read.bundle, source=read.path)
+        except RecordRejected as exc:
+            rejected.append((read.path, exc.code, str(exc)))
+            continue
+        index._store(record)
+        if record.previous is None:
+            genesis = record
+    keyring.genesis = genesis.policy if genesis else None
+    reads_by_id = {r.record.evidence: r for r in others if r.record}
+    for record in chain_order(r.record for r in others if r.record):
+        read = reads_by_id[record.evidence]
+        if record.policy is not None and not index.is_ratified(record.policy):
+            rejected.append((read.path, "policy", f"names policy {record.policy}, which was never ratified"))
+            continue
+        try:
+            keyring.verify(read.raw, read.bundle, source=read.path)
+        except RecordRejected as exc:
+            rejected.append((read.path, exc.code, str(exc)))
+            continue
+        index._store(record)

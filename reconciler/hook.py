@@ -3,10 +3,17 @@
 git's pre-receive hook hands over every ref update of a push (`old new refname`) before any ref moves.
 `check_updates()` returns why the push must be refused, one `Rejection` per reason (empty: accept):
 
-- the evidence ref (`evidence.ref` in `stella.yaml` at the main branch head; `refs/heads/stella/evidence`
-  without one) is only created or fast-forwarded: never deleted, never rewritten;
-- no commit the update adds to it changes or deletes a file under `releases/`, `evidence/`, `inputs/` or
-  `artifacts/` (the environment pointers `environments/<env>/stella.version.json` may move);
+- every `refs/heads/stella/*` ref (the evidence ref among them) is only created or fast-forwarded:
+  never deleted, never rewritten;
+- no commit the update adds to it changes or deletes a file under `releases/`, `evidence/`, `inputs/`,
+  `artifacts/`, `policies/` or `policy-files/` (the pointers `environments/<env>/stella.version.json`,
+  `targets/<env>/<target>/stella.version.json` and `policy/stella.policy.json` may move), and every file
+  it adds is one of the layout (DESIGN §4, §8);
+- every statement it adds verifies under the policy it names (DESIGN §8): a decision with a key of a
+  policy on the ratified chain, a ratification with a key of the policy before it; a ratification must
+  extend the chain, a second genesis is refused, and the policy pointer must name the chain's head. The
+  keys come from the policies stored on the evidence branch itself, never from `main`; only a branch
+  that has no policy chain yet takes them from `trust/evidence-keys/` of the main branch;
 - a push to the main branch (`branch:`, default `main`) keeps every existing release's components, images
   and pinned digests, and agrees with the release's lock on the evidence ref; a locked release is never
   deleted; a release file it adds or changes must load (the loader's problem, with file and line).
@@ -21,6 +28,8 @@ them) and never writes to it or moves a ref; anything it cannot check is a rejec
 
 from __future__ import annotations
 
+import itertools
+import json
 import logging
 import os
 import re
@@ -32,9 +41,11 @@ from typing import NamedTuple
 
 import pygit2
 
-from .audit import IMMUTABLE
+from .audit import IMMUTABLE, trusted_keys
 from .errors import InvalidInput, Problem, StellaError, ValidationFailed
-from .loop import read_lock
+from .evidence import sha256_hex
+from .governance import POINTER, RATIFICATION, Keyring, PolicyError, RecordRejected, read_pointer
+from .loop import evidence_ref, read_lock
 from .manifests import SETTINGS_FILE, Loader, load_settings
 from .models import EvidenceSettings, Release, Settings
 from .repo import GitTree, Repo
@@ -48,7 +59,28 @@ MAX_FILE_REJECTIONS = 20
 """Per ref update, at most this many rejections name a file; the rest are counted in one more line."""
 
 _OID = re.compile(r"^(?:[0-9a-f]{40}|[0-9a-f]{64})$")
-_APPEND_ONLY = ", ".join(IMMUTABLE[:-1]) + f" and {IMMUTABLE[-1]} are append-only"
+EVIDENCE_REFS = "refs/heads/stella/"
+"""Every ref under this prefix is guarded as evidence: append-only, fast-forward only, verified."""
+APPEND_ONLY = (*IMMUTABLE, "policies/", "policy-files/")
+_HEX = r"[0-9a-f]{64}"
+_NAME = r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}"
+_LAYOUT = re.compile(
+    "|".join(
+        [
+            rf"evidence/{_HEX}\.(?:json|sigstore\.json|keyless\.sigstore\.json)",
+            rf"inputs/{_HEX}\.json",
+            rf"artifacts/{_HEX}/[A-Za-z0-9][A-Za-z0-9._-]{{0,127}}",
+            rf"releases/{_NAME}\.json",
+            rf"environments/{_NAME}/stella\.version\.json",
+            rf"targets/{_NAME}/{_NAME}/stella\.version\.json",
+            rf"policies/{_HEX}\.json",
+            rf"policy-files/{_HEX}",
+            re.escape(POINTER),
+        ]
+    )
+)
+"""Every file the evidence branch may hold (DESIGN §4, §8, §9)."""
+_APPEND_ONLY = ", ".join(APPEND_ONLY[:-1]) + f" and {APPEND_ONLY[-1]} are append-only"
 _NEVER_CHANGES = "a release never changes: create a new release"
 
 
@@ -147,11 +179,12 @@ def open_repository(path: str | os.PathLike[str], environ: Mapping[str, str]) ->
 
 
 def guarded_refs(repo: Repo, updates: Sequence[RefUpdate] = ()) -> Guarded:
-    """The main branch (`branch:` in `stella.yaml` at HEAD) and the evidence ref (`evidence.ref` in
-    `stella.yaml` at that branch's head, or at the pushed commit when the push creates the branch).
+    """The main branch (`branch:` in `stella.yaml` at HEAD) and the evidence ref: where the policy chain
+    is (`loop.evidence_ref`), so that an unratified `evidence.ref` on the main branch moves nothing.
 
     Both are read as they are before the push: a push cannot move the guard off the refs it updates.
-    Without a `stella.yaml` (or with an invalid one), the defaults are guarded.
+    Without a `stella.yaml` (or with an invalid one), the defaults are guarded. Every other
+    `refs/heads/stella/*` ref is guarded as evidence too.
     """
     head = _resolve(repo, "HEAD")
     at_head = _settings(repo, head)
@@ -161,7 +194,9 @@ def guarded_refs(repo: Repo, updates: Sequence[RefUpdate] = ()) -> Guarded:
     if commit is None:
         commit = next((u.new for u in updates if u.refname == branch_ref and not u.deleted), None)
     settings = at_head if commit == head else _settings(repo, commit)
-    return Guarded(branch, settings.evidence.ref if settings else DEFAULT_EVIDENCE_REF)
+    if settings is None:
+        return Guarded(branch, DEFAULT_EVIDENCE_REF)
+    return Guarded(branch, evidence_ref(repo, settings))
 
 
 def check_updates(repo: Repo, updates: Sequence[RefUpdate]) -> list[Rejection]:
@@ -170,8 +205,8 @@ def check_updates(repo: Repo, updates: Sequence[RefUpdate]) -> list[Rejection]:
     rejections: list[Rejection] = []
     for update in updates:
         try:
-            if update.refname == guarded.evidence_ref:
-                rejections += _check_evidence(repo, update)
+            if update.refname == guarded.evidence_ref or update.refname.startswith(EVIDENCE_REFS):
+                rejections += _check_evidence(repo, update, guarded)
             elif update.refname == guarded.branch_ref:
                 rejections += _check_branch(repo, update, _evidence_trees(repo, guarded, updates))
         except (StellaError, pygit2.GitError, KeyError, ValueError) as exc:
@@ -185,7 +220,7 @@ def check_updates(repo: Repo, updates: Sequence[RefUpdate]) -> list[Rejection]:
 # --- the evidence ref ----------------------------------------------------------------------------
 
 
-def _check_evidence(repo: Repo, update: RefUpdate) -> list[Rejection]:
+def _check_evidence(repo: Repo, update: RefUpdate, guarded: Guarded) -> list[Rejection]:
     ref = update.refname
     if update.deleted:
         reason = "the evidence ref cannot be deleted; it only moves forward"
@@ -199,6 +234,9 @@ def _check_evidence(repo: Repo, update: RefUpdate) -> list[Rejection]:
             return [Rejection(ref, reason, commit=update.new)]
         walker.hide(old.id)
     found = list(dict.fromkeys(_rewrites(ref, walker)))
+    if not found:
+        old_tree = None if update.created else repo.tree(update.old)
+        found = _check_added(repo, ref, old_tree, repo.tree(str(new.id)), guarded, update.new)
     if len(found) > MAX_FILE_REJECTIONS:
         rest = len(found) - MAX_FILE_REJECTIONS
         found = found[:MAX_FILE_REJECTIONS]
@@ -213,7 +251,7 @@ def _rewrites(ref: str, commits: Iterator[pygit2.Commit]) -> Iterator[Rejection]
         for parent in commit.parents:
             for delta in parent.tree.diff_to_tree(commit.tree).deltas:
                 path = delta.old_file.path
-                if delta.status == statuses.ADDED or not path.startswith(IMMUTABLE):
+                if delta.status == statuses.ADDED or not path.startswith(APPEND_ONLY):
                     continue
                 if delta.status == statuses.DELETED:
                     what = "deleted"
@@ -222,6 +260,114 @@ def _rewrites(ref: str, commits: Iterator[pygit2.Commit]) -> Iterator[Rejection]
                 else:
                     what = f"replaced ({delta.status.name.lower()})"
                 yield Rejection(ref, f"{what}; {_APPEND_ONLY}", file=path, commit=str(commit.id))
+
+
+def _check_added(
+    repo: Repo, ref: str, old: GitTree | None, new: GitTree, guarded: Guarded, commit: str
+) -> list[Rejection]:
+    """The files the update adds: each of the layout, each statement verified under its policy."""
+    rejections: list[Rejection] = []
+    added = repo.added_files(old.commit if old else None, commit)
+    for path in added:
+        if not _LAYOUT.fullmatch(path):
+            rejections.append(
+                Rejection(
+                    ref, "not a file of the evidence branch layout (DESIGN §4)", file=path, commit=commit
+                )
+            )
+    if rejections:
+        return rejections
+    legacy = None
+    if read_pointer(new) is None:  # no policy chain yet: as before, keys of the main branch
+        main = _resolve(repo, guarded.branch_ref)
+        legacy = trusted_keys(repo.tree(main)) if main else None
+    keyring = Keyring(new, legacy=legacy) if legacy is not None else Keyring(new)
+    try:
+        chain = _ratified_chain(new, keyring)
+    except (RecordRejected, PolicyError) as exc:
+        return [Rejection(ref, f"the policy chain does not verify: {exc}", commit=commit)]
+    old_chain = _ratified_chain(old, Keyring(old)) if old is not None and read_pointer(old) else []
+    if old_chain and (not chain or chain[0] != old_chain[0]):
+        return [
+            Rejection(ref, "the push replaces the genesis of the policy chain", file=POINTER, commit=commit)
+        ]
+    if old_chain and [c for c in chain if c in old_chain] != old_chain:
+        return [
+            Rejection(ref, "the push drops ratifications from the policy chain", file=POINTER, commit=commit)
+        ]
+    ratified = {policy for _, policy in chain}
+    keyring.genesis = chain[0][1] if chain else None
+    on_chain = {record for record, _ in chain}
+    for path in added:
+        if not (path.startswith("evidence/") and path.endswith(".json")) or path.endswith(".sigstore.json"):
+            continue
+        raw = new.read(path) or b""
+        hex_id = path.removeprefix("evidence/").removesuffix(".json")
+        if sha256_hex(raw) != hex_id:
+            rejections.append(Rejection(ref, "does not hash to its name", file=path, commit=commit))
+            continue
+        try:
+            predicate = json.loads(raw)["predicate"]
+            kind = predicate["type"]
+            named = (predicate.get("policy") or {}).get("id")
+        except (ValueError, KeyError, TypeError, AttributeError):
+            rejections.append(Rejection(ref, "not a Stella evidence statement", file=path, commit=commit))
+            continue
+        if kind == RATIFICATION:
+            if f"sha256:{hex_id}" not in on_chain:
+                rejections.append(
+                    Rejection(ref, "a ratification that is not on the policy chain", file=path, commit=commit)
+                )
+            continue  # verified with the chain
+        if named is None and chain:
+            rejections.append(
+                Rejection(ref, "names no policy, but the branch has a policy chain", file=path, commit=commit)
+            )
+            continue
+        if named is not None and named not in ratified:
+            rejections.append(
+                Rejection(ref, f"names policy {named}, which is not ratified", file=path, commit=commit)
+            )
+            continue
+        bundle = new.read(path.removesuffix(".json") + ".sigstore.json")
+        try:
+            keyring.verify(raw, bundle, source=path)
+        except RecordRejected as exc:
+            rejections.append(Rejection(ref, str(exc).removeprefix(f"{path}: "), file=path, commit=commit))
+    return rejections
+
+
+def _ratified_chain(tree: GitTree | None, keyring: Keyring) -> list[tuple[str, str]]:
+    """(record id, policy id) of each ratification from the genesis to the one the policy pointer
+    names, each verified with the keys of the policy before it. Empty without a pointer."""
+    if tree is None:
+        return []
+    pointer = read_pointer(tree)
+    if pointer is None:
+        return []
+    chain: list[tuple[str, str]] = []
+    current = pointer.get("record")
+    seen: set[str] = set()
+    while isinstance(current, str) and current not in seen:
+        seen.add(current)
+        path = f"evidence/{current.removeprefix('sha256:')}.json"
+        raw = tree.read(path)
+        if raw is None:
+            raise PolicyError(f"{path}: the ratification the policy pointer leads to is missing")
+        predicate = json.loads(raw)["predicate"]
+        if predicate.get("type") != RATIFICATION:
+            raise PolicyError(f"{path}: not a ratification")
+        keyring.verify(raw, tree.read(path.removesuffix(".json") + ".sigstore.json"), source=path)
+        chain.append((current, predicate["policy"]["id"]))
+        current = predicate.get("previous")
+    chain.reverse()
+    if chain and pointer.get("id") != chain[-1][1]:
+        raise PolicyError(f"{POINTER}: names policy {pointer.get('id')}, not the one its record ratified")
+    for (_, before), (record, _) in itertools.pairwise(chain):
+        raw = tree.read(f"evidence/{record.removeprefix('sha256:')}.json") or b"{}"
+        if json.loads(raw)["predicate"]["policy"].get("previous") != before:
+            raise PolicyError(f"{record}: names a previous policy that the chain did not ratify before it")
+    return chain
 
 
 # --- the main branch: releases -------------------------------------------------------------------

@@ -15,17 +15,18 @@ import logging
 import os
 import signal
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Literal
 
 from apscheduler.schedulers.blocking import BlockingScheduler
 from pydantic import ValidationError
 
 from . import __version__, render
+from .audit import _keyless_verifier, keyless_files
 from .discover import Plugins
-from .errors import InvalidInput, Problem, StellaError, Transient
+from .errors import InvalidInput, Problem, StellaError, Transient, ValidationFailed
 from .evidence import (
     artifact_path,
     bundle_path,
@@ -40,24 +41,48 @@ from .evidence import (
     sha256_hex,
 )
 from .gates.quota import day_start
+from .governance import (
+    POINTER,
+    POLICY_CHAIN,
+    RATIFICATION,
+    Keyring,
+    Policy,
+    PolicyChange,
+    PolicyError,
+    PolicyView,
+    change_authors,
+    encode_signed,
+    governed_files,
+    judge_change,
+    pointer_json,
+    policy_keys,
+    ratification_statement,
+    votes_of,
+)
 from .history import EvidenceIndex, Record, open_index
 from .identity import Verifier
-from .manifests import load_repository, load_settings, manifest_of
+from .manifests import GROUPS_FILE, Loader, load_repository, load_settings, manifest_of
 from .models import (
     DecisionInputs,
     Environment,
+    EvidenceSettings,
+    Groups,
     InputActor,
     InputApproval,
     InputGate,
     InputPrior,
+    InputVote,
+    RatificationInputs,
     Release,
     ReleaseLock,
     Repository,
+    Settings,
 )
 from .policy import CORE_GATES, Decision, PlannedGate, decide
 from .protocols import Actor, ApprovalRecord, GateContext, GateResult, Signer
-from .repo import GitTree, RaceLost, Repo
+from .repo import CommitInfo, GitTree, RaceLost, Repo
 from .resolve import Resolver, check_lock, resolve_release
+from .sign import TrustedKeys
 
 log = logging.getLogger(__name__)
 
@@ -94,6 +119,14 @@ class PassResult:
     limits: list[str] = field(default_factory=list)
     """Quota messages: work deferred by a hard limit, and soft-limit warnings."""
     races: int = 0
+    policy: str | None = None
+    """The ratified policy the decisions were made under."""
+    ratification: str | None = None
+    """The ratification record this pass wrote (genesis or an approved change), if any."""
+    policy_change: PolicyChange | None = None
+    """The branch's policy when it differs from the ratified one, and where its ratification stands."""
+    ignored: list[str] = field(default_factory=list)
+    """Statements on the evidence branch that were not believed (they do not verify), with why."""
 
     @property
     def recorded(self) -> list[Outcome]:
@@ -135,6 +168,8 @@ def _lock_problem(release: Release, existing: ReleaseLock, differences: list[str
 
 
 def _depth(environments: Mapping[str, Environment], name: str) -> int:
+    if name not in environments:
+        return len(environments)
     depth, current = 0, environments[name].promotesFrom
     while current is not None and current in environments and depth < len(environments):
         depth, current = depth + 1, environments[current].promotesFrom
@@ -155,13 +190,29 @@ class _Pass:
     offline: bool = False
     deferred: dict[str, str] = field(default_factory=dict)
     """Releases not locked this pass because of `limits.newDigestsPerDay`, with the reason."""
+    policy: Policy | None = None
+    """The ratified policy decisions are made under (its files are what `source` serves as governed)."""
+    policy_record: str | None = None
     files: dict[str, bytes] = field(default_factory=dict)
     statements: dict[str, bytes] = field(default_factory=dict)
+    signing: dict[str, TrustedKeys] = field(default_factory=dict)
+    """Statement hex -> the evidence keys allowed to sign it (those of the policy it names)."""
     pointers: dict[str, dict[str, Any]] = field(default_factory=dict)
+    infos: dict[str, CommitInfo] = field(default_factory=dict)
+    """Signed commits seen, by id: their payload and signature go into the inputs."""
     verifier: Verifier = field(init=False)
 
     def __post_init__(self) -> None:
         self.verifier = Verifier(self.source.read(ALLOWED_SIGNERS), ALLOWED_SIGNERS)
+
+    def actor(self, info: CommitInfo) -> Actor:
+        self.infos[info.id] = info
+        return self.verifier.actor(info)
+
+    def input_actor(self, actor: Actor) -> InputActor:
+        info = self.infos.get(actor.commit or "")
+        payload, signature = encode_signed(info.signed_payload, info.signature) if info else (None, None)
+        return _input_actor(actor, payload, signature)
 
     def gate_plan(self, environment: Environment) -> list[PlannedGate]:
         planned = []
@@ -187,17 +238,19 @@ class _Pass:
         info = self.repo.last_writer(commit, f"promotions/{promotion_id}.yaml")
         if info is None:
             return Actor(None, reason="promotion file not found in history", code="unsigned"), None
-        return self.verifier.actor(info), info.time
+        return self.actor(info), info.time
 
-    def approvals(self, promotion_id: str) -> tuple[ApprovalRecord, ...]:
-        """Each approval file of the promotion with the verified signer of the commit that wrote it."""
+    def approvals(self, promotion_id: str, changed_in: str | None) -> tuple[ApprovalRecord, ...]:
+        """Each approval file of the promotion with the verified signer of the commit that wrote it;
+        `stale` when that commit does not descend from `changed_in` (the promotion file's last change)."""
         commit = self.repository.commit
         assert commit is not None
         records = []
         for identity, approval in sorted(self.repository.approvals.get(promotion_id, {}).items()):
             writers = list(self.repo.writers(commit, f"approvals/{promotion_id}/{identity}.yaml"))
-            signers = [self.verifier.actor(info) for info in writers]
+            signers = [self.actor(info) for info in writers]
             earlier = tuple(sorted({a.identity for a in signers[1:] if a.verified and a.identity}))
+            stale = bool(writers and changed_in and not self.repo.is_ancestor(changed_in, writers[0].id))
             records.append(
                 ApprovalRecord(
                     identity=identity,
@@ -206,12 +259,25 @@ class _Pass:
                     comment=approval.comment,
                     signer=signers[0] if signers else Actor(None, reason="not in history", code="unsigned"),
                     earlier_signers=earlier,
+                    environment=approval.environment,
+                    stale=stale,
                 )
             )
         return tuple(records)
 
     def decide(self, promotion_id: str) -> Outcome:
         promotion = self.repository.promotions[promotion_id]
+        if promotion.environment not in self.repository.environments:
+            outcome = Outcome(promotion_id, promotion.environment, promotion.release)
+            waiting = GateResult(
+                "policy",
+                "pending",
+                "policy-unratified",
+                f"environment {promotion.environment} is not in the ratified policy "
+                f"{self.policy.id if self.policy else ''}; it counts once a policy with it is ratified",
+            )
+            outcome.decision = Decision("pending", (waiting,), None)
+            return outcome
         environment = self.repository.environments[promotion.environment]
         outcome = Outcome(promotion_id, environment.name, promotion.release)
         lock = self.locks.get(promotion.release)
@@ -223,7 +289,7 @@ class _Pass:
             outcome.problem = f"release {promotion.release!r} has no lock (see the release's problem)"
             return outcome
         requester, requested_at = self.requester(promotion_id)
-        approvals = self.approvals(promotion_id)
+        approvals = self.approvals(promotion_id, requester.commit)
         history = (
             tuple(self.index.priors(environment.promotesFrom, lock.id)) if environment.promotesFrom else ()
         )
@@ -256,15 +322,17 @@ class _Pass:
             promotion=promotion,
             release=lock,
             environment=environment,
-            requester=_input_actor(requester),
+            requester=self.input_actor(requester),
             approvals=[
                 InputApproval(
                     identity=a.identity,
                     decision=a.decision,
                     release=a.release,
                     comment=a.comment,
-                    signer=_input_actor(a.signer),
+                    signer=self.input_actor(a.signer),
                     earlierSigners=list(a.earlier_signers),
+                    environment=a.environment,
+                    stale=a.stale,
                 )
                 for a in approvals
             ],
@@ -283,6 +351,7 @@ class _Pass:
             requestedAt=requested_at,
             decidedAt=self.now,
             template=template_info,
+            policy=self.policy.id if self.policy else None,
         )
         if outcome.decision.result != "pending":
             outcome.evidence = self.record(outcome, environment, lock, requester, approvals, requested_at)
@@ -300,6 +369,7 @@ class _Pass:
         """Add the statement, inputs and (for allow) the rendered lock of a decision; return its id."""
         assert outcome.decision is not None and outcome.inputs is not None
         artifacts: dict[str, str] = {}
+        images: list[str] = []
         if outcome.decision.result == "allow":
             template = None
             if environment.template:
@@ -311,6 +381,7 @@ class _Pass:
                 template_path=environment.template,
                 forbidden=_secret_values(environment),
             )
+            images = render.lock_images(data)  # every image the lock runs is a subject of the statement
             digest = sha256_hex(data)
             artifacts[render.LOCK_FILE] = digest
             self.files[artifact_path(digest, render.LOCK_FILE)] = data
@@ -335,12 +406,17 @@ class _Pass:
             requested_at=requested_at,
             decided_at=self.now,
             previous=previous,
+            extra_images=images,
         )
+        if self.policy is not None:
+            statement["predicate"]["policy"] = {"id": self.policy.id, "record": self.policy_record}
         statement_bytes = canonical(statement)
         hex_id = sha256_hex(statement_bytes)
         evidence_id = f"sha256:{hex_id}"
         self.files[evidence_path(hex_id)] = statement_bytes
         self.statements[hex_id] = statement_bytes
+        if self.policy is not None:
+            self.signing[hex_id] = policy_keys(self.policy)
         record = Record(
             evidence=evidence_id,
             record_type="release_decision",
@@ -352,6 +428,7 @@ class _Pass:
             decided_at=self.now,
             previous=previous,
             artifacts=artifacts,
+            policy=self.policy.id if self.policy else None,
         )
         self.index.add(record)
         current = self.index.current(environment.name)
@@ -373,7 +450,7 @@ def _secret_values(environment: Environment) -> list[str]:
     return values
 
 
-def _input_actor(actor: Actor) -> InputActor:
+def _input_actor(actor: Actor, payload: str | None = None, signature: str | None = None) -> InputActor:
     return InputActor(
         identity=actor.identity,
         commit=actor.commit,
@@ -382,6 +459,8 @@ def _input_actor(actor: Actor) -> InputActor:
         reason=actor.reason,
         code=actor.code,
         time=actor.time,
+        payload=payload,
+        signature=signature,
     )
 
 
@@ -532,6 +611,8 @@ class Evaluation:
     branch: str
     index: EvidenceIndex
     recheck: dict[str, list[str]]
+    ref: str = ""
+    """The evidence ref read and written (where the policy chain is)."""
 
     def keep(self, evidence_head: str | None) -> None:
         self.index.keep(
@@ -563,8 +644,252 @@ def _incremental(repo: Repo, index: EvidenceIndex, commit: str) -> tuple[set[str
         kind = manifest_of(path)
         if kind is None:
             return None
+        if kind[0] == "policy":
+            continue  # judged every pass while a policy change is open
         (promotions if kind[0] in ("promotion", "approval") else releases).add(kind[1])
     return promotions, releases
+
+
+def evidence_ref(repo: Repo, settings: Settings) -> str:
+    """The evidence ref a pass reads and writes: where the policy chain already is, never where an
+    unratified `stella.yaml` moved it. The ref `settings` names when it holds a chain (or no ref does:
+    the genesis goes there); else the default ref, or another `refs/heads/stella/*` ref, that holds one."""
+    named = settings.evidence.ref
+    if _has_chain(repo, named):
+        return named
+    default = EvidenceSettings().ref
+    candidates = [default, *sorted(r for r in repo.refs("refs/heads/stella/") if r != default)]
+    for ref in candidates:
+        if ref != named and _has_chain(repo, ref):
+            log.warning(
+                "stella.yaml names evidence ref %s, but the policy chain is on %s: using it", named, ref
+            )
+            return ref
+    return named
+
+
+def _has_chain(repo: Repo, ref: str) -> bool:
+    head = repo.resolve_ref(ref)
+    return head is not None and repo.tree(head).read(POINTER) is not None
+
+
+@dataclass
+class _Governed:
+    """The policy a pass decides under, and what the pass ratified or found pending."""
+
+    policy: Policy
+    record: str | None
+    proposed: Policy | None
+    change: PolicyChange | None = None
+    ratified_now: bool = False
+
+
+def _ratified_settings(policy: Policy, source: GitTree) -> tuple[Settings, Groups]:
+    view = PolicyView(policy, source)
+    settings = load_settings(view)
+    loader = Loader(view)
+    groups = Groups(apiVersion="stella/v1", kind="Groups")
+    if view.size(GROUPS_FILE) is not None:
+        loaded = loader._model(GROUPS_FILE, Groups, "Groups")
+        if loaded is None:
+            raise ValidationFailed(loader.problems)
+        groups = loaded[0]
+    return settings, groups
+
+
+def _govern(
+    repo: Repo,
+    index: EvidenceIndex,
+    keyring: Keyring,
+    source: GitTree,
+    now: datetime,
+) -> tuple[_Governed, _Pending]:
+    """Which policy this pass decides under: the ratified one; the branch's own at a genesis; or the
+    branch's when enough approvals ratify it now (DESIGN §8). Returns the ratification to write, if any."""
+    pending = _Pending()
+    problems: list[Problem] = []
+    proposed: Policy | None
+    try:
+        proposed = Policy.of(governed_files(source))
+    except PolicyError as exc:
+        proposed, problems = None, [Problem(exc.file or "stella.yaml", None, str(exc))]
+    ratified = index.ratified()
+    if ratified is None:
+        if proposed is None:
+            raise ValidationFailed(problems)
+        load_repository(PolicyView(proposed, source), promotions=set(), releases=set())
+        settings = load_settings(PolicyView(proposed, source))
+        governed = _Governed(proposed, None, proposed, ratified_now=True)
+        pending.ratify(proposed, None, None, settings, {}, [], [], "genesis", source, now)
+        governed.record = pending.record
+        keyring.add(proposed)
+        return governed, pending
+    assert ratified.policy is not None
+    policy = keyring.policy(ratified.policy)
+    governed = _Governed(policy, ratified.evidence, proposed)
+    if proposed is not None and proposed.id == policy.id:
+        return governed, pending
+    settings, groups = _ratified_settings(policy, source)
+    votes = []
+    authors: list[str] = []
+    unverified: list[str] = []
+    fixed_ref = None
+    if proposed is not None:
+        try:
+            load_repository(PolicyView(proposed, source), promotions=set(), releases=set())
+            proposed_settings = load_settings(PolicyView(proposed, source))
+            if proposed_settings.evidence.ref != settings.evidence.ref:
+                fixed_ref = proposed_settings.evidence.ref
+        except ValidationFailed as exc:
+            problems = exc.problems
+        verifier = Verifier(policy.files.get(ALLOWED_SIGNERS), ALLOWED_SIGNERS)
+        loader = Loader(source)
+        approvals = loader.policy_votes(proposed.hex)
+        problems += loader.problems
+        assert source.commit is not None
+        votes = votes_of(repo, source.commit, approvals, verifier.actor, f"approvals/policy-{proposed.hex}")
+        if not problems:
+            authors, unverified = change_authors(repo, source.commit, ratified.source, verifier.actor)
+    change = judge_change(
+        ratified=policy.id,
+        proposed=proposed,
+        changed=proposed.changed_from(policy) if proposed else [],
+        settings=settings,
+        groups=groups,
+        votes=votes,
+        authors=authors,
+        unverified_authors=unverified,
+        problems=problems,
+        fixed_ref=fixed_ref,
+    )
+    governed.change = change
+    if change.state == "ratify" and proposed is not None:
+        groups_json = {k: list(v) for k, v in groups.groups.items()}
+        pending.ratify(
+            proposed,
+            policy,
+            ratified.evidence,
+            settings,
+            groups_json,
+            change.votes,
+            authors,
+            "approved",
+            source,
+            now,
+        )
+        keyring.add(proposed)
+        governed = _Governed(proposed, pending.record, proposed, change, ratified_now=True)
+    return governed, pending
+
+
+@dataclass
+class _Pending:
+    """A ratification to write in this pass: its files, statement and the keys that may sign it."""
+
+    files: dict[str, bytes] = field(default_factory=dict)
+    statement: tuple[str, bytes] | None = None
+    keys: TrustedKeys | None = None
+    record: str | None = None
+    index_record: Record | None = None
+
+    def ratify(
+        self,
+        policy: Policy,
+        previous: Policy | None,
+        previous_record: str | None,
+        settings: Settings,
+        groups: dict[str, list[str]],
+        votes: Sequence[Any],
+        authors: list[str],
+        reason: Literal["genesis", "approved"],
+        source: GitTree,
+        now: datetime,
+    ) -> None:
+        inputs = RatificationInputs(
+            tenant=settings.tenant,
+            sourceCommit=source.commit or "",
+            policy=policy.id,
+            previous=previous.id if previous else None,
+            changed=policy.changed_from(previous),
+            governance=settings.governance,
+            groups=groups,
+            authors=authors,
+            approvals=[
+                InputVote(
+                    identity=j.vote.identity,
+                    decision=j.vote.approval.decision,
+                    comment=j.vote.approval.comment,
+                    signer=_input_actor(j.vote.signer, *encode_signed(j.vote.payload, j.vote.signature)),
+                    counted=j.counts,
+                    reason=j.code,
+                )
+                for j in votes
+            ],
+            decidedAt=now,
+        )
+        inputs_bytes = canonical(inputs.model_dump(mode="json"))
+        inputs_hex = sha256_hex(inputs_bytes)
+        statement = ratification_statement(
+            tenant=settings.tenant,
+            version=__version__,
+            policy=policy,
+            previous_policy=previous.id if previous else None,
+            changed=inputs.changed,
+            approvers=[
+                {
+                    "identity": j.vote.identity,
+                    "decision": j.vote.approval.decision,
+                    "comment": j.vote.approval.comment,
+                    "commit": j.vote.signer.commit,
+                    "key": j.vote.signer.key,
+                    "counted": j.counts,
+                    "reason": j.code,
+                }
+                for j in votes
+            ],
+            reason=reason,
+            source_commit=source.commit or "",
+            inputs_hex=inputs_hex,
+            decided_at=now,
+            previous=previous_record,
+        )
+        raw = canonical(statement)
+        hex_id = sha256_hex(raw)
+        self.record = f"sha256:{hex_id}"
+        self.files = {
+            **policy.stored_files(),
+            inputs_path(inputs_hex): inputs_bytes,
+            evidence_path(hex_id): raw,
+        }
+        self.files[POINTER] = canonical(pointer_json(policy.id, self.record))
+        self.statement = (hex_id, raw)
+        self.keys = policy_keys(previous or policy)
+        self.index_record = Record(
+            evidence=self.record,
+            record_type=RATIFICATION,
+            environment=POLICY_CHAIN,
+            promotion=None,
+            release_id=policy.id,
+            release_name="policy",
+            result="ratified",
+            decided_at=now,
+            previous=previous_record,
+            artifacts={},
+            policy=policy.id,
+            source=source.commit,
+        )
+
+
+def _keyring(tree: GitTree | None, source: GitTree) -> Keyring:
+    """Evidence keys per policy from the branch; before any genesis, the source's evidence keys."""
+    from .audit import trusted_keys
+
+    try:
+        legacy = trusted_keys(source)
+    except InvalidInput as exc:
+        log.warning("evidence keys at the source commit are unusable: %s", exc)
+        legacy = TrustedKeys()
+    return Keyring(tree, legacy=legacy, keyless=lambda files: _keyless_verifier(keyless_files(files)))
 
 
 def evaluate(
@@ -583,6 +908,8 @@ def evaluate(
 
     `commit` reads that commit instead of the branch head (plans of a pull request); `only` limits the
     promotions decided. `incremental` (reconcile) reads only what changed since the last pass.
+    Decisions are made under the ratified policy (DESIGN §8); the first pass ratifies the genesis, and
+    a policy change with enough approvals is ratified before anything is decided.
     """
     now = now.astimezone(UTC).replace(microsecond=0)
     if commit is None:
@@ -590,28 +917,49 @@ def evaluate(
     else:
         branch = branch or commit[:12]
     source = repo.tree(commit)
-    ref = load_settings(source).evidence.ref
+    ref = evidence_ref(repo, load_settings(source))
     evidence_head = repo.resolve_ref(ref)
-    index = open_index(repo, ref, evidence_head)
+    tree = repo.tree(evidence_head) if evidence_head else None
+    keyring = _keyring(tree, source)
+    index = open_index(repo, ref, evidence_head, keyring=keyring)
     try:
-        scope = _incremental(repo, index, commit) if incremental else None
+        governed, ratification = _govern(repo, index, keyring, source, now)
+        if ratification.index_record is not None:
+            index.add(ratification.index_record)
+        view = PolicyView(governed.policy, source)
+        scope = _incremental(repo, index, commit) if incremental and not governed.ratified_now else None
         if only is not None:
             scope = (only, set())
+        pending_envs = frozenset(
+            name.removeprefix("environments/").removesuffix(".yaml")
+            for name in (governed.proposed.files if governed.proposed else {})
+            if name.startswith("environments/") and name.count("/") == 1
+        )
         if scope is None:
-            repository = load_repository(source)
+            repository = load_repository(view, pending_environments=pending_envs)
         else:
-            repository = load_repository(source, promotions=scope[0], releases=scope[1])
-        result = PassResult(source_commit=commit)
-        tree = repo.tree(evidence_head) if evidence_head else None
+            repository = load_repository(
+                view, promotions=scope[0], releases=scope[1], pending_environments=pending_envs
+            )
+        offline = offline or repository.settings.offline
+        result = PassResult(source_commit=commit, policy=governed.policy.id, policy_change=governed.change)
+        result.ratification = ratification.record
+        result.ignored = [f"{path}: {message}" for path, _, message in index.rejected()]
         budget = None
         digest_limit = repository.settings.limits.newDigestsPerDay
         if digest_limit is not None:
             used = digests_locked_since(repo, evidence_head, day_start(now))
             budget = _DigestBudget(digest_limit.hard, digest_limit.soft, used)
-        with Resolver(repository.settings, plugins, source, offline=offline) as resolver:
+        with Resolver(repository.settings, plugins, view, offline=offline) as resolver:
             locks, new_locks = _locks(repository, tree, resolver, result, progress, budget)
-        state = _Pass(repo, plugins, repository, source, now, index, locks, offline)
+        state = _Pass(repo, plugins, repository, view, now, index, locks, offline)  # type: ignore[arg-type]
+        state.policy, state.policy_record = governed.policy, governed.record
         state.deferred = budget.deferred if budget is not None else {}
+        state.files.update(ratification.files)
+        if ratification.statement is not None and ratification.keys is not None:
+            hex_id, raw = ratification.statement
+            state.statements[hex_id] = raw
+            state.signing[hex_id] = ratification.keys
         open_ids = [pid for pid in repository.promotions if index.decided(pid) is None]
         order = sorted(
             open_ids,
@@ -647,7 +995,7 @@ def evaluate(
             | {name for name in repository.releases if name not in locks}
         ),
     }
-    return Evaluation(result, state, new_locks, evidence_head, branch, index, recheck)
+    return Evaluation(result, state, new_locks, evidence_head, branch, index, recheck, ref)
 
 
 def dry_run(
@@ -698,10 +1046,11 @@ def reconcile(
                 for hex_id, statement in sorted(state.statements.items()):
                     if progress:
                         progress(f"signing sha256:{hex_id[:12]}")
+                    _check_signer(active, state.signing.get(hex_id))
                     files[bundle_path(hex_id)] = active.sign(statement)
             result.locked = [ev.new_locks[n] for n in sorted(ev.new_locks)]
             if files:
-                ref = state.repository.settings.evidence.ref
+                ref = ev.ref
                 message = _message(result, ev.branch)
                 result.evidence_commit = repo.commit_files(ref, ev.evidence_head, files, message)
         except RaceLost:
@@ -716,8 +1065,23 @@ def reconcile(
     raise Transient(f"the evidence ref kept moving: gave up after {MAX_RACES} attempts")
 
 
+def _check_signer(signer: Signer, keys: TrustedKeys | None) -> None:
+    """Refuse to sign with a key the policy does not hold: nothing it signed would verify."""
+    hint = getattr(signer, "hint", None)
+    if keys is None or not isinstance(hint, str) or hint in keys:
+        return
+    sources = ", ".join(k.source for k in keys.values()) or "none"
+    raise InvalidInput(
+        f"the signing key (hint {hint}) is not an evidence key of the policy this record must verify "
+        f"under (its keys: {sources}); add its public half to trust/evidence-keys/ through a ratified "
+        "policy change first, and keep the old key until the change is ratified"
+    )
+
+
 def _message(result: PassResult, branch: str) -> str:
     parts = []
+    if result.ratification:
+        parts.append("policy ratified")
     if result.recorded:
         parts.append(f"{len(result.recorded)} decision(s)")
     if result.locked:
@@ -725,6 +1089,8 @@ def _message(result: PassResult, branch: str) -> str:
     lines = [f"stella: {', '.join(parts) or 'update'} from {branch}@{result.source_commit[:12]}", ""]
     lines += [f"{o.promotion_id}: {o.decision.result} {o.evidence}" for o in result.recorded if o.decision]
     lines += [f"release {lock.name}: {lock.id}" for lock in result.locked]
+    if result.ratification:
+        lines += [f"policy {result.policy}: ratified by {result.ratification}"]
     lines += ["", f"Stella-Source-Commit: {result.source_commit}"]
     return "\n".join(lines) + "\n"
 

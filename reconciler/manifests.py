@@ -21,6 +21,7 @@ from .models import (
     Approval,
     Environment,
     Groups,
+    PolicyApproval,
     Promotion,
     Release,
     Repository,
@@ -31,6 +32,8 @@ MAX_MANIFEST_BYTES = 256 * 1024
 SETTINGS_FILE = "stella.yaml"
 GROUPS_FILE = "trust/groups.yaml"
 _SAFE_STEM = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@%+-]{0,190}$")
+POLICY_APPROVALS = re.compile(r"^policy-(?P<hex>[0-9a-f]{64})$")
+"""`approvals/policy-<hex>/`: approvals of ratifying policy `sha256:<hex>` (not of a promotion)."""
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -141,8 +144,10 @@ def _pydantic_problems(file: str, doc: _Doc, exc: ValidationError) -> list[Probl
 class Loader:
     """Collects problems while loading; `load()` returns the repository or raises ValidationFailed."""
 
-    def __init__(self, files: Files) -> None:
+    def __init__(self, files: Files, pending_environments: frozenset[str] = frozenset()) -> None:
         self.files = files
+        self.pending_environments = pending_environments
+        """Environments a promotion may name although they are not loaded (not ratified yet)."""
         self.problems: list[Problem] = []
         self.seen: dict[str, set[str]] = {}
         """Stems found per directory, loadable or not: a broken file is not also 'unknown'."""
@@ -304,7 +309,7 @@ class Loader:
             if only is not None and not self.files.isdir(f"approvals/{directory}"):
                 continue
             dir_path = f"approvals/{directory}"
-            if directory.startswith("."):
+            if directory.startswith(".") or POLICY_APPROVALS.match(directory):
                 continue
             if not self.files.isdir(dir_path):
                 self.problem(dir_path, None, "expected a directory approvals/<promotion>/")
@@ -330,6 +335,28 @@ class Loader:
                     self.problem(path, None, f"file name {identity!r} must be the approver's identity")
                     continue
                 out.setdefault(directory, {})[identity] = approval
+        return out
+
+    def policy_votes(self, policy_hex: str) -> dict[str, PolicyApproval]:
+        """The approvals under `approvals/policy-<hex>/` that load, by identity (problems collected)."""
+        directory = f"approvals/policy-{policy_hex}"
+        out: dict[str, PolicyApproval] = {}
+        if not self.files.isdir(directory):
+            return out
+        for path, identity in self._manifests(directory):
+            loaded = self._model(path, PolicyApproval, "Approval")
+            if loaded is None:
+                continue
+            approval, doc = loaded
+            if approval.policy != f"sha256:{policy_hex}":
+                self.problem(
+                    path, doc.lines.get(("policy",)), f"policy {approval.policy} does not match its directory"
+                )
+                continue
+            if "@" not in identity:
+                self.problem(path, None, f"file name {identity!r} must be the approver's identity")
+                continue
+            out[identity] = approval
         return out
 
     def _cross_check(
@@ -374,7 +401,7 @@ class Loader:
             path = f"promotions/{pid}.yaml"
             if promotion.release not in known_releases:
                 self.problem(path, doc.lines.get(("release",)), f"unknown release {promotion.release!r}")
-            if promotion.environment not in known_envs:
+            if promotion.environment not in known_envs | self.pending_environments:
                 self.problem(
                     path,
                     doc.lines.get(("environment",)),
@@ -399,22 +426,29 @@ class Loader:
 
 
 def manifest_of(path: str) -> tuple[str, str] | None:
-    """What a changed path is, for the incremental pass: ("promotion" | "approval", promotion id) or
-    ("release", name); None for anything else (settings, environments, trust, templates, mirror)."""
+    """What a changed path is, for the incremental pass: ("promotion" | "approval", promotion id),
+    ("release", name) or ("policy", hex) for a policy approval; None for anything else (settings,
+    environments, trust, templates, mirror)."""
     parts = path.split("/")
     if len(parts) == 2 and parts[0] in ("promotions", "releases") and parts[1].endswith(".yaml"):
         return parts[0][:-1], parts[1].removesuffix(".yaml")
     if len(parts) == 3 and parts[0] == "approvals":
-        return "approval", parts[1]
+        match = POLICY_APPROVALS.match(parts[1])
+        return ("policy", match["hex"]) if match else ("approval", parts[1])
     return None
 
 
 def load_repository(
-    files: Files, *, promotions: set[str] | None = None, releases: set[str] | None = None
+    files: Files,
+    *,
+    promotions: set[str] | None = None,
+    releases: set[str] | None = None,
+    pending_environments: frozenset[str] = frozenset(),
 ) -> Repository:
     """Load and validate every manifest (or a part: see `Loader.load`); raise ValidationFailed
-    listing all problems."""
-    return Loader(files).load(promotions, releases)
+    listing all problems. Promotions may name `pending_environments` (in the branch's policy, not yet
+    ratified) without it being a problem."""
+    return Loader(files, pending_environments).load(promotions, releases)
 
 
 def load_settings(files: Files) -> Settings:

@@ -147,8 +147,17 @@ class Limits(_Model):
     deploymentsPerDay: Limit | None = None
 
 
+class Governance(_Model):
+    """Who ratifies a change of the policy (the governed files, DESIGN §8): N approvals from the groups,
+    under the policy already ratified; with separation of duties, not by the change's own authors."""
+
+    required: Annotated[int, Field(ge=1, le=100)]
+    groups: Annotated[list[Name], Field(min_length=1)]
+    separationOfDuties: bool = True
+
+
 class Settings(_Manifest):
-    """`stella.yaml`: tenant, registries, signer, evidence location, limits, offline."""
+    """`stella.yaml`: tenant, registries, signer, evidence location, limits, offline, governance."""
 
     kind: Literal["Settings"]
     tenant: Name
@@ -159,6 +168,7 @@ class Settings(_Manifest):
     signer: SignerSettings = Field(default_factory=SignerSettings)
     evidence: EvidenceSettings = Field(default_factory=EvidenceSettings)
     limits: Limits = Field(default_factory=Limits)
+    governance: Governance | None = None
 
     @model_validator(mode="after")
     def _unique_hosts(self) -> Settings:
@@ -230,6 +240,61 @@ class Target(_Model):
     project: Name
 
 
+def _pinned_image(value: str) -> str:
+    try:
+        ref = reference.parse(value)
+    except reference.ReferenceError as exc:
+        raise ValueError(str(exc)) from None
+    if ref.digest is None or ref.tag is not None:
+        raise ValueError(f"image {value!r} is not pinned by digest alone: write repo@sha256:<64 hex>")
+    return value
+
+
+def _host_path(value: str) -> str:
+    if not value.startswith("/"):
+        raise ValueError(f"host path {value!r} must be absolute")
+    if any(ord(c) < 32 or ord(c) == 127 for c in value) or "\\" in value:
+        raise ValueError(f"host path {value!r} contains control characters or a backslash")
+    if value != "/" and any(p in ("", ".", "..") for p in value[1:].split("/")):
+        raise ValueError(f"host path {value!r} is not normalised: no '.', '..', '//' or trailing '/'")
+    return value
+
+
+PinnedImage = Annotated[str, AfterValidator(_pinned_image)]
+"""An image reference pinned by digest alone: `repo@sha256:<64 hex>`, no tag."""
+HostPath = Annotated[str, AfterValidator(_host_path)]
+"""An absolute, normalised host path (`/srv/shop`)."""
+Capability = Annotated[str, StringConstraints(pattern=r"^[A-Z][A-Z0-9_]{0,63}$")]
+"""A Linux capability as `cap_add` names it (`NET_BIND_SERVICE`, `CAP_NET_ADMIN`, or `ALL`)."""
+
+
+class HostAccess(_Model):
+    """What a rendered lock may take from the host beyond an ordinary container (DESIGN §8).
+
+    Everything defaults to refused; each field allows one thing explicitly, for this environment only.
+    """
+
+    privileged: bool = False
+    """`privileged: true` (on a service or a `post_start`/`pre_stop` hook): every device and capability."""
+    hostNamespaces: bool = False
+    """`network_mode`, `pid`, `ipc`, `uts`, `userns_mode` or `cgroup` set to `host`, a network whose
+    driver or name is `host`, and `cgroup_parent`."""
+    hostPaths: list[HostPath] = Field(default_factory=list)
+    """Absolute host path prefixes that bind mounts (and `o: bind` volumes, and `file:` configs and
+    secrets) may use: `/srv/shop` allows `/srv/shop` and `/srv/shop/data`, not `/srv/shopping`.
+    Relative and `~` bind sources are never allowed."""
+    dockerSocket: bool = False
+    """Mounting the container engine's socket (`/var/run/docker.sock`, `/run/docker.sock`, containerd's,
+    any `…/docker.sock`, or a directory holding one, such as `/run` or `/`), which needs `hostPaths` to
+    cover the path too; and `use_api_socket`."""
+    capabilities: list[Capability] = Field(default_factory=list)
+    """Capabilities `cap_add` may add (with or without `CAP_`); `ALL` only when listed itself."""
+    devices: bool = False
+    """`devices`, `device_cgroup_rules`, `gpus` and device reservations under `deploy.resources`."""
+    securityOptions: bool = False
+    """`security_opt` beyond `no-new-privileges` (e.g. `seccomp:unconfined`, `apparmor=…`, `label=…`)."""
+
+
 class Environment(_Manifest):
     kind: Literal["Environment"]
     name: Name
@@ -246,6 +311,11 @@ class Environment(_Manifest):
         default_factory=dict
     )
     targets: list[Target] = Field(default_factory=list)
+    allowedImages: list[PinnedImage] = Field(default_factory=list)
+    """Images a lock may run besides the release's components, each exactly as the template writes it,
+    pinned by digest (`redis@sha256:<64 hex>`)."""
+    hostAccess: HostAccess = Field(default_factory=HostAccess)
+    """What a lock may take from the host; by default nothing (see `HostAccess`)."""
 
     @model_validator(mode="after")
     def _checks(self) -> Environment:
@@ -306,9 +376,22 @@ class Promotion(_Manifest):
 
 
 class Approval(_Manifest):
+    """`approvals/<promotion>/<identity>.yaml`: bound to the promotion, its release id and (when given)
+    its environment; it counts only from a commit the identity signed after the promotion's last change."""
+
     kind: Literal["Approval"]
     promotion: Name
     release: Digest
+    environment: Name | None = None
+    decision: Literal["approve", "reject"]
+    comment: str = ""
+
+
+class PolicyApproval(_Manifest):
+    """`approvals/policy-<hex>/<identity>.yaml`: approves (or rejects) ratifying policy `sha256:<hex>`."""
+
+    kind: Literal["Approval"]
+    policy: Digest
     decision: Literal["approve", "reject"]
     comment: str = ""
 
@@ -333,6 +416,8 @@ class Repository(BaseModel):
     approvals: dict[str, dict[str, Approval]]
     groups: Groups
     commit: str | None = None
+    policy_approvals: dict[str, dict[str, PolicyApproval]] = Field(default_factory=dict)
+    """`approvals/policy-<hex>/` by policy hex, then identity."""
 
 
 MANIFEST_MODELS: dict[str, type[BaseModel]] = {
@@ -341,6 +426,7 @@ MANIFEST_MODELS: dict[str, type[BaseModel]] = {
     "Release": Release,
     "Promotion": Promotion,
     "Approval": Approval,
+    "PolicyApproval": PolicyApproval,
     "Groups": Groups,
 }
 
@@ -380,6 +466,10 @@ class InputActor(_Model):
     reason: str = ""
     code: str = ""
     time: UtcTime | None = None
+    payload: str | None = None
+    """Base64 of the commit's signed payload (what its SSH signature covers), for offline re-checks."""
+    signature: str | None = None
+    """The commit's armored SSH signature."""
 
 
 class InputApproval(_Model):
@@ -389,6 +479,36 @@ class InputApproval(_Model):
     comment: str = ""
     signer: InputActor
     earlierSigners: list[str] = Field(default_factory=list)
+    environment: str | None = None
+    stale: bool = False
+
+
+class InputVote(_Model):
+    """One policy approval file, as a ratification saw it."""
+
+    identity: str
+    decision: Literal["approve", "reject"]
+    comment: str = ""
+    signer: InputActor
+    counted: bool
+    reason: str
+
+
+class RatificationInputs(_Model):
+    """Every input of one ratification: the policies, the rules it was judged by, the votes."""
+
+    kind: Literal["RatificationInputs"] = "RatificationInputs"
+    version: Literal[1] = 1
+    tenant: Name
+    sourceCommit: str
+    policy: Digest
+    previous: Digest | None
+    changed: list[str]
+    governance: Governance | None
+    groups: dict[str, list[str]] = Field(default_factory=dict)
+    authors: list[str] = Field(default_factory=list)
+    approvals: list[InputVote] = Field(default_factory=list)
+    decidedAt: UtcTime
 
 
 class InputPrior(_Model):
@@ -425,3 +545,5 @@ class DecisionInputs(_Model):
     decidedAt: UtcTime
     template: dict[str, str] | None = None
     """`{path, sha256}` of the template the lock was rendered from (None: the built-in default)."""
+    policy: Digest | None = None
+    """The ratified policy the decision was made under (None: recorded before policies existed)."""

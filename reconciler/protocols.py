@@ -147,6 +147,10 @@ class ApprovalRecord:
     """The verified (or not) signer of the last commit that changed the file."""
     earlier_signers: tuple[str, ...] = ()
     """Verified signers of earlier versions of the file (to tell a changed approval from a forged one)."""
+    environment: str | None = None
+    """The environment the approval is bound to (None: the file names none)."""
+    stale: bool = False
+    """The approval's commit does not descend from the promotion file's last change."""
 
 
 @dataclass(frozen=True)
@@ -165,8 +169,10 @@ class GateContext:
     approvals: tuple[ApprovalRecord, ...] = ()
     groups: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
     files: FileSource | None = None
-    """The repository at the decision's source commit (read-only): where offline data such as
-    `mirror/reports/` and `mirror/signatures/` lives. Replay reads the same commit again."""
+    """The repository at the decision's source commit (read-only), with every governed file
+    (`stella.yaml`, `environments/`, `templates/`, `trust/`) served from the ratified policy: where
+    offline data such as `mirror/reports/` and trust material such as image keys live. Replay reads
+    the same commit and policy again."""
     mirror: str = "mirror"
     """The offline data directory in `files` (stella.yaml `mirror:`)."""
     offline: bool = False

@@ -19,8 +19,9 @@ from pydantic import ValidationError
 from .discover import Plugins
 from .errors import InvalidInput
 from .evidence import gate_json, sha256_hex
+from .governance import RATIFICATION, PolicyError, PolicyView, stored_policy
 from .manifests import load_settings
-from .models import DecisionInputs, InputActor
+from .models import DecisionInputs, InputActor, RatificationInputs
 from .policy import PlannedGate, decide
 from .protocols import Actor, ApprovalRecord, GateContext, PriorDecision
 from .repo import GitTree, Repo
@@ -67,6 +68,8 @@ def replay_one(repo: Repo, tree: GitTree, plugins: Plugins, evidence_id: str) ->
         result.differences.append(f"{path}: its bytes do not hash to its name (run `stella audit verify`)")
     statement = json.loads(raw)
     predicate = statement.get("predicate", {})
+    if predicate.get("type") == RATIFICATION:
+        return _replay_ratification(tree, result, predicate)
     recorded_decision = predicate.get("decision", {})
     result.recorded = recorded_decision
     inputs_hex = (predicate.get("inputs") or {}).get("sha256", "")
@@ -85,6 +88,12 @@ def replay_one(repo: Repo, tree: GitTree, plugins: Plugins, evidence_id: str) ->
         raise InvalidInput(
             f"{path}: the source commit {inputs.sourceCommit} is not in this repository (fetch the branch)"
         ) from exc
+    files: Any = source
+    if inputs.policy is not None:
+        try:
+            files = PolicyView(stored_policy(tree, inputs.policy), source)
+        except PolicyError as exc:
+            raise InvalidInput(f"{path}: the policy it was made under is unreadable: {exc}") from exc
     plan = []
     for recorded_gate in inputs.gates:
         gate = plugins.gates.get(recorded_gate.name)
@@ -126,12 +135,14 @@ def replay_one(repo: Repo, tree: GitTree, plugins: Plugins, evidence_id: str) ->
                 comment=a.comment,
                 signer=_actor(a.signer),
                 earlier_signers=tuple(a.earlierSigners),
+                environment=a.environment,
+                stale=a.stale,
             )
             for a in inputs.approvals
         ),
         groups={name: tuple(members) for name, members in inputs.groups.items()},
-        files=source,
-        mirror=load_settings(source).mirror,
+        files=files,
+        mirror=load_settings(files).mirror,
         offline=plugins.offline,
     )
     decision = decide(ctx, plan)
@@ -157,6 +168,52 @@ def replay_one(repo: Repo, tree: GitTree, plugins: Plugins, evidence_id: str) ->
                 )
     result.identical = not result.differences
     return result
+
+
+def _replay_ratification(tree: GitTree, result: Replayed, predicate: dict[str, Any]) -> Replayed:
+    """A ratification is re-judged from its inputs: a genesis needs none; a change needs as many
+    counted approvals, and no counted reject, as the governance it was judged by required."""
+    inputs_hex = (predicate.get("inputs") or {}).get("sha256", "")
+    inputs_raw = tree.read(f"inputs/{inputs_hex}.json")
+    if inputs_raw is None:
+        raise InvalidInput(f"{result.evidence}: its inputs file inputs/{inputs_hex}.json is missing")
+    if sha256_hex(inputs_raw) != inputs_hex:
+        result.differences.append(f"inputs/{inputs_hex}.json: its bytes do not hash to its name")
+    try:
+        inputs = RatificationInputs.model_validate_json(inputs_raw)
+    except ValidationError as exc:
+        raise InvalidInput(f"inputs/{inputs_hex}.json: not ratification inputs: {exc}") from exc
+    counted = [v for v in inputs.approvals if v.counted]
+    approvers = sorted(v.identity for v in counted if v.decision == "approve")
+    rejected = [v.identity for v in counted if v.decision == "reject"]
+    if inputs.previous is None:
+        outcome = "genesis"
+    elif inputs.governance is None or rejected or len(approvers) < inputs.governance.required:
+        outcome = "not ratified"
+    else:
+        outcome = "approved"
+    result.recorded = {"result": predicate.get("reason"), "policy": (predicate.get("policy") or {}).get("id")}
+    result.replayed = {"result": outcome, "policy": inputs.policy, "approvers": approvers}
+    if outcome != predicate.get("reason"):
+        result.differences.append(f"ratification: recorded {predicate.get('reason')}, replayed {outcome}")
+    if inputs.policy != result.recorded["policy"]:
+        result.differences.append(f"policy: recorded {result.recorded['policy']}, inputs say {inputs.policy}")
+    result.identical = not result.differences
+    return result
+
+
+def genesis(repo: Repo, tree: GitTree, head: str) -> str | None:
+    """The genesis ratification of the branch (the first added, if there are several)."""
+    starts = []
+    for evidence_id in records(tree):
+        raw = tree.read(f"evidence/{evidence_id.removeprefix('sha256:')}.json") or b""
+        if b'"policy_ratification"' not in raw:
+            continue
+        predicate = json.loads(raw).get("predicate", {})
+        if predicate.get("type") == RATIFICATION and predicate.get("previous") is None:
+            starts.append(f"evidence/{evidence_id.removeprefix('sha256:')}.json")
+    first = repo.first_added(head, starts) if len(starts) > 1 else (starts[0] if starts else None)
+    return f"sha256:{first.removeprefix('evidence/').removesuffix('.json')}" if first else None
 
 
 def records(tree: GitTree) -> Iterator[str]:

@@ -14,7 +14,7 @@ import os
 import subprocess
 import time
 from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -192,6 +192,10 @@ class Repo:
         except (KeyError, ValueError, pygit2.GitError):
             return None
 
+    def refs(self, prefix: str) -> list[str]:
+        """The names of the references under `prefix` (e.g. `refs/heads/stella/`)."""
+        return sorted(name for name in self.git.references if name.startswith(prefix))
+
     def tree(self, commit_id: str) -> GitTree:
         try:
             commit = self.git[commit_id].peel(pygit2.Commit)
@@ -286,6 +290,67 @@ class Repo:
         return sorted(
             f"{directory}/{d.new_file.path}"
             for d in diff.deltas
+            if d.status == pygit2.enums.DeltaStatus.ADDED
+        )
+
+    def governed_changes(
+        self, head: str, since: str | None, names: tuple[str, ...], *, limit: int = 10000
+    ) -> list[str]:
+        """Commits reachable from `head` and not from `since` that changed any top-level entry in
+        `names` (a file or directory). A merge whose entries equal one parent's brought that side's
+        change and made none of its own; a root commit changed what it holds. At most `limit` commits
+        are walked (InvalidInput past it)."""
+
+        def entries(commit: pygit2.Commit) -> tuple[pygit2.Oid | None, ...]:
+            return tuple(_entry_id(commit.tree, name) for name in names)
+
+        walker = self.git.walk(self.git[head].peel(pygit2.Commit).id, pygit2.enums.SortMode.TOPOLOGICAL)
+        if since is not None:
+            with suppress(KeyError, ValueError, pygit2.GitError):
+                walker.hide(self.git[since].peel(pygit2.Commit).id)
+        changed = []
+        for count, commit in enumerate(walker):
+            if count >= limit:
+                raise InvalidInput(
+                    f"more than {limit} commits since the ratified policy: cannot find its authors"
+                )
+            mine = entries(commit)
+            if not commit.parents:
+                if any(e is not None for e in mine):
+                    changed.append(str(commit.id))
+            elif all(entries(parent) != mine for parent in commit.parents):
+                changed.append(str(commit.id))
+        return changed
+
+    def first_added(self, head: str, paths: list[str]) -> str | None:
+        """Which of `paths` appeared first in the history of `head` (oldest commit first)."""
+        order = pygit2.enums.SortMode.TOPOLOGICAL | pygit2.enums.SortMode.REVERSE
+        for commit in self.git.walk(self.git[head].peel(pygit2.Commit).id, order):
+            present = [p for p in paths if _entry_id(commit.tree, p) is not None]
+            if present:
+                return sorted(present)[0]
+        return None
+
+    def added_files(self, base: str | None, head: str) -> list[str]:
+        """Every file path present at `head` and not at `base` (None: every file at `head`)."""
+        new = self.git[head].peel(pygit2.Commit).tree
+        if base is None:
+            out: list[str] = []
+
+            def walk(tree: pygit2.Tree, prefix: str) -> None:
+                for entry in tree:
+                    obj = self.git[entry.id]
+                    if isinstance(obj, pygit2.Tree):
+                        walk(obj, f"{prefix}{entry.name}/")
+                    else:
+                        out.append(f"{prefix}{entry.name}")
+
+            walk(new, "")
+            return sorted(out)
+        old = self.git[base].peel(pygit2.Commit).tree
+        return sorted(
+            d.new_file.path
+            for d in old.diff_to_tree(new).deltas
             if d.status == pygit2.enums.DeltaStatus.ADDED
         )
 

@@ -20,9 +20,10 @@ from pydantic import TypeAdapter
 
 from .discover import Plugins
 from .errors import InvalidInput
+from .governance import Policy, approvals_dir, governed_files
 from .loop import read_lock
 from .manifests import load_repository, load_settings
-from .models import Approval, Identity, Promotion
+from .models import Approval, Identity, PolicyApproval, Promotion
 from .repo import Repo
 from .resolve import Resolver, resolve_release
 
@@ -105,6 +106,7 @@ def approve(
         "kind": "Approval",
         "promotion": promotion_id,
         "release": lock.id,
+        "environment": promotion.environment,
         "decision": "reject" if reject else "approve",
     }
     if comment:
@@ -113,11 +115,62 @@ def approve(
     if not _safe_identity(who):
         raise InvalidInput(f"identity {who!r} is not a valid approver identity (an email address)")
     path = f"approvals/{promotion_id}/{who}.yaml"
-    target = workdir / path
-    target.parent.mkdir(parents=True, exist_ok=True)
-    target.write_text(yaml.safe_dump(body, sort_keys=False))
     verb = "reject" if reject else "approve"
     message = f"stella: {verb} {promotion_id}\n\nRelease {release.name} ({lock.id}).\n"
+    commit = _commit_signed(workdir, path, body, message, signing_key, environ)
+    return Approved(commit, path, who, lock.id)
+
+
+def approve_policy(
+    repo: Repo,
+    *,
+    reject: bool,
+    comment: str,
+    key: Path | None,
+    identity: str | None,
+    environ: Mapping[str, str] | None = None,
+) -> Approved:
+    """Write `approvals/policy-<hex>/<identity>.yaml` for the policy (the governed files) at HEAD, and
+    commit it signed. The approval file is not governed, so it does not change the policy it approves."""
+    workdir = repo.workdir
+    if workdir is None:
+        raise InvalidInput(f"{repo.path}: approving needs a work tree (a clone of the branch)")
+    head = repo.resolve_ref("HEAD")
+    if head is None:
+        raise InvalidInput(f"{workdir}: no commits yet")
+    policy = Policy.of(governed_files(repo.tree(head)))
+    signing_key = _signing_key(repo, key)
+    who = identity or _configured_email(repo)
+    if not _safe_identity(who):
+        raise InvalidInput(f"identity {who!r} is not a valid approver identity (an email address)")
+    body = {
+        "apiVersion": "stella/v1",
+        "kind": "Approval",
+        "policy": policy.id,
+        "decision": "reject" if reject else "approve",
+    }
+    if comment:
+        body["comment"] = comment
+    PolicyApproval.model_validate(body)
+    path = f"{approvals_dir(policy.id)}/{who}.yaml"
+    verb = "reject" if reject else "approve"
+    message = f"stella: {verb} policy {policy.id}\n\nThe governed files at {head[:12]}.\n"
+    commit = _commit_signed(workdir, path, body, message, signing_key, environ)
+    return Approved(commit, path, who, policy.id)
+
+
+def _commit_signed(
+    workdir: Path,
+    path: str,
+    body: Mapping[str, str],
+    message: str,
+    signing_key: str,
+    environ: Mapping[str, str] | None,
+) -> str:
+    """Write `path` (YAML of `body`) in the work tree and commit only it, SSH-signed."""
+    target = workdir / path
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_text(yaml.safe_dump(dict(body), sort_keys=False))
     env = dict(environ if environ is not None else os.environ)
     _git(workdir, "add", "--", path, env=env)
     _git(
@@ -135,8 +188,7 @@ def approve(
         path,
         env=env,
     )
-    commit = _git(workdir, "rev-parse", "HEAD", env=env)
-    return Approved(commit, path, who, lock.id)
+    return _git(workdir, "rev-parse", "HEAD", env=env)
 
 
 def _safe_identity(identity: str) -> bool:

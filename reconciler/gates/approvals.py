@@ -2,9 +2,10 @@
 
 PURE: it judges the `ApprovalRecord`s the core hands in (each with the verified signer of the commit
 that last wrote the approval file); it runs no ssh-keygen and reads no Git itself. An approval counts
-only when it is bound to this release id, its commit is signed by a key `trust/allowed_signers` gives
-the identity the file is named after, that identity is in one of the environment's groups, and, with
-separation of duties, it is not the requester's. One counted `reject` denies.
+only when it is bound to this release id (and, when it names one, this environment), its commit
+descends from the promotion file's last change (else it is `stale`), its commit is signed by a key
+`trust/allowed_signers` gives the identity the file is named after, that identity is in one of the
+environment's groups, and, with separation of duties, it is not the requester's. One counted `reject` denies.
 """
 
 from __future__ import annotations
@@ -38,6 +39,20 @@ def judge(record: ApprovalRecord, ctx: GateContext, members: set[str] | None) ->
             False,
             "release-mismatch",
             f"{who} approved release {record.release}, not {ctx.release.id}",
+        )
+    if record.environment is not None and record.environment != ctx.environment.name:
+        return Judged(
+            record,
+            False,
+            "environment-mismatch",
+            f"{who} approved environment {record.environment}, not {ctx.environment.name}",
+        )
+    if record.stale:
+        return Judged(
+            record,
+            False,
+            "stale",
+            f"{who}'s approval was committed before the promotion file's last change; approve again",
         )
     if not signer.verified:
         return Judged(record, False, signer.code or "bad-signature", f"{who}: {signer.reason}")

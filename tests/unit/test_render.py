@@ -8,9 +8,10 @@ from typing import Any
 
 import pytest
 import yaml
+from pydantic import ValidationError
 
-from reconciler.models import Environment, LockedComponent, ReleaseLock
-from reconciler.render import DEFAULT_TEMPLATE, LOCK_FILE, RenderError, check, render
+from reconciler.models import Environment, HostAccess, LockedComponent, ReleaseLock
+from reconciler.render import DEFAULT_TEMPLATE, LOCK_FILE, RenderError, check, lock_images, render
 
 EXAMPLE_TEMPLATE = Path(__file__).parents[2] / "example-repo" / "templates" / "shop.compose.yml.j2"
 
@@ -208,7 +209,8 @@ services:
 """
         + LABELS_WORKER
     )
-    data = render(RELEASE, PROD, CUSTOM_TEMPLATE, template_path="templates/custom.compose.yml.j2")
+    env = environment(allowedImages=[f"redis@{REDIS}"])  # the cache is not a component of the release
+    data = render(RELEASE, env, CUSTOM_TEMPLATE, template_path="templates/custom.compose.yml.j2")
     assert data.decode("utf-8") == expected
 
 
@@ -655,3 +657,589 @@ def test_check_rejects(data: bytes, message: str) -> None:
     with pytest.raises(RenderError) as caught:
         check(data, RELEASE, [SECRET_VALUE])
     assert (caught.value.file, caught.value.line, caught.value.message) == (LOCK_FILE, None, message)
+
+
+# --- a lock contains only what was approved (DESIGN §8) -------------------------------------------
+
+REDIS_OTHER = "sha256:" + "4" * 64
+
+
+def _host(web: str = "", extra: str = "") -> str:
+    """Services web (with `web`'s lines, already indented) and worker, then `extra` at the top level.
+
+    In the lock, `web`'s lines start at line 9 and `extra` at line 19.
+    """
+    return (
+        "services:\n  web:\n    image: '{{ components.web.pinned }}'\n"
+        + web
+        + "  worker:\n    image: '{{ components.worker.pinned }}'\n"
+        + extra
+    )
+
+
+def _at(line: int, message: str) -> str:
+    return f"{LOCK_FILE} (line {line}): {message}"
+
+
+CACHE = f"  cache:\n    image: redis@{REDIS}\n"
+SOCKET = "which exposes the container engine socket"
+NO_PATHS = "which is outside hostAccess.hostPaths (none)"
+SHOP_PATHS = {"hostAccess": {"hostPaths": ["/srv/shop"]}}
+NAMESPACES = ["network_mode", "pid", "ipc", "uts", "userns_mode", "cgroup"]
+
+REFUSED = [
+    pytest.param(
+        {},
+        "",
+        CACHE,
+        _at(
+            20,
+            f"service 'cache': image 'redis@{REDIS}' is neither a component of release shop-1.4.0 "
+            "nor in the environment's allowedImages",
+        ),
+        id="foreign-image",
+    ),
+    pytest.param(
+        {"allowedImages": [f"redis@{REDIS_OTHER}"]},
+        "",
+        CACHE,
+        _at(
+            20,
+            f"service 'cache': image 'redis@{REDIS}' is neither a component of release shop-1.4.0 "
+            "nor in the environment's allowedImages",
+        ),
+        id="foreign-image-listed-with-another-digest",
+    ),
+    pytest.param(
+        {"allowedImages": [f"docker.io/library/redis@{REDIS}"]},
+        "",
+        CACHE,
+        _at(
+            20,
+            f"service 'cache': image 'redis@{REDIS}' is neither a component of release shop-1.4.0 "
+            "nor in the environment's allowedImages",
+        ),
+        id="foreign-image-listed-spelt-otherwise",
+    ),
+    pytest.param(
+        {},
+        "    privileged: true\n",
+        "",
+        _at(9, "service 'web': 'privileged: true' needs hostAccess.privileged"),
+        id="privileged",
+    ),
+    pytest.param(
+        {},
+        "    privileged: 'yes'\n",
+        "",
+        _at(9, "service 'web': 'privileged: true' needs hostAccess.privileged"),
+        id="privileged-as-a-string",
+    ),
+    pytest.param(
+        {},
+        "    post_start:\n    - {command: sh, privileged: true}\n",
+        "",
+        _at(11, "service 'web': 'post_start' hook 'privileged: true' needs hostAccess.privileged"),
+        id="privileged-hook",
+    ),
+    *(
+        pytest.param(
+            {},
+            f"    {key}: host\n",
+            "",
+            _at(9, f"service 'web': '{key}: host' needs hostAccess.hostNamespaces"),
+            id=f"host-{key}",
+        )
+        for key in NAMESPACES
+    ),
+    pytest.param(
+        {},
+        "",
+        "networks:\n  outside: {external: true, name: host}\n",
+        _at(22, "network 'outside': 'name: host' is the host's network and needs hostAccess.hostNamespaces"),
+        id="host-network-by-name",
+    ),
+    pytest.param(
+        {},
+        "",
+        "networks:\n  mine: {driver: host}\n",
+        _at(21, "network 'mine': 'driver: host' is the host's network and needs hostAccess.hostNamespaces"),
+        id="host-network-by-driver",
+    ),
+    pytest.param(
+        {},
+        "    cgroup_parent: system.slice\n",
+        "",
+        _at(9, "service 'web': 'cgroup_parent' needs hostAccess.hostNamespaces"),
+        id="cgroup-parent",
+    ),
+    pytest.param(
+        {"hostAccess": {"hostPaths": ["/"]}},
+        "    volumes: ['/:/host']\n",
+        "",
+        _at(
+            10,
+            f"service 'web': 'volumes' binds host path '/', {SOCKET} /var/run/docker.sock: needs hostAccess.dockerSocket",
+        ),
+        id="host-root-short-syntax",
+    ),
+    pytest.param(
+        {"hostAccess": {"dockerSocket": True}},
+        "    volumes: ['/:/host']\n",
+        "",
+        _at(10, f"service 'web': 'volumes' binds host path '/', {NO_PATHS}"),
+        id="host-root-short-syntax-with-socket",
+    ),
+    pytest.param(
+        {"hostAccess": {"dockerSocket": True}},
+        "    volumes:\n    - {type: bind, source: /, target: /host}\n",
+        "",
+        _at(11, f"service 'web': 'volumes' binds host path '/', {NO_PATHS}"),
+        id="host-root-long-syntax",
+    ),
+    pytest.param(
+        {},
+        "    volumes: ['./data:/data']\n",
+        "",
+        _at(
+            10,
+            "service 'web': 'volumes' binds host path './data': only absolute paths under "
+            "hostAccess.hostPaths may be bound (none)",
+        ),
+        id="relative-bind",
+    ),
+    pytest.param(
+        SHOP_PATHS,
+        "    volumes: ['../../etc:/etc:ro']\n",
+        "",
+        _at(
+            10,
+            "service 'web': 'volumes' binds host path '../../etc': only absolute paths under "
+            "hostAccess.hostPaths may be bound (/srv/shop)",
+        ),
+        id="relative-bind-up",
+    ),
+    pytest.param(
+        {"hostAccess": {"hostPaths": ["/home"]}},
+        "    volumes: ['~/.ssh:/keys']\n",
+        "",
+        _at(
+            10,
+            "service 'web': 'volumes' binds host path '~/.ssh': only absolute paths under "
+            "hostAccess.hostPaths may be bound (/home)",
+        ),
+        id="home-bind",
+    ),
+    pytest.param(
+        {},
+        "    volumes: ['/var/run/docker.sock:/var/run/docker.sock']\n",
+        "",
+        _at(
+            10,
+            f"service 'web': 'volumes' binds host path '/var/run/docker.sock', {SOCKET} "
+            "/var/run/docker.sock: needs hostAccess.dockerSocket",
+        ),
+        id="docker-socket",
+    ),
+    pytest.param(
+        {"hostAccess": {"hostPaths": ["/var/run"]}},
+        "    volumes: ['/var/run:/host-run']\n",
+        "",
+        _at(
+            10,
+            f"service 'web': 'volumes' binds host path '/var/run', {SOCKET} /var/run/docker.sock: "
+            "needs hostAccess.dockerSocket",
+        ),
+        id="docker-socket-directory",
+    ),
+    pytest.param(
+        {},
+        "    volumes:\n    - {type: bind, source: /run/docker.sock, target: /docker.sock}\n",
+        "",
+        _at(
+            11,
+            f"service 'web': 'volumes' binds host path '/run/docker.sock', {SOCKET} /run/docker.sock: "
+            "needs hostAccess.dockerSocket",
+        ),
+        id="docker-socket-in-run",
+    ),
+    pytest.param(
+        {},
+        "    volumes: ['/srv/../run//docker.sock:/docker.sock']\n",
+        "",
+        _at(
+            10,
+            f"service 'web': 'volumes' binds host path '/srv/../run//docker.sock' (= /run/docker.sock), "
+            f"{SOCKET} /run/docker.sock: needs hostAccess.dockerSocket",
+        ),
+        id="docker-socket-dotted",
+    ),
+    pytest.param(
+        {"hostAccess": {"hostPaths": ["/home/ci"]}},
+        "    volumes: ['/home/ci/.docker/run/docker.sock:/docker.sock']\n",
+        "",
+        _at(
+            10,
+            f"service 'web': 'volumes' binds host path '/home/ci/.docker/run/docker.sock', {SOCKET} "
+            "/home/ci/.docker/run/docker.sock: needs hostAccess.dockerSocket",
+        ),
+        id="docker-socket-elsewhere",
+    ),
+    pytest.param(
+        {},
+        "    use_api_socket: true\n",
+        "",
+        _at(9, "service 'web': 'use_api_socket' needs hostAccess.dockerSocket"),
+        id="use-api-socket",
+    ),
+    pytest.param(
+        SHOP_PATHS,
+        "    volumes: ['/srv/shop/../etc:/etc']\n",
+        "",
+        _at(
+            10,
+            "service 'web': 'volumes' binds host path '/srv/shop/../etc' (= /srv/etc), which is outside "
+            "hostAccess.hostPaths (/srv/shop)",
+        ),
+        id="host-paths-dot-dot",
+    ),
+    pytest.param(
+        SHOP_PATHS,
+        "    volumes: ['/srv/shopping:/data']\n",
+        "",
+        _at(
+            10,
+            "service 'web': 'volumes' binds host path '/srv/shopping', which is outside "
+            "hostAccess.hostPaths (/srv/shop)",
+        ),
+        id="host-paths-sibling",
+    ),
+    pytest.param(
+        SHOP_PATHS,
+        "    volumes: ['/srv/shop/${DB_PASSWORD}:/data']\n",
+        "",
+        _at(
+            10,
+            "service 'web': 'volumes' '/srv/shop/${DB_PASSWORD}:/data' uses Compose interpolation; "
+            "write the value out",
+        ),
+        id="host-paths-interpolated",
+    ),
+    pytest.param(
+        {},
+        "    volumes:\n    - {type: image, source: 'alpine:3', target: /x}\n",
+        "",
+        _at(10, "service 'web': 'volumes': mount type 'image' is not allowed (bind, volume or tmpfs)"),
+        id="image-mount",
+    ),
+    pytest.param(
+        {},
+        "    cap_add: [SYS_ADMIN]\n",
+        "",
+        _at(10, "service 'web': 'cap_add' SYS_ADMIN needs hostAccess.capabilities to list it (listed: none)"),
+        id="cap-add",
+    ),
+    pytest.param(
+        {"hostAccess": {"capabilities": ["NET_BIND_SERVICE"]}},
+        "    cap_add: [NET_BIND_SERVICE, ALL]\n",
+        "",
+        _at(
+            11,
+            "service 'web': 'cap_add' ALL needs hostAccess.capabilities to list it (listed: NET_BIND_SERVICE)",
+        ),
+        id="cap-add-all",
+    ),
+    pytest.param(
+        {},
+        "    devices: ['/dev/sda:/dev/sda']\n",
+        "",
+        _at(10, "service 'web': 'devices' needs hostAccess.devices"),
+        id="devices",
+    ),
+    pytest.param(
+        {},
+        "    device_cgroup_rules: ['b 8:* rmw']\n",
+        "",
+        _at(10, "service 'web': 'device_cgroup_rules' needs hostAccess.devices"),
+        id="device-cgroup-rules",
+    ),
+    pytest.param(
+        {},
+        "    gpus: all\n",
+        "",
+        _at(9, "service 'web': 'gpus' needs hostAccess.devices"),
+        id="gpus",
+    ),
+    pytest.param(
+        {},
+        "    deploy: {resources: {reservations: {devices: [{capabilities: [gpu]}]}}}\n",
+        "",
+        _at(13, "service 'web': 'deploy.resources.reservations.devices' needs hostAccess.devices"),
+        id="deploy-devices",
+    ),
+    pytest.param(
+        {},
+        "    security_opt: ['no-new-privileges:true', 'seccomp:unconfined']\n",
+        "",
+        _at(11, "service 'web': 'security_opt' seccomp:unconfined needs hostAccess.securityOptions"),
+        id="security-opt",
+    ),
+    pytest.param(
+        {},
+        "    volumes: ['root:/host']\n",
+        "volumes:\n  root: {driver_opts: {type: none, o: bind, device: /}}\n",
+        _at(
+            26,
+            f"volume 'root': 'driver_opts' binds host path '/', {SOCKET} /var/run/docker.sock: "
+            "needs hostAccess.dockerSocket",
+        ),
+        id="volume-driver-opts-bind",
+    ),
+    pytest.param(
+        {},
+        "",
+        "volumes:\n  disk: {driver_opts: {type: ext4, device: /dev/sda1}}\n",
+        _at(23, f"volume 'disk': 'driver_opts' binds host path '/dev/sda1', {NO_PATHS}"),
+        id="volume-driver-opts-host-disk",
+    ),
+    pytest.param(
+        {},
+        "",
+        "volumes:\n  data: {driver: local-persist, driver_opts: {mountpoint: /}}\n",
+        _at(
+            23,
+            "volume 'data': 'driver_opts' of driver 'local-persist' cannot be checked "
+            "(only the local driver may have any)",
+        ),
+        id="volume-driver-plugin",
+    ),
+    pytest.param(
+        {},
+        "    volumes_from: ['container:stella-agent']\n",
+        "",
+        _at(
+            10,
+            "service 'web': 'volumes_from' container:stella-agent: only services of the lock may lend their "
+            "volumes (a container outside it has mounts no check has seen)",
+        ),
+        id="volumes-from-container",
+    ),
+    pytest.param(
+        {},
+        "",
+        "configs:\n  shadow: {file: /etc/shadow}\n",
+        _at(21, f"config 'shadow': 'file' reads host file '/etc/shadow', {NO_PATHS}"),
+        id="config-file-absolute",
+    ),
+    pytest.param(
+        {},
+        "",
+        "secrets:\n  passwd: {file: ../../etc/passwd}\n",
+        _at(
+            21,
+            "secret 'passwd': 'file' reads host file '../../etc/passwd', which is outside the lock's directory",
+        ),
+        id="secret-file-up",
+    ),
+    pytest.param(
+        {},
+        "    env_file: [app.env, {path: /etc/shadow}]\n",
+        "",
+        _at(11, f"service 'web': 'env_file' reads host file '/etc/shadow', {NO_PATHS}"),
+        id="env-file",
+    ),
+    pytest.param(
+        {},
+        "    provider: {type: model}\n",
+        "",
+        _at(9, "service 'web': 'provider' runs a program on the host instead of a container"),
+        id="provider",
+    ),
+    pytest.param(
+        {},
+        "",
+        "models:\n  llm: {model: ai/smollm2}\n",
+        _at(20, "'models' pulls an artifact by tag outside the release and runs it on the host: not allowed"),
+        id="models",
+    ),
+]
+
+
+@pytest.mark.parametrize(("fields", "web", "extra", "message"), REFUSED)
+def test_lock_refuses_what_was_not_approved(
+    fields: dict[str, Any], web: str, extra: str, message: str
+) -> None:
+    with pytest.raises(RenderError) as caught:
+        render(RELEASE, environment(**fields), _host(web, extra), template_path=T)
+    assert (caught.value.file, caught.value.line, caught.value.message) == (T, None, message)
+
+
+ALLOWED = [
+    pytest.param({"allowedImages": [f"redis@{REDIS}"]}, "", CACHE, id="foreign-image-listed"),
+    pytest.param({"hostAccess": {"privileged": True}}, "    privileged: true\n", "", id="privileged"),
+    pytest.param({}, "    privileged: false\n", "", id="not-privileged"),
+    *(
+        pytest.param({"hostAccess": {"hostNamespaces": True}}, f"    {key}: host\n", "", id=f"host-{key}")
+        for key in NAMESPACES
+    ),
+    pytest.param(
+        {}, "    network_mode: service:worker\n    pid: container:other\n", "", id="joined-namespaces"
+    ),
+    pytest.param(SHOP_PATHS, "    volumes: ['/srv/shop/data:/data:ro']\n", "", id="host-paths-below"),
+    pytest.param(
+        SHOP_PATHS,
+        "    volumes:\n    - {type: bind, source: /srv/shop, target: /d}\n",
+        "",
+        id="host-paths-itself",
+    ),
+    pytest.param(
+        {"hostAccess": {"hostPaths": ["/var/run/docker.sock"], "dockerSocket": True}},
+        "    volumes: ['/var/run/docker.sock:/var/run/docker.sock:ro']\n",
+        "",
+        id="docker-socket",
+    ),
+    pytest.param(
+        {},
+        "    volumes: ['data:/data', '/cache', {type: tmpfs, target: /tmp}]\n",
+        "volumes:\n  data: {}\n  share: {driver_opts: {type: nfs, o: 'addr=10.0.0.1,ro', device: ':/export'}}\n",
+        id="named-anonymous-tmpfs-and-nfs-volumes",
+    ),
+    pytest.param(
+        {"hostAccess": {"capabilities": ["NET_BIND_SERVICE"]}},
+        "    cap_add: [NET_BIND_SERVICE, cap_net_bind_service]\n    cap_drop: [ALL]\n",
+        "",
+        id="cap-add-listed",
+    ),
+    pytest.param(
+        {"hostAccess": {"capabilities": ["ALL"]}}, "    cap_add: [SYS_ADMIN]\n", "", id="cap-add-all"
+    ),
+    pytest.param(
+        {"hostAccess": {"devices": True}}, "    devices: ['/dev/kvm']\n    gpus: all\n", "", id="devices"
+    ),
+    pytest.param({}, "    security_opt: ['no-new-privileges:true']\n", "", id="no-new-privileges"),
+    pytest.param(
+        {"hostAccess": {"securityOptions": True}},
+        "    security_opt: ['seccomp:unconfined']\n",
+        "",
+        id="security-opt",
+    ),
+    pytest.param({}, "    volumes_from: ['worker:ro']\n", "", id="volumes-from-service"),
+    pytest.param(
+        {},
+        "",
+        "configs:\n  app: {file: ./app.conf}\nsecrets:\n  tls: {file: certs/tls.pem}\n",
+        id="project-files",
+    ),
+    pytest.param(
+        {},
+        "    sysctls: {net.core.somaxconn: 1024}\n    extra_hosts: ['db:10.0.0.5']\n",
+        "",
+        id="sysctls-extra-hosts",
+    ),
+]
+
+
+@pytest.mark.parametrize(("fields", "web", "extra"), ALLOWED)
+def test_lock_keeps_what_was_approved(fields: dict[str, Any], web: str, extra: str) -> None:
+    """Rendered as written; the lock passes check() under that environment, and only under it."""
+    env = environment(**fields)
+    data = render(RELEASE, env, _host(web, extra), template_path=T)
+    check(data, RELEASE, environment=env)
+    unrendered = yaml.safe_load(_host(web, extra).replace("'{{ components.web.pinned }}'", "x"))
+    lock = yaml.safe_load(data)
+    assert {k: v for k, v in lock["services"]["web"].items() if k not in ("image", "labels")} == {
+        k: v for k, v in unrendered["services"]["web"].items() if k != "image"
+    }
+    if fields:
+        with pytest.raises(RenderError):
+            check(data, RELEASE)
+
+
+def test_allowed_images_must_be_pinned_by_digest() -> None:
+    with pytest.raises(ValidationError) as caught:
+        environment(allowedImages=[f"redis@{REDIS}", "redis:7", "Redis@sha256:x"])
+    assert [(e["loc"], e["msg"]) for e in caught.value.errors()] == [
+        (
+            ("allowedImages", 1),
+            "Value error, image 'redis:7' is not pinned by digest alone: write repo@sha256:<64 hex>",
+        ),
+        (("allowedImages", 2), "Value error, invalid digest in 'Redis@sha256:x': expected sha256:<64 hex>"),
+    ]
+
+
+def test_host_access_is_strict() -> None:
+    assert environment().hostAccess == HostAccess()
+    assert HostAccess().model_dump() == {
+        "privileged": False,
+        "hostNamespaces": False,
+        "hostPaths": [],
+        "dockerSocket": False,
+        "capabilities": [],
+        "devices": False,
+        "securityOptions": False,
+    }
+    with pytest.raises(ValidationError) as caught:
+        environment(
+            hostAccess={
+                "hostPaths": ["/srv/shop/", "srv", "/srv/../etc"],
+                "capabilities": ["sys_admin"],
+                "root": True,
+            }
+        )
+    assert [(e["loc"], e["msg"]) for e in caught.value.errors()] == [
+        (
+            ("hostAccess", "hostPaths", 0),
+            "Value error, host path '/srv/shop/' is not normalised: no '.', '..', '//' or trailing '/'",
+        ),
+        (("hostAccess", "hostPaths", 1), "Value error, host path 'srv' must be absolute"),
+        (
+            ("hostAccess", "hostPaths", 2),
+            "Value error, host path '/srv/../etc' is not normalised: no '.', '..', '//' or trailing '/'",
+        ),
+        (("hostAccess", "capabilities", 0), "String should match pattern '^[A-Z][A-Z0-9_]{0,63}$'"),
+        (("hostAccess", "root"), "Extra inputs are not permitted"),
+    ]
+
+
+def test_check_without_an_environment_allows_nothing_extra() -> None:
+    env = environment(allowedImages=[f"redis@{REDIS}"])
+    data = render(RELEASE, env, _host("", CACHE))
+    check(data, RELEASE, environment=env)
+    with pytest.raises(RenderError) as caught:
+        check(data, RELEASE)
+    assert (caught.value.file, caught.value.line, caught.value.message) == (
+        LOCK_FILE,
+        None,
+        _at(
+            20,
+            f"service 'cache': image 'redis@{REDIS}' is neither a component of release shop-1.4.0 "
+            "nor in the environment's allowedImages",
+        ),
+    )
+
+
+def test_lock_images() -> None:
+    env = environment(allowedImages=[f"redis@{REDIS}"])
+    data = render(RELEASE, env, _host("", CACHE + f"  cache2:\n    image: redis@{REDIS}\n"))
+    assert lock_images(data) == [
+        f"redis@{REDIS}",
+        f"registry.example.com/shop/web@{WEB}",
+        f"registry.example.com/shop/worker@{WORKER}",
+    ]
+    assert lock_images(render(RELEASE, PROD, None)) == [
+        f"registry.example.com/shop/web@{WEB}",
+        f"registry.example.com/shop/worker@{WORKER}",
+    ]
+
+
+def test_lock_images_of_a_non_lock() -> None:
+    with pytest.raises(RenderError) as caught:
+        lock_images(b"services:\n  web: {image: 'redis:7'}\n")
+    assert (caught.value.file, caught.value.line, caught.value.message) == (
+        LOCK_FILE,
+        None,
+        _at(
+            2,
+            "service 'web': image 'redis:7' is not pinned by digest alone (write repo@sha256:<64 hex>; the tag goes in a comment)",
+        ),
+    )
