@@ -23,7 +23,14 @@ from reconciler.evidence import canonical, sha256_hex
 from reconciler.repo import Repo
 from reconciler.sign import KeySigner, generate_key, key_hint, load_private_key, load_public_key
 from tests.support.cli import STELLA, Run
-from tests.support.pipeline import RELEASE_130, Workspace, change_evidence, example_workspace, promotion
+from tests.support.pipeline import (
+    RELEASE_130,
+    Workspace,
+    change_evidence,
+    decision_records,
+    example_workspace,
+    promotion,
+)
 from tests.support.repos import commit_all, write_files
 
 REF = "refs/heads/stella/evidence"
@@ -49,7 +56,7 @@ def ws(tmp_path: Path) -> Workspace:
 
 def _records(ws: Workspace) -> list[str]:
     """Statement paths, oldest first (by chain order)."""
-    paths = [f for f in ws.evidence_files() if f.startswith("evidence/") and not f.endswith(".sigstore.json")]
+    paths = decision_records(ws)
     first = next(p for p in paths if json.loads(ws.show(p))["predicate"]["previous"] is None)
     return [first] + [p for p in paths if p != first]
 
@@ -58,7 +65,8 @@ def test_untouched_branch_verifies(ws: Workspace) -> None:
     run = ws.stella("audit", "verify", "-o", "json")
     assert run.code == 0, run.out
     report = run.json()
-    assert (report["ok"], report["records"], report["bundles"], report["findings"]) == (True, 2, 2, [])
+    # two decisions and the genesis ratification of the policy
+    assert (report["ok"], report["records"], report["bundles"], report["findings"]) == (True, 3, 3, [])
 
 
 def _edit_statement(ws: Workspace) -> str:
@@ -70,24 +78,23 @@ def _edit_statement(ws: Workspace) -> str:
 
 
 def _unknown_key(ws: Workspace) -> str:
+    """A record continuing dev's chain, signed by a key no policy holds (the reconciler refuses to)."""
     other = ws.root.parent / "other.pem"
     generate_key(other)
-    write_files(
-        ws.root,
-        {
-            "environments/qa.yaml": "apiVersion: stella/v1\nkind: Environment\nname: qa\n",
-            "promotions/shop-1.3.0--qa.yaml": promotion("shop-1.3.0", "qa"),
-        },
+    data = json.loads(ws.show(_records(ws)[1]))
+    data["predicate"]["previous"] = "sha256:" + _records(ws)[1].removeprefix("evidence/").removesuffix(
+        ".json"
     )
-    commit_all(ws.root, "request qa")
-    assert ws.stella("reconcile", "--once", env={"STELLA_SIGNING_KEY": str(other)}).code == 0
-    bundles = [p for p in ws.evidence_files() if p.endswith(".sigstore.json")]
-    (qa,) = [
-        p
-        for p in bundles
-        if json.loads(ws.show(p.replace(".sigstore", "")))["predicate"]["environment"] == "qa"
-    ]
-    return qa
+    data["predicate"]["decidedAt"] = "2030-01-01T00:00:00Z"
+    statement = canonical(data)
+    hex_id = sha256_hex(statement)
+    signer = KeySigner(load_private_key(other))
+    change_evidence(
+        ws,
+        {f"evidence/{hex_id}.json": statement, f"evidence/{hex_id}.sigstore.json": signer.sign(statement)},
+        "add a record signed by a key the policy does not hold",
+    )
+    return f"evidence/{hex_id}.sigstore.json"
 
 
 def _delete_record(ws: Workspace) -> str:
@@ -170,7 +177,7 @@ CASES: dict[str, tuple[Callable[[Workspace], str], str, str, set[str]]] = {
         "history",
         {"history", "hash", "signature"},
     ),
-    "unknown-key": (_unknown_key, "no trusted key", "signature", {"signature"}),
+    "unknown-key": (_unknown_key, "verifies with none of the", "signature", {"signature", "pointer"}),
     "record-deleted": (
         _delete_record,
         "deleted from the evidence branch",
@@ -272,7 +279,7 @@ def test_packet_verifies_in_an_empty_directory_offline(ws: Workspace, tmp_path: 
         "packet": str(packet),
         "ref": REF,
         "head": head,
-        "records": 2,
+        "records": 3,
     }
     with tarfile.open(packet) as tar:
         names = tar.getnames()
@@ -288,7 +295,7 @@ def test_packet_verifies_in_an_empty_directory_offline(ws: Workspace, tmp_path: 
         "format": "stella-evidence-packet/v1",
         "ref": REF,
         "head": head,
-        "records": 2,
+        "records": 3,
         "trust": {"branch": "main", "commit": ws.git("rev-parse", "main")},
         "members": exported["members"],
     }
@@ -306,8 +313,8 @@ def test_packet_verifies_in_an_empty_directory_offline(ws: Workspace, tmp_path: 
     key = load_public_key(ws.key.with_name("evidence.pem.pub").read_bytes(), "test.pub")
     assert (report["ok"], report["records"], report["bundles"], report["head"], report["findings"]) == (
         True,
-        2,
-        2,
+        3,
+        3,
         head,
         [],
     )
@@ -315,7 +322,7 @@ def test_packet_verifies_in_an_empty_directory_offline(ws: Workspace, tmp_path: 
     assert report["packet"] == str(auditor / "packet.tar.gz")
     assert sorted(p.name for p in auditor.iterdir()) == ["packet.tar.gz"]  # nothing left behind
     text = _offline([STELLA, "audit", "verify", "--packet", "packet.tar.gz"], auditor)
-    assert text.code == 0 and f"hint {key_hint(key)}" in text.out and "OK: 2 records" in text.out
+    assert text.code == 0 and f"hint {key_hint(key)}" in text.out and "OK: 3 records" in text.out
 
 
 def test_packet_readme_commands_verify_a_record_with_sigstore_js(ws: Workspace, tmp_path: Path) -> None:
@@ -437,8 +444,8 @@ def test_checkpoint_catches_a_rewrite_that_a_fresh_clone_cannot_see(ws: Workspac
         "type": "https://stella.dev/checkpoint/v1",
         "ref": REF,
         "head": head,
-        "records": 2,
-        "chains": {"dev": dev_head},
+        "records": 3,
+        "chains": {"dev": dev_head, "@policy": json.loads(ws.show("policy/stella.policy.json"))["record"]},
     }
     assert ws.stella("audit", "verify", "--checkpoint", checkpoint).code == 0
 
@@ -468,7 +475,7 @@ def test_checkpoint_catches_a_rewrite_that_a_fresh_clone_cannot_see(ws: Workspac
     ]
     messages = [f["message"] for f in run.json()["findings"]]
     assert "the head of dev's chain at the checkpoint of" in messages[0] and messages[0].endswith("is gone")
-    assert messages[1].startswith("1 records today, fewer than the 2 the checkpoint of")
+    assert messages[1].startswith("2 records today, fewer than the 3 the checkpoint of")
     assert f"was at {head[:12]}, which is not in the history of today's head" in messages[2]
     assert "the branch was rewritten after the checkpoint" in messages[2]
 

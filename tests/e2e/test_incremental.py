@@ -13,7 +13,7 @@ from reconciler.loop import reconcile
 from reconciler.repo import Repo
 from reconciler.sign import KeySigner, load_private_key
 from tests.support.cli import STELLA
-from tests.support.pipeline import RELEASE_130, Workspace, example_workspace, promotion
+from tests.support.pipeline import RELEASE_130, Workspace, decision_records, example_workspace, promotion
 from tests.support.repos import commit_all, write_files
 
 T0 = datetime(2026, 11, 2, 9, 0, tzinfo=UTC)  # a Monday, no freeze window open
@@ -64,17 +64,18 @@ def test_incremental_passes_decide_like_a_full_pass(tmp_path: Path) -> None:
     commit_all(ws.root, "1.3.0 to dev")
     assert _pass(ws, T0 + timedelta(hours=2)) == {"shop-1.3.0--dev": "allow"}
 
-    # a settings-like change (an environment): everything open is looked at again
+    # a policy change (an environment): everything open is looked at again, under the ratified policy,
+    # in which staging still needs an approval (the unratified edit that drops it does not count)
     write_files(ws.root, {"environments/staging.yaml": NO_APPROVALS.format(name="staging", prior="dev")})
     write_files(ws.root, {"promotions/shop-1.4.0--staging.yaml": promotion("shop-1.4.0", "staging")})
     commit_all(ws.root, "staging without approvals")
-    assert _pass(ws, T0 + timedelta(hours=3)) == {"shop-1.4.0--staging": "allow"}
+    assert _pass(ws, T0 + timedelta(hours=3)) == {"shop-1.4.0--staging": "pending"}
 
     # the cache is only a cache: without it, a full pass finds nothing new either
     before = ws.git("rev-parse", "refs/heads/stella/evidence")
     for leftover in cache_path(Repo(ws.root), "refs/heads/stella/evidence").parent.iterdir():
         leftover.unlink()
-    assert _pass(ws, T0 + timedelta(hours=4)) == {}
+    assert _pass(ws, T0 + timedelta(hours=4)) == {"shop-1.4.0--staging": "pending"}
     assert ws.git("rev-parse", "refs/heads/stella/evidence") == before
     assert ws.stella("audit", "verify").code == 0
 
@@ -104,8 +105,6 @@ def test_lost_race_is_re_decided(tmp_path: Path) -> None:
     )
     assert calls and result.races == 1
     assert result.evidence_commit is None  # the other pass recorded the decision; this one found it done
-    statements = [
-        p for p in ws.evidence_files() if p.startswith("evidence/") and not p.endswith("sigstore.json")
-    ]
+    statements = decision_records(ws)  # and the genesis ratification the other pass wrote
     assert len(statements) == 1
     assert json.loads(ws.show(statements[0]))["predicate"]["promotion"]["id"] == "shop-1.4.0--dev"

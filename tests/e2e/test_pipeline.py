@@ -11,7 +11,7 @@ import yaml
 
 from reconciler.evidence import sha256_hex
 from reconciler.sign import generate_key
-from tests.support.pipeline import Workspace, example_workspace
+from tests.support.pipeline import Workspace, decision_records, example_workspace
 from tests.support.registry import ImagePusher, RegistryServer, skopeo_digest
 from tests.support.repos import SETTINGS, commit_all, make_repo
 
@@ -99,9 +99,7 @@ def test_pending_is_not_evidence_and_plan_writes_nothing(tmp_path: Path) -> None
     assert decisions["shop-1.4.0--dev"]["decision"] == "allow"
     assert decisions["shop-1.4.0--staging"]["decision"] == "pending"
     assert decisions["shop-1.4.0--staging"]["evidence"] is None
-    statements = [
-        f for f in ws.evidence_files() if f.startswith("evidence/") and not f.endswith(".sigstore.json")
-    ]
+    statements = decision_records(ws)
     assert len(statements) == 1
     why = ws.stella("why", "shop-1.4.0--staging", "-o", "json")
     assert why.code == 1

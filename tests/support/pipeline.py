@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 from dataclasses import dataclass
@@ -78,6 +79,17 @@ components:
 
 def promotion(release: str, environment: str) -> str:
     return f"apiVersion: stella/v1\nkind: Promotion\nrelease: {release}\nenvironment: {environment}\n"
+
+
+def decision_records(ws: Workspace) -> list[str]:
+    """Paths of the statements on the evidence branch that are not policy ratifications."""
+    out = []
+    for path in ws.evidence_files():
+        if not path.startswith("evidence/") or path.endswith(".sigstore.json"):
+            continue
+        if json.loads(ws.show(path))["predicate"]["type"] != "policy_ratification":
+            out.append(path)
+    return out
 
 
 def change_evidence(ws: Workspace, files: dict[str, bytes | None], message: str) -> str:
