@@ -77,7 +77,7 @@ from .sshsig import AllowedSigners
 
 log = logging.getLogger(__name__)
 
-IMMUTABLE = ("releases/", "evidence/", "inputs/", "artifacts/")
+IMMUTABLE = ("releases/", "evidence/", "inputs/", "artifacts/", "policies/", "policy-files/")
 KEYS_DIR = "trust/evidence-keys"
 CHECKS = (
     "hash",

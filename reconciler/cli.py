@@ -31,13 +31,14 @@ from .errors import InvalidInput, Problem, StellaError, ValidationFailed
 from .evidence import gate_json, rfc3339
 from .gates.quota import day_start
 from .governance import KEYS_DIR
-from .history import open_index
 from .loop import (
     Outcome,
     PassResult,
     digests_locked_since,
     dry_run,
     evidence_ref,
+    open_evidence,
+    ratified_settings,
     reconcile,
     run,
     source_commit,
@@ -208,7 +209,9 @@ class _Session:
     offline: bool
 
     def signer(self) -> Signer:
-        return self.plugins.signer(self.settings.signer.plugin).open(self.settings.signer.key, os.environ)
+        """The evidence signer the ratified `stella.yaml` names (the branch's before any genesis)."""
+        settings = ratified_settings(self.repo, self.settings)
+        return self.plugins.signer(settings.signer.plugin).open(settings.signer.key, os.environ)
 
 
 def _session(args: argparse.Namespace) -> _Session:
@@ -436,9 +439,7 @@ def plan_markdown(result: PassResult) -> str:
 def cmd_why(args: argparse.Namespace) -> int:
     session = _session(args)
     repo = session.repo
-    ref = session.settings.evidence.ref
-    head = repo.resolve_ref(ref)
-    index = open_index(repo, ref, head, persistent=True)
+    _ref, head, index = open_evidence(repo, repo.tree(source_commit(repo)[1]))
     recorded = index.decided(args.promotion)
     record = index.record(recorded) if recorded else None
     index.close()
@@ -619,9 +620,7 @@ def cmd_usage(args: argparse.Namespace) -> int:
     repo, settings = session.repo, session.settings
     _, commit = source_commit(repo)
     now = _now()
-    ref = settings.evidence.ref
-    head = repo.resolve_ref(ref)
-    index = open_index(repo, ref, head)
+    _ref, head, index = open_evidence(repo, repo.tree(commit))
     try:
         deployments = index.allowed_since(day_start(now))
     finally:
@@ -723,7 +722,7 @@ def _read_input(path: str, what: str) -> bytes:
 
 def cmd_audit_witness(args: argparse.Namespace) -> int:
     session = _session(args)
-    ref = session.settings.evidence.ref
+    ref = evidence_ref(session.repo, session.settings)
     commit, witnessed = witness(
         session.repo,
         session.plugins,
@@ -831,7 +830,7 @@ def cmd_audit_verify(args: argparse.Namespace) -> int:
 
 def cmd_audit_export(args: argparse.Namespace) -> int:
     repo, settings = _audited(args)
-    done = audit.export_packet(repo, settings.evidence.ref, settings.branch, Path(args.out))
+    done = audit.export_packet(repo, evidence_ref(repo, settings), settings.branch, Path(args.out))
     path = done.path.resolve()
     payload = {
         "packet": str(path),
@@ -855,8 +854,8 @@ def cmd_audit_export(args: argparse.Namespace) -> int:
 def cmd_audit_checkpoint(args: argparse.Namespace) -> int:
     """Verify the branch, then sign a checkpoint of it with the evidence key (refused on findings)."""
     repo, settings = _audited(args)
-    ref = settings.evidence.ref
-    keys = audit.load_keys(repo, settings.branch)
+    ref = evidence_ref(repo, settings)
+    keys = audit.load_keys(repo, settings.branch, missing_ok=True)
     with _audit_bar("verifying evidence") as progress:
         report = audit.verify(repo, ref, keys, progress)
     if not report.ok:
@@ -998,8 +997,8 @@ def cmd_audit_report(args: argparse.Namespace) -> int:
     from .report import write_report
 
     session = _session(args)
-    ref = session.settings.evidence.ref
-    keys = audit.load_keys(session.repo, session.settings.branch)
+    ref = evidence_ref(session.repo, session.settings)
+    keys = audit.load_keys(session.repo, session.settings.branch, missing_ok=True)
     with _audit_bar("verifying evidence") as progress:
         report = audit.verify(session.repo, ref, keys, progress)
     paths = write_report(session.repo, ref, Path(args.dir), report)

@@ -10,19 +10,19 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from . import audit
-from .discover import discover
+from .discover import Plugins, discover
 from .loop import PassResult, dry_run, reconcile
 from .manifests import load_repository
 from .repo import Repo, WorkTree
 from .sign import KeySigner, generate_key, load_private_key
-from .workflow import approve, promote
+from .workflow import approve, approve_policy, promote
 
 DEMO_IDENTITY = {
     "GIT_AUTHOR_NAME": "Requester",
@@ -93,6 +93,73 @@ def _identity_env(identity: str) -> dict[str, str]:
     }
 
 
+def _policy_change(
+    work: Path,
+    repo: Repo,
+    plugins: Plugins,
+    clock: Callable[[], datetime],
+    signer: KeySigner,
+    requester: tuple[str, Path],
+    admin: tuple[str, Path],
+) -> Iterator[Step]:
+    """A contributor adds themselves as an approver: nothing changes until a policy admin approves."""
+    groups = work / "trust" / "groups.yaml"
+    groups.write_text(
+        groups.read_text().replace(
+            "[release-manager@example.com, platform-lead@example.com]",
+            "[release-manager@example.com, platform-lead@example.com, requester@example.com]",
+        )
+    )
+    _git(work, "add", "-A")
+    _git(
+        work,
+        "-c",
+        "gpg.format=ssh",
+        "-c",
+        f"user.signingkey={requester[1]}",
+        "commit",
+        "-q",
+        "-S",
+        "-m",
+        "make the requester a release manager",
+    )
+    pending = reconcile(repo, plugins, now=clock, signer=lambda: signer, offline=True)
+    change = pending.policy_change
+    yield Step(
+        "Change the policy: a contributor makes themselves an approver",
+        "The requester adds their own identity to release-managers on main. The change is a policy change "
+        "(trust/ is governed): decisions go on under the ratified policy, where the requester approves "
+        "nothing, until a policy admin who did not write the change approves it.",
+        [
+            f"policy change {change.proposed}: {change.state}: {change.message}",
+            *(f"  changed: {path}" for path in change.changed),
+        ]
+        if change
+        else ["no policy change seen"],
+        ok=change is not None and change.state == "pending" and pending.ratification is None,
+    )
+    approve_policy(
+        repo,
+        reject=False,
+        comment="reviewed: the requester joins the release managers",
+        key=admin[1],
+        identity=admin[0],
+        environ={**os.environ, **_identity_env(admin[0])},
+    )
+    ratified = reconcile(repo, plugins, now=clock, signer=lambda: signer, offline=True)
+    yield Step(
+        "A policy admin approves the change, and the next pass ratifies it",
+        "`stella approve --policy` writes approvals/policy-<hex>/platform-lead@example.com.yaml in a commit "
+        "signed with the admin's key. The pass sees enough approvals under the ratified policy's "
+        "governance, writes the ratification record first (signed with a key of the previous policy), "
+        "and decides under the new policy from then on.",
+        [f"policy {ratified.policy} ratified by {ratified.ratification}"]
+        if ratified.ratification
+        else [f"not ratified: {ratified.policy_change.message if ratified.policy_change else '?'}"],
+        ok=ratified.ratification is not None,
+    )
+
+
 def steps(example: Path, workdir: Path, now: datetime | None = None) -> Iterator[Step]:
     """Run the demo in `workdir` (empty, temporary), yielding each step as it completes."""
 
@@ -104,6 +171,14 @@ def steps(example: Path, workdir: Path, now: datetime | None = None) -> Iterator
     key = workdir / "evidence-key.pem"
     hint = generate_key(key)
     (work / "trust" / "evidence-keys" / "demo.pub").write_bytes(key.with_name(key.name + ".pub").read_bytes())
+    keys = workdir / "ssh"
+    requester = _ssh_key(keys, "requester@example.com")
+    manager = _ssh_key(keys, "release-manager@example.com")
+    admin = _ssh_key(keys, "platform-lead@example.com")
+    people = (requester, manager, admin)
+    (work / "trust" / "allowed_signers").write_text(
+        "".join(f'{who} namespaces="git" {_public(key)}\n' for who, key in people)
+    )
     _git(work, "init", "-q", "-b", "main")
     _git(work, "config", "user.name", "Requester")
     _git(work, "config", "user.email", "requester@example.com")
@@ -114,8 +189,9 @@ def steps(example: Path, workdir: Path, now: datetime | None = None) -> Iterator
         "example-repo/ copied and committed: environments dev -> staging -> prod, release shop-1.4.0 "
         "(tags only), a promotion to dev, templates, trust material and an offline OCI mirror. "
         f"A fresh P-256 evidence key (hint {hint}) is trusted in trust/evidence-keys/demo.pub; its "
-        "private half stays outside Git.",
-        [f"repository: {work}"],
+        "private half stays outside Git. trust/allowed_signers maps identities to SSH keys: Stella takes "
+        "who requested and who approved from commit signatures, never from what a file says.",
+        [f"repository: {work}"] + [f"{who}: {_public(key).split()[0]} key {key.name}" for who, key in people],
     )
 
     repository = load_repository(WorkTree(work))
@@ -132,17 +208,22 @@ def steps(example: Path, workdir: Path, now: datetime | None = None) -> Iterator
     plugins = discover(offline=True)
     signer = KeySigner(load_private_key(key))
     first = reconcile(repo, plugins, now=clock, signer=lambda: signer, offline=True)
+    genesis = first.ratification
     yield Step(
-        "Reconcile: lock the release, decide the promotion, sign the evidence",
-        "Tags resolve once, from mirror/oci/, to digests (the release id is their hash). The dev promotion "
-        "passes every gate, so the compose lock is rendered with digest-pinned images, and the statement, "
-        "its inputs, its DSSE bundle and the lock land in ONE commit on refs/heads/stella/evidence.",
-        _summary(first),
-        ok=not first.problems and not first.transient,
+        "Reconcile: ratify the policy, lock the release, decide the promotion, sign the evidence",
+        "The first pass ratifies the policy (stella.yaml, environments/, templates/, trust/) as the "
+        "genesis: from now on every decision is made under the ratified policy, and changing it needs "
+        "the policy admins' approval. Tags resolve once, from mirror/oci/, to digests (the release id is "
+        "their hash). The dev promotion passes every gate, so the compose lock is rendered with "
+        "digest-pinned images, and the statements, inputs, DSSE bundles and the lock land in ONE commit "
+        "on refs/heads/stella/evidence.",
+        [f"genesis: policy {first.policy} ratified by {genesis}", *_summary(first)],
+        data={"genesis": genesis},
+        ok=not first.problems and not first.transient and genesis is not None,
     )
 
     tree = repo.tree(first.evidence_commit) if first.evidence_commit else None
-    recorded = first.recorded[0] if first.recorded else None
+    recorded = next((o for o in first.recorded), None)
     if tree is not None and recorded is not None and recorded.evidence:
         hex_id = recorded.evidence.removeprefix("sha256:")
         lock_name = next(p for p in tree.listdir("artifacts"))
@@ -157,21 +238,6 @@ def steps(example: Path, workdir: Path, now: datetime | None = None) -> Iterator
                 *("    " + line for line in lock.splitlines()),
             ],
         )
-
-    keys = workdir / "ssh"
-    requester = _ssh_key(keys, "requester@example.com")
-    manager = _ssh_key(keys, "release-manager@example.com")
-    (work / "trust" / "allowed_signers").write_text(
-        "".join(f'{who} namespaces="git" {_public(key)}\n' for who, key in (requester, manager))
-    )
-    _git(work, "add", "-A")
-    _git(work, "commit", "-q", "-m", "trust the requester's and the release manager's SSH keys")
-    yield Step(
-        "People sign their commits with SSH keys",
-        "trust/allowed_signers maps identities to public keys. Stella takes who requested and who approved "
-        "from commit signatures (ssh-keygen -Y verify), never from what a file says.",
-        [f"{who}: {_public(key).split()[0]} key {key.name}" for who, key in (requester, manager)],
-    )
 
     _git(work, "config", "gpg.format", "ssh")
     _git(work, "config", "user.signingkey", str(requester[1]))
@@ -220,12 +286,18 @@ def steps(example: Path, workdir: Path, now: datetime | None = None) -> Iterator
         ok=not second.problems,
     )
 
-    report = audit.verify(repo, "refs/heads/stella/evidence", audit.load_keys(repo, "main"))
+    yield from _policy_change(work, repo, plugins, clock, signer, requester, admin)
+
+    report = audit.verify(repo, "refs/heads/stella/evidence", audit.load_keys(repo, "main"), root=genesis)
     yield Step(
-        "Verify the evidence branch offline",
-        "Hashes, signatures against trust/evidence-keys/, chain links and history (no file ever changed "
-        "or deleted, the ref only fast-forwarded).",
-        [f"OK: {report.records} record(s), {report.bundles} bundle(s), {report.commits} commit(s)"]
+        "Verify the evidence branch offline, from the pinned genesis",
+        "Hashes, each signature against the evidence keys of the policy its record names, the policy "
+        "chain from the genesis (--root), the requesters' and approvers' SSH signatures again, chain "
+        "links and history (no file ever changed or deleted, the ref only fast-forwarded).",
+        [
+            f"OK: {report.records} record(s), {report.bundles} bundle(s), {report.commits} commit(s), "
+            f"{len(report.policies)} ratified polic(ies), {report.identities} signed commit(s) re-verified"
+        ]
         if report.ok
         else [str(f) for f in report.findings],
         ok=report.ok,
@@ -239,7 +311,7 @@ def steps(example: Path, workdir: Path, now: datetime | None = None) -> Iterator
         ref = "refs/heads/stella/evidence"
         head = repo.resolve_ref(ref)
         repo.commit_files(ref, head, {path: forged}, "tamper with a statement")
-        tampered = audit.verify(repo, ref, audit.load_keys(repo, "main"))
+        tampered = audit.verify(repo, ref, audit.load_keys(repo, "main"), root=genesis)
         yield Step(
             "Tamper with a statement, and verify again",
             "Someone with push access edits a recorded decision: every check that touches it fails.",

@@ -233,12 +233,15 @@ def diagnose(
     if repo is not None:
         checks.append(_safely("git-access", lambda: _git_access_check(repo, settings)))
     if repo is not None and settings is not None and tree is not None:
+        from .loop import evidence_ref
+
+        ref = evidence_ref(repo, settings)
         try:
-            evidence = _read_evidence(repo, settings.evidence.ref)
+            evidence = _read_evidence(repo, ref)
         except Exception as exc:  # an odd evidence branch must not hide the other checks
-            evidence = _Evidence(None, [f"cannot read {settings.evidence.ref}: {_exc(exc)}"])
+            evidence = _Evidence(None, [f"cannot read {ref}: {_exc(exc)}"])
         checks.append(_clock_check(evidence, moment))
-        checks.append(_evidence_check(evidence, settings.evidence.ref))
+        checks.append(_evidence_check(evidence, ref))
     checks.extend(_third_party_checks(plugins, path))
     return Diagnosis(checks, plugins)
 

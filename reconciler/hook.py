@@ -61,7 +61,7 @@ MAX_FILE_REJECTIONS = 20
 _OID = re.compile(r"^(?:[0-9a-f]{40}|[0-9a-f]{64})$")
 EVIDENCE_REFS = "refs/heads/stella/"
 """Every ref under this prefix is guarded as evidence: append-only, fast-forward only, verified."""
-APPEND_ONLY = (*IMMUTABLE, "policies/", "policy-files/")
+APPEND_ONLY = IMMUTABLE
 _HEX = r"[0-9a-f]{64}"
 _NAME = r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}"
 _LAYOUT = re.compile(
@@ -287,6 +287,16 @@ def _check_added(
     except (RecordRejected, PolicyError) as exc:
         return [Rejection(ref, f"the policy chain does not verify: {exc}", commit=commit)]
     old_chain = _ratified_chain(old, Keyring(old)) if old is not None and read_pointer(old) else []
+    if not old_chain and chain and _other_chain(repo, ref):
+        return [
+            Rejection(
+                ref,
+                f"a new policy chain while {_other_chain(repo, ref)} holds one: a second genesis is a "
+                "recovery that the repository's administrator does on the server, not a push",
+                file=POINTER,
+                commit=commit,
+            )
+        ]
     if old_chain and (not chain or chain[0] != old_chain[0]):
         return [
             Rejection(ref, "the push replaces the genesis of the policy chain", file=POINTER, commit=commit)
@@ -329,12 +339,32 @@ def _check_added(
                 Rejection(ref, f"names policy {named}, which is not ratified", file=path, commit=commit)
             )
             continue
+        if named is not None and named != chain[-1][1]:
+            rejections.append(
+                Rejection(
+                    ref,
+                    f"made under policy {named}, not the policy in force ({chain[-1][1]}): a new record "
+                    "is made under the latest ratified policy (an old policy's keys sign nothing new)",
+                    file=path,
+                    commit=commit,
+                )
+            )
+            continue
         bundle = new.read(path.removesuffix(".json") + ".sigstore.json")
         try:
             keyring.verify(raw, bundle, source=path)
         except RecordRejected as exc:
             rejections.append(Rejection(ref, str(exc).removeprefix(f"{path}: "), file=path, commit=commit))
     return rejections
+
+
+def _other_chain(repo: Repo, ref: str) -> str | None:
+    """Another `refs/heads/stella/*` ref that already holds a policy chain, if any."""
+    for other in repo.refs(EVIDENCE_REFS):
+        head = None if other == ref else _resolve(repo, other)
+        if head is not None and read_pointer(repo.tree(head)) is not None:
+            return other
+    return None
 
 
 def _ratified_chain(tree: GitTree | None, keyring: Keyring) -> list[tuple[str, str]]:

@@ -18,6 +18,7 @@ import threading
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any, Literal
 
 from apscheduler.schedulers.blocking import BlockingScheduler
@@ -57,6 +58,8 @@ from .governance import (
     pointer_json,
     policy_keys,
     ratification_statement,
+    read_pointer,
+    stored_policy,
     votes_of,
 )
 from .history import EvidenceIndex, Record, open_index
@@ -651,21 +654,70 @@ def _incremental(repo: Repo, index: EvidenceIndex, commit: str) -> tuple[set[str
 
 
 def evidence_ref(repo: Repo, settings: Settings) -> str:
-    """The evidence ref a pass reads and writes: where the policy chain already is, never where an
-    unratified `stella.yaml` moved it. The ref `settings` names when it holds a chain (or no ref does:
-    the genesis goes there); else the default ref, or another `refs/heads/stella/*` ref, that holds one."""
-    named = settings.evidence.ref
-    if _has_chain(repo, named):
-        return named
-    default = EvidenceSettings().ref
-    candidates = [default, *sorted(r for r in repo.refs("refs/heads/stella/") if r != default)]
-    for ref in candidates:
-        if ref != named and _has_chain(repo, ref):
-            log.warning(
-                "stella.yaml names evidence ref %s, but the policy chain is on %s: using it", named, ref
-            )
+    """The evidence ref a pass reads and writes: where the policy chain is, never where an unratified
+    `stella.yaml` moved it. The ref this repository's reconciler pinned (`.git/stella/evidence-ref`,
+    written by the first pass) if any; else the default ref when it holds a chain; else the ref
+    `settings` names when it holds one; else the first other `refs/heads/stella/*` ref that does;
+    else (no chain anywhere: the genesis goes there) the ref `settings` names."""
+    pinned = _pinned_ref(repo)
+    if pinned is not None:
+        return pinned
+    named, default = settings.evidence.ref, EvidenceSettings().ref
+    others = [r for r in repo.refs("refs/heads/stella/") if r not in (named, default)]
+    for ref in [default, named, *others]:
+        if _has_chain(repo, ref):
+            if ref != named:
+                log.warning("stella.yaml names evidence ref %s, but the policy chain is on %s", named, ref)
             return ref
     return named
+
+
+def _pin_path(repo: Repo) -> Path:
+    return repo.path / "stella" / "evidence-ref"
+
+
+def _pinned_ref(repo: Repo) -> str | None:
+    try:
+        text = _pin_path(repo).read_text().strip()
+    except OSError:
+        return None
+    return text if text.startswith("refs/heads/") else None
+
+
+def pin_ref(repo: Repo, ref: str) -> None:
+    """Remember the evidence ref this repository's passes write (so that a later unratified change of
+    `evidence.ref`, or a chain someone starts on another ref, moves nothing). Best effort."""
+    if _pinned_ref(repo) == ref:
+        return
+    try:
+        _pin_path(repo).parent.mkdir(parents=True, exist_ok=True)
+        _pin_path(repo).write_text(ref + "\n")
+    except OSError as exc:
+        log.info("cannot pin the evidence ref (%s)", exc)
+
+
+def open_evidence(repo: Repo, source: GitTree) -> tuple[str, str | None, EvidenceIndex]:
+    """(evidence ref, its head, its index) as a pass of `source` reads them: only verified records."""
+    ref = evidence_ref(repo, load_settings(source))
+    head = repo.resolve_ref(ref)
+    keyring = _keyring(repo.tree(head) if head else None, source)
+    return ref, head, open_index(repo, ref, head, keyring=keyring)
+
+
+def ratified_settings(repo: Repo, settings: Settings) -> Settings:
+    """The `stella.yaml` of the policy ratified on the evidence branch (`settings`, the branch's own,
+    before any genesis)."""
+    ref = evidence_ref(repo, settings)
+    head = repo.resolve_ref(ref)
+    pointer = read_pointer(repo.tree(head)) if head else None
+    if pointer is None or not isinstance(pointer.get("id"), str):
+        return settings
+    tree = repo.tree(head or "")
+    try:
+        policy = stored_policy(tree, pointer["id"])
+        return load_settings(PolicyView(policy, tree))
+    except (PolicyError, ValidationFailed) as exc:
+        raise InvalidInput(f"{ref}: the ratified policy is unreadable: {exc}") from exc
 
 
 def _has_chain(repo: Repo, ref: str) -> bool:
@@ -731,6 +783,7 @@ def _govern(
         return governed, pending
     settings, groups = _ratified_settings(policy, source)
     votes = []
+    vote_problems: list[Problem] = []
     authors: list[str] = []
     unverified: list[str] = []
     fixed_ref = None
@@ -745,7 +798,7 @@ def _govern(
         verifier = Verifier(policy.files.get(ALLOWED_SIGNERS), ALLOWED_SIGNERS)
         loader = Loader(source)
         approvals = loader.policy_votes(proposed.hex)
-        problems += loader.problems
+        vote_problems = loader.problems  # a broken approval file counts for nothing; it blocks nothing
         assert source.commit is not None
         votes = votes_of(repo, source.commit, approvals, verifier.actor, f"approvals/policy-{proposed.hex}")
         if not problems:
@@ -762,6 +815,8 @@ def _govern(
         problems=problems,
         fixed_ref=fixed_ref,
     )
+    if proposed is not None:
+        change.problems += vote_problems
     governed.change = change
     if change.state == "ratify" and proposed is not None:
         groups_json = {k: list(v) for k, v in groups.groups.items()}
@@ -1061,6 +1116,8 @@ def reconcile(
             ev.discard()
             raise
         ev.keep(result.evidence_commit or ev.evidence_head)
+        if result.evidence_commit or ev.evidence_head:
+            pin_ref(repo, ev.ref)
         return result
     raise Transient(f"the evidence ref kept moving: gave up after {MAX_RACES} attempts")
 

@@ -21,7 +21,7 @@ from pydantic import TypeAdapter
 from .discover import Plugins
 from .errors import InvalidInput
 from .governance import Policy, approvals_dir, governed_files
-from .loop import read_lock
+from .loop import evidence_ref, read_lock
 from .manifests import load_repository, load_settings
 from .models import Approval, Identity, PolicyApproval, Promotion
 from .repo import Repo
@@ -94,7 +94,7 @@ def approve(
         raise InvalidInput(f"no promotion {promotion_id!r} at HEAD (promotions/{promotion_id}.yaml)")
     release = repository.releases[promotion.release]
     settings = load_settings(source)
-    evidence = repo.resolve_ref(settings.evidence.ref)
+    evidence = repo.resolve_ref(evidence_ref(repo, settings))
     lock = read_lock(repo.tree(evidence), release.name) if evidence else None
     if lock is None:
         with Resolver(settings, plugins, source, offline=offline) as resolver:
@@ -173,6 +173,14 @@ def _commit_signed(
     target.write_text(yaml.safe_dump(dict(body), sort_keys=False))
     env = dict(environ if environ is not None else os.environ)
     _git(workdir, "add", "--", path, env=env)
+    unchanged = subprocess.run(
+        ["git", "diff", "--cached", "--quiet", "--", path], cwd=workdir, env=env, check=False
+    )
+    if unchanged.returncode == 0:
+        raise InvalidInput(
+            f"{path} already says exactly this, so a new commit would change nothing (an approval counts "
+            "from the commit that last changed the file): give a different --comment to approve again"
+        )
     _git(
         workdir,
         "-c",

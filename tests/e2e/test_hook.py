@@ -25,7 +25,7 @@ from tests.support.repos import GIT_ENV, SETTINGS, commit_all, git, make_repo, w
 
 EVIDENCE = "refs/heads/stella/evidence"
 MAIN = "refs/heads/main"
-APPEND_ONLY = "releases/, evidence/, inputs/ and artifacts/ are append-only"
+APPEND_ONLY = "releases/, evidence/, inputs/, artifacts/, policies/ and policy-files/ are append-only"
 NEVER = "a release never changes: create a new release"
 DIGEST_1 = "sha256:" + "1" * 64
 DIGEST_2 = "sha256:" + "2" * 64
@@ -118,8 +118,19 @@ class Served:
         return {ref: oid for oid, ref in (line.split("\t") for line in lines)}
 
     def evidence_files(self, prefix: str) -> list[str]:
+        """Files under `prefix` that belong to decisions (not to the policy's genesis ratification)."""
         names = self.git("ls-tree", "-r", "--name-only", "stella/evidence").splitlines()
-        return [n for n in names if n.startswith(prefix) and not n.endswith(".sigstore.json")]
+        genesis = json.loads(self.git("show", "stella/evidence:policy/stella.policy.json"))["record"]
+        statement = json.loads(
+            self.git("show", f"stella/evidence:evidence/{genesis.removeprefix('sha256:')}.json")
+        )
+        skip = {
+            f"evidence/{genesis.removeprefix('sha256:')}.json",
+            f"inputs/{statement['predicate']['inputs']['sha256']}.json",
+        }
+        return [
+            n for n in names if n.startswith(prefix) and not n.endswith(".sigstore.json") and n not in skip
+        ]
 
     def lock(self, name: str) -> dict[str, object]:
         data: dict[str, object] = json.loads(self.git("show", f"stella/evidence:releases/{name}.json"))
@@ -374,7 +385,7 @@ GUARDED: dict[str, tuple[str | None, str, str]] = {
 
 
 @pytest.mark.parametrize("case", GUARDED.values(), ids=GUARDED.keys())
-def test_the_guarded_evidence_ref_is_the_one_stella_yaml_names(
+def test_the_guarded_evidence_ref_is_the_one_stella_yaml_names_and_every_stella_ref(
     tmp_path: Path, case: tuple[str | None, str, str]
 ) -> None:
     settings, guarded, other = case
@@ -384,11 +395,14 @@ def test_the_guarded_evidence_ref_is_the_one_stella_yaml_names(
         git(root, "update-ref", ref, head)
     done = _pre_receive(root, f"{head} {'0' * 40} {other}\n{head} {'0' * 40} {guarded}\n")
     rejected = [line for line in done.stderr.splitlines() if line.startswith("stella: rejected: ")]
+    # every refs/heads/stella/* ref is guarded as evidence, whatever stella.yaml names
+    refs = [r for r in (other, guarded) if r == guarded or r.startswith("refs/heads/stella/")]
     assert (done.returncode, rejected) == (
         1,
         [
-            f"stella: rejected: {guarded} (commit {head[:12]}): "
+            f"stella: rejected: {ref} (commit {head[:12]}): "
             "the evidence ref cannot be deleted; it only moves forward"
+            for ref in refs
         ],
     )
 

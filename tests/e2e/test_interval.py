@@ -48,7 +48,7 @@ def test_interval_loop_decides_new_promotions_and_stops_on_sigterm(tmp_path: Pat
         def _has_evidence() -> bool:
             return bool(ws.git("for-each-ref", "refs/heads/stella/evidence"))
 
-        assert _eventually(lambda: statements() == 1)
+        assert _eventually(lambda: statements() == 2)
         write_files(
             ws.root,
             {
@@ -57,7 +57,7 @@ def test_interval_loop_decides_new_promotions_and_stops_on_sigterm(tmp_path: Pat
             },
         )
         commit_all(ws.root, "another promotion while the loop runs")
-        assert _eventually(lambda: statements() == 2)
+        assert _eventually(lambda: statements() == 3)
     finally:
         loop.send_signal(signal.SIGTERM)
         out, err = loop.communicate(timeout=30)

@@ -15,7 +15,14 @@ from pathlib import Path
 import pytest
 
 from reconciler.sign import generate_key
-from tests.support.pipeline import CREATED, Workspace, change_evidence, example_workspace, promotion
+from tests.support.pipeline import (
+    CREATED,
+    Workspace,
+    change_evidence,
+    decision_records,
+    example_workspace,
+    promotion,
+)
 from tests.support.plugins import EVALUATE_ERROR, IMPORT_ERROR, write_doctor_check, write_gate
 from tests.support.registry import RegistryServer
 from tests.support.repos import commit_all
@@ -148,7 +155,7 @@ def _add_environments(ws: Workspace, gates: dict[str, str]) -> None:
 
 
 def _statements(ws: Workspace) -> list[str]:
-    return [f for f in ws.evidence_files() if f.startswith("evidence/") and not f.endswith(".sigstore.json")]
+    return decision_records(ws)
 
 
 def _assert_pending(decision: dict[str, object], expected_gate: dict[str, str]) -> None:

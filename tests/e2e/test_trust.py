@@ -42,9 +42,9 @@ groups:
 """
 
 
-def environment(name: str, *, promotes_from: str | None = None, approvals: int = 0) -> str:
+def environment(name: str, *, promotes_from: str | None = None, approvals: int = 0, extra: str = "") -> str:
     """An environment rendering the example template, with no freeze windows (the tests run any day)."""
-    lines = ["apiVersion: stella/v1", "kind: Environment", f"name: {name}"]
+    lines = ["apiVersion: stella/v1", "kind: Environment", f"name: {name}", *extra.splitlines()]
     if promotes_from:
         lines.append(f"promotesFrom: {promotes_from}")
     if approvals:
@@ -98,11 +98,10 @@ def commit_as(ws: Workspace, who: Person, files: dict[str, str | bytes | None], 
     return ws.git("rev-parse", "HEAD")
 
 
-def approve(ws: Workspace, who: Person, *args: str) -> str:
-    """`stella approve ARGS --key --identity` as `who`; the signed commit it made."""
+def approve(ws: Workspace, who: Person, *args: str) -> None:
+    """`stella approve ARGS --key --identity` as `who` (a signed commit on the current branch)."""
     run = ws.stella("approve", *args, "--key", who.key, "--identity", who.identity, env=who.git_env())
     assert run.code == 0, run.out + run.err
-    return ws.git("rev-parse", "HEAD")
 
 
 def governed(
@@ -134,8 +133,9 @@ def governed(
     return ws
 
 
-def reconcile(ws: Workspace, *, code: int = 0, env: dict[str, str] | None = None) -> dict[str, Any]:
-    run = ws.stella("reconcile", "--once", "-o", "json", env=env)
+def reconcile(ws: Workspace, *, code: int = 0) -> dict[str, Any]:
+    """`stella reconcile --once -o json`, which must exit with `code`; its JSON."""
+    run = ws.stella("reconcile", "--once", "-o", "json")
     assert run.code == code, run.out + run.err
     result: dict[str, Any] = run.json()
     return result
@@ -171,48 +171,6 @@ def records(ws: Workspace, kind: str, environment_name: str | None = None) -> li
         if predicate["type"] == kind and environment_name in (None, predicate.get("environment")):
             out.append("sha256:" + path.removeprefix("evidence/").removesuffix(".json"))
     return out
-
-
-def forge_staging_allow(ws: Workspace, key: Path | None) -> tuple[str, dict[str, bytes | None]]:
-    """A complete "shop-1.4.0 allowed in staging" record shaped like the real dev record and naming the
-    ratified policy: statement, inputs, a compose lock, staging's pointer, and (given a key) a bundle
-    signed with that key over the canonical statement bytes. Returns (statement path, files)."""
-    (dev,) = records(ws, "release_decision", "dev")
-    data = statement(ws, dev)
-    predicate = data["predicate"]
-    inputs = json.loads(ws.show(f"inputs/{predicate['inputs']['sha256']}.json"))
-    inputs["promotionId"] = "shop-1.4.0--staging"
-    inputs["promotion"]["environment"] = inputs["environment"]["name"] = "staging"
-    inputs_bytes = canonical(inputs)
-    (artifact,) = predicate["artifacts"]
-    lock = ws.show(f"artifacts/{artifact['sha256']}/{artifact['name']}").replace(b"dev", b"staging")
-    predicate["environment"] = "staging"
-    predicate["previous"] = None
-    predicate["promotion"]["id"] = "shop-1.4.0--staging"
-    predicate["artifacts"] = [{"name": artifact["name"], "sha256": sha256_hex(lock)}]
-    predicate["inputs"] = {"sha256": sha256_hex(inputs_bytes)}
-    assert predicate["policy"]["id"] == pointer(ws)["id"]  # it names the ratified policy
-    raw = canonical(data)
-    hex_id = sha256_hex(raw)
-    evidence_id = f"sha256:{hex_id}"
-    current = {
-        "artifacts": {artifact["name"]: sha256_hex(lock)},
-        "decidedAt": predicate["decidedAt"],
-        "evidence": evidence_id,
-        "release": predicate["release"]["name"],
-        "releaseId": predicate["release"]["id"],
-    }
-    files: dict[str, bytes | None] = {
-        f"evidence/{hex_id}.json": raw,
-        f"inputs/{sha256_hex(inputs_bytes)}.json": inputs_bytes,
-        f"artifacts/{sha256_hex(lock)}/{artifact['name']}": lock,
-        "environments/staging/stella.version.json": canonical(
-            {"current": current, "environment": "staging", "head": evidence_id}
-        ),
-    }
-    if key is not None:
-        files[f"evidence/{hex_id}.sigstore.json"] = KeySigner(load_private_key(key)).sign(raw)
-    return f"evidence/{hex_id}.json", files
 
 
 def forge_staging_allow(ws: Workspace, key: Path | None) -> tuple[str, dict[str, bytes | None]]:
@@ -480,18 +438,32 @@ def remote_refs(cwd: Path, url: str) -> dict[str, str]:
     return {ref: oid for oid, ref in (line.split("\t") for line in lines)}
 
 
-def test_moving_evidence_ref_on_main_moves_neither_guard_nor_reconciler(
-    tmp_path: Path, team: dict[str, Person], daemon: GitDaemon
-) -> None:
+def denied_in_staging(tmp_path: Path, team: dict[str, Person]) -> Workspace:
+    """The governed workspace where a release manager's reject denied shop-1.4.0--staging."""
     ws = governed(tmp_path, team)
-    requester = team["requester"]
     commit_as(
-        ws, requester, {"promotions/shop-1.4.0--staging.yaml": promotion("shop-1.4.0", "staging")}, "staging"
+        ws,
+        team["requester"],
+        {"promotions/shop-1.4.0--staging.yaml": promotion("shop-1.4.0", "staging")},
+        "staging",
     )
     approve(ws, team["release-manager"], "shop-1.4.0--staging", "--reject", "--comment", "not this one")
     denied = decision(reconcile(ws), "shop-1.4.0--staging")
     assert (denied["decision"], gate(denied, "approvals")["reason"]) == ("deny", "rejected")
+    return ws
 
+
+def move_evidence_ref(ws: Workspace, who: Person) -> None:
+    """A commit on main that names another evidence ref in stella.yaml."""
+    settings = (ws.root / "stella.yaml").read_text()
+    assert EVIDENCE in settings
+    commit_as(ws, who, {"stella.yaml": settings.replace(EVIDENCE, TRAIL)}, "keep evidence on the audit trail")
+
+
+def test_moving_evidence_ref_on_main_does_not_move_the_guard(
+    tmp_path: Path, team: dict[str, Person], daemon: GitDaemon
+) -> None:
+    ws = denied_in_staging(tmp_path, team)
     bare = daemon.base / f"{tmp_path.name}.git"
     git(daemon.base, "init", "-q", "--bare", "-b", "main", str(bare))
     assert stella("hook", "install", bare).code == 0
@@ -500,35 +472,44 @@ def test_moving_evidence_ref_on_main_moves_neither_guard_nor_reconciler(
     assert (pushed.code, pushed.rejected) == (0, []), pushed.stderr
 
     git(tmp_path, "clone", "-q", url, "clone")
-    clone = Workspace(tmp_path / "clone", ws.key)
-    clone.git("branch", "-q", "stella/evidence", "origin/stella/evidence")
-    settings = (clone.root / "stella.yaml").read_text().replace(EVIDENCE, TRAIL)
-    assert TRAIL in settings
-    commit_as(clone, requester, {"stella.yaml": settings}, "keep evidence on the audit trail")
-    pushed = push(clone.root, "origin", "main")
+    clone = tmp_path / "clone"
+    git(clone, "branch", "-q", "stella/evidence", "origin/stella/evidence")
+    move_evidence_ref(Workspace(clone, ws.key), team["requester"])
+    pushed = push(clone, "origin", "main")
     assert (pushed.code, pushed.rejected) == (0, []), pushed.stderr
+    assert TRAIL not in remote_refs(clone, url)
 
-    head = clone.git("rev-parse", "stella/evidence")
-    rewound = clone.git("rev-parse", "stella/evidence~1")  # before the deny
-    pushed = push(clone.root, "origin", "--force", f"{rewound}:{EVIDENCE}")
+    head = git(clone, "rev-parse", "stella/evidence")
+    rewound = git(clone, "rev-parse", "stella/evidence~1")  # the branch before the deny
+    pushed = push(clone, "origin", "--force", f"{rewound}:{EVIDENCE}")
     assert pushed.code != 0
     assert pushed.rejected == [
         f"stella: rejected: {EVIDENCE} (commit {rewound[:12]}): not a fast-forward of {head[:12]}; "
         "the evidence ref only moves forward"
     ], pushed.stderr
-    assert remote_refs(clone.root, url)[EVIDENCE] == head
+    pushed = push(clone, "origin", f":{EVIDENCE}")
+    assert pushed.code != 0
+    assert pushed.rejected == [
+        f"stella: rejected: {EVIDENCE} (commit {head[:12]}): the evidence ref cannot be deleted; "
+        "it only moves forward"
+    ], pushed.stderr
+    assert remote_refs(clone, url)[EVIDENCE] == head
 
-    # the history without the deny, under the name main's unratified stella.yaml gives the evidence ref
-    pushed = push(clone.root, "origin", f"{rewound}:{TRAIL}")
-    assert pushed.code == 0, pushed.stderr  # not an evidence ref: nothing reads it
-    clone.git("fetch", "-q", "origin", f"{TRAIL}:{TRAIL}")
-    commit_as(clone, requester, {"promotions/shop-1.4.0--qa.yaml": promotion("shop-1.4.0", "qa")}, "qa")
-    result = reconcile(clone)
-    # staging's deny is still final (not decided again), and the new decision lands on the chain's ref
+
+def test_moving_evidence_ref_on_main_does_not_move_the_reconciler(
+    tmp_path: Path, team: dict[str, Person]
+) -> None:
+    ws = denied_in_staging(tmp_path, team)
+    head = ws.git("rev-parse", EVIDENCE)
+    rewound = ws.git("rev-parse", f"{EVIDENCE}~1")  # the branch before the deny
+    move_evidence_ref(ws, team["requester"])
+    commit_as(ws, team["requester"], {"promotions/shop-1.4.0--qa.yaml": promotion("shop-1.4.0", "qa")}, "qa")
+
+    result = reconcile(ws)
     assert [(d["promotion"], d["decision"]) for d in result["decisions"]] == [("shop-1.4.0--qa", "allow")]
-    assert clone.git("rev-parse", "stella/evidence") == result["evidenceCommit"]
-    assert clone.git("rev-parse", "stella/evidence~1") == head
-    assert clone.git("rev-parse", TRAIL) == rewound
+    assert ws.git("rev-parse", EVIDENCE) == result["evidenceCommit"]
+    assert ws.git("rev-parse", f"{EVIDENCE}~1") == head
+    assert not ws.git("for-each-ref", TRAIL)
     change = result["policyChange"]
     assert (change["state"], change["reason"], change["changed"]) == (
         "blocked",
@@ -539,6 +520,398 @@ def test_moving_evidence_ref_on_main_moves_neither_guard_nor_reconciler(
         f"the change moves evidence.ref to {TRAIL}; the evidence ref is fixed by the genesis "
         "(a new ref needs a new genesis)"
     )
-    pushed = push(clone.root, "origin", EVIDENCE)
-    assert (pushed.code, pushed.rejected) == (0, []), pushed.stderr
-    assert remote_refs(clone.root, url)[EVIDENCE] == result["evidenceCommit"]
+
+    # the history without the deny (any branch can be pushed there), under the name main's stella.yaml gives
+    ws.git("update-ref", TRAIL, rewound)
+    before = ws.git("rev-parse", EVIDENCE)
+    again = reconcile(ws)
+    # nothing is decided again (staging's deny stays final), nothing is written, on either ref
+    assert (
+        [(d["promotion"], d["decision"]) for d in again["decisions"]],
+        again["evidenceCommit"],
+        ws.git("rev-parse", EVIDENCE),
+        ws.git("rev-parse", TRAIL),
+    ) == ([], None, before, rewound)
+
+
+# --- attack 5: approvals for canary, the promotion edited to prod ------------------------------------
+
+
+def test_approvals_for_canary_do_not_allow_prod(tmp_path: Path, team: dict[str, Person]) -> None:
+    environments = {
+        "dev": environment("dev"),
+        "canary": environment("canary", approvals=2),
+        "prod": environment("prod", promotes_from="dev", approvals=2),
+    }
+    ws = governed(tmp_path, team, environments)
+    requester, manager, lead = team["requester"], team["release-manager"], team["platform-lead"]
+    pid = "shop-1.4.0--canary"
+    commit_as(ws, requester, {f"promotions/{pid}.yaml": promotion("shop-1.4.0", "canary")}, "canary")
+    approve(ws, manager, pid)  # writes environment: canary
+    release_id = json.loads(ws.show("releases/shop-1.4.0.json"))["id"]
+    legacy = (  # an approval as written before approvals named their environment
+        f"apiVersion: stella/v1\nkind: Approval\npromotion: {pid}\nrelease: {release_id}\ndecision: approve\n"
+    )
+    commit_as(ws, lead, {f"approvals/{pid}/{lead.identity}.yaml": legacy}, f"approve {pid}")
+    plan = ws.stella("plan", "-o", "json")
+    assert (plan.code, decision(plan.json(), pid)["decision"]) == (0, "allow")  # enough for canary
+
+    commit_as(ws, requester, {f"promotions/{pid}.yaml": promotion("shop-1.4.0", "prod")}, "prod, actually")
+    result = reconcile(ws)
+    assert result["evidenceCommit"] is None
+    edited = decision(result, pid)
+    assert (edited["environment"], edited["decision"], edited["evidence"]) == ("prod", "pending", None)
+    approvals = gate(edited, "approvals")
+    assert (approvals["status"], approvals["reason"]) == ("pending", "awaiting-approvals")
+    assert approvals["facts"]["approvers"] == []
+    assert approvals["facts"]["ignored"] == [
+        {
+            "identity": lead.identity,
+            "reason": "stale",
+            "message": f"{lead.identity}'s approval was committed before the promotion file's last change; "
+            "approve again",
+        },
+        {
+            "identity": manager.identity,
+            "reason": "environment-mismatch",
+            "message": f"{manager.identity} approved environment canary, not prod",
+        },
+    ]
+
+    approve(ws, manager, pid)  # approving again, after the change, for prod
+    approve(ws, lead, pid)
+    allowed = decision(reconcile(ws), pid)
+    assert (allowed["environment"], allowed["decision"]) == ("prod", "allow")
+    assert gate(allowed, "approvals")["message"] == f"approved by {lead.identity}, {manager.identity}"
+    assert records(ws, "release_decision", "canary") == []
+
+
+# --- attack 6: a template that takes the host ---------------------------------------------------------
+
+BACKDOOR_IMAGE = "registry.example.com/tools/shell@sha256:" + "b" * 64
+BACKDOOR = f"""\
+  backdoor:
+    image: {BACKDOOR_IMAGE}
+    privileged: true
+    volumes:
+      - /:/host
+      - /var/run/docker.sock:/var/run/docker.sock
+"""
+
+
+def test_a_template_that_takes_the_host_is_not_used_then_not_rendered(
+    tmp_path: Path, team: dict[str, Person]
+) -> None:
+    allowed = f"allowedImages: ['{BACKDOOR_IMAGE}']\n"
+    ws = governed(
+        tmp_path,
+        team,
+        {
+            "dev": environment("dev"),
+            "qa": environment("qa"),
+            # each allows a little more, and is refused for the next thing the service takes
+            "ops-1": environment("ops-1", extra=allowed),
+            "ops-2": environment("ops-2", extra=allowed + "hostAccess: {privileged: true}"),
+            "ops-3": environment(
+                "ops-3", extra=allowed + "hostAccess: {privileged: true, dockerSocket: true}"
+            ),
+        },
+    )
+    template = (ws.root / TEMPLATE).read_text()
+    commit_as(ws, team["requester"], {TEMPLATE: template + BACKDOOR}, "a shell for debugging")
+    write_files(
+        ws.root,
+        {
+            "releases/shop-1.3.0.yaml": RELEASE_130,
+            "promotions/shop-1.3.0--dev.yaml": promotion("shop-1.3.0", "dev"),
+        },
+    )
+    ws.git("add", "-A")
+    ws.git("commit", "-q", "-m", "shop-1.3.0 to dev")
+
+    # unratified: the decision renders the ratified template
+    result = reconcile(ws)
+    change = result["policyChange"]
+    assert (change["state"], change["reason"], change["changed"]) == (
+        "pending",
+        "awaiting-approvals",
+        [TEMPLATE],
+    )
+    dev = decision(result, "shop-1.3.0--dev")
+    assert dev["decision"] == "allow"
+    (artifact,) = statement(ws, dev["evidence"])["predicate"]["artifacts"]
+    lock = ws.show(f"artifacts/{artifact['sha256']}/{artifact['name']}").decode()
+    assert "backdoor" not in lock and "privileged" not in lock and "docker.sock" not in lock
+
+    # ratified through governance: it is used, and refused at rendering
+    approve(ws, team["admin-1"], "--policy")
+    approve(ws, team["admin-2"], "--policy")
+    write_files(
+        ws.root,
+        {
+            f"promotions/shop-1.3.0--{env}.yaml": promotion("shop-1.3.0", env)
+            for env in ("qa", "ops-1", "ops-2", "ops-3")
+        },
+    )
+    ws.git("add", "-A")
+    ws.git("commit", "-q", "-m", "shop-1.3.0 to qa and ops")
+    result = reconcile(ws, code=2)
+    assert result["ratification"] is not None
+    assert pointer(ws) == {"id": change["proposed"], "record": result["ratification"]}
+    assert result["policy"] == change["proposed"] and result["policyChange"]["state"] == "ratify"
+    where = f"{TEMPLATE}: compose.stella.lock.yml"
+    why = {
+        "qa": f"(line 22): service 'backdoor': image '{BACKDOOR_IMAGE}' is neither a component of release "
+        "shop-1.3.0 nor in the environment's allowedImages",
+        "ops-1": "(line 23): service 'backdoor': 'privileged: true' needs hostAccess.privileged",
+        "ops-2": "(line 25): service 'backdoor': 'volumes' binds host path '/', which exposes the container "
+        "engine socket /var/run/docker.sock: needs hostAccess.dockerSocket",
+        "ops-3": "(line 25): service 'backdoor': 'volumes' binds host path '/', which is outside "
+        "hostAccess.hostPaths (none)",
+    }
+    assert sorted((p["file"], p["message"]) for p in result["problems"]) == sorted(
+        (f"promotions/shop-1.3.0--{env}.yaml", f"{where} {message}") for env, message in why.items()
+    )
+    assert sorted(
+        (d["promotion"], d["decision"], d["evidence"], d["gates"]) for d in result["decisions"]
+    ) == [(f"shop-1.3.0--{env}", "error", None, []) for env in sorted(why)]
+    assert [records(ws, "release_decision", env) for env in why] == [[], [], [], []]
+    assert not [f for f in ws.evidence_files() if f.startswith(("environments/qa/", "environments/ops-"))]
+    replayed = ws.stella("replay", "--all", "-o", "json")  # shop-1.3.0--dev was decided with a change pending
+    assert (replayed.code, replayed.json()["identical"]) == (0, True), replayed.out
+
+
+# --- proper flows: ratifying a change; rotating the evidence key; a pinned genesis ----------------------
+
+
+def test_a_change_ratified_by_two_admins_lets_its_new_approver_count(
+    tmp_path: Path, team: dict[str, Person]
+) -> None:
+    ws = governed(tmp_path, team)
+    genesis = pointer(ws)
+    newbie = person(tmp_path / "ssh", "newbie@example.com")
+    author, requester = team["admin-1"], team["requester"]
+    commit_as(
+        ws,
+        author,
+        {
+            "trust/allowed_signers": allowed_signers(*team.values(), newbie),
+            "trust/groups.yaml": GROUPS.replace(
+                "platform-lead@example.com]", "platform-lead@example.com, newbie@example.com]"
+            ),
+        },
+        "newbie joins the release managers",
+    )
+    approve(ws, author, "--policy")  # the author's own approval
+    status = ws.stella("policy", "status", "-o", "json")
+    assert status.code == 1
+    change = status.json()["change"]
+    assert (change["state"], change["reason"], change["authors"]) == (
+        "pending",
+        "awaiting-approvals",
+        [author.identity],
+    )
+    assert votes(change) == [(author.identity, "approve", False, "self-approval")]
+    assert (
+        change["approvals"][0]["message"] == f"{author.identity} changed governed files and cannot approve it"
+    )
+    assert change["canApprove"] == ["admin-2@example.com", "admin-3@example.com"]
+
+    approve(ws, team["admin-2"], "--policy", "--comment", "welcome")
+    approve(ws, team["admin-3"], "--policy")
+    commit_as(
+        ws, requester, {"promotions/shop-1.4.0--staging.yaml": promotion("shop-1.4.0", "staging")}, "staging"
+    )
+    approve(ws, newbie, "shop-1.4.0--staging")
+    plan = ws.stella("plan", "-o", "json")  # a dry run ratifies first too, and writes nothing
+    assert (plan.code, decision(plan.json(), "shop-1.4.0--staging")["decision"]) == (0, "allow"), plan.out
+    assert pointer(ws) == genesis
+
+    result = reconcile(ws)
+    proposed = result["policyChange"]["proposed"]
+    ratification = result["ratification"]
+    assert (result["policy"], result["policyChange"]["state"]) == (proposed, "ratify")
+    assert pointer(ws) == {"id": proposed, "record": ratification}
+    predicate = statement(ws, ratification)["predicate"]
+    assert (predicate["type"], predicate["reason"], predicate["previous"]) == (
+        "policy_ratification",
+        "approved",
+        genesis["record"],
+    )
+    assert predicate["policy"] == {
+        "id": proposed,
+        "previous": genesis["id"],
+        "changed": ["trust/allowed_signers", "trust/groups.yaml"],
+    }
+    assert [
+        (a["identity"], a["counted"], a["reason"], a["comment"]) for a in predicate["actors"]["approvers"]
+    ] == [
+        (author.identity, False, "self-approval", ""),
+        ("admin-2@example.com", True, "counted", "welcome"),
+        ("admin-3@example.com", True, "counted", ""),
+    ]
+    staging = decision(result, "shop-1.4.0--staging")
+    assert staging["decision"] == "allow"
+    approvals = gate(staging, "approvals")
+    assert (approvals["status"], approvals["reason"], approvals["message"]) == (
+        "pass",
+        "approved",
+        "approved by newbie@example.com",
+    )
+    assert statement(ws, staging["evidence"])["predicate"]["policy"] == {
+        "id": proposed,
+        "record": ratification,
+    }
+    after = ws.stella("policy", "status", "-o", "json")
+    assert (after.code, after.json()["ratified"], after.json()["change"]) == (0, proposed, None)
+
+
+@dataclass
+class Rotated:
+    """A workspace whose evidence key went K1 -> K1+K2 -> K2 through two ratified changes."""
+
+    ws: Workspace
+    policies: list[str]
+    """P0 (genesis: K1), P1 (K1, K2), P2 (K2)."""
+    records: dict[str, str]
+    """name -> evidence id: genesis, dev-1 (P0, K1), ratify-1 (K1), dev-2 (P1, K1), ratify-2 (K2), qa (P2, K2)."""
+    refused: Run
+    """A pass signing with K1 after K1 was retired."""
+
+
+def _ratify(
+    ws: Workspace, team: dict[str, Person], files: dict[str, str | bytes | None], message: str
+) -> None:
+    commit_as(ws, team["admin-1"], files, message)
+    approve(ws, team["admin-2"], "--policy")
+    approve(ws, team["admin-3"], "--policy")
+
+
+@pytest.fixture(scope="module")
+def rotated(tmp_path_factory: pytest.TempPathFactory) -> Rotated:
+    tmp_path = tmp_path_factory.mktemp("rotated")
+    team = {role: person(tmp_path / "ssh", f"{role}@example.com") for role in ROLES}
+    ws = governed(tmp_path, team)
+    genesis = pointer(ws)
+    (dev_1,) = records(ws, "release_decision", "dev")
+    k2 = tmp_path / "k2" / "evidence.pem"
+    generate_key(k2)
+
+    _ratify(ws, team, {"trust/evidence-keys/k2.pub": k2.with_name("evidence.pem.pub").read_bytes()}, "add K2")
+    write_files(
+        ws.root,
+        {
+            "releases/shop-1.3.0.yaml": RELEASE_130,
+            "promotions/shop-1.3.0--dev.yaml": promotion("shop-1.3.0", "dev"),
+        },
+    )
+    ws.git("add", "-A")
+    ws.git("commit", "-q", "-m", "shop-1.3.0 to dev")
+    first = reconcile(ws)  # still K1
+    dev_2 = decision(first, "shop-1.3.0--dev")["evidence"]
+
+    _ratify(ws, team, {"trust/evidence-keys/test.pub": None}, "retire K1")
+    write_files(ws.root, {"promotions/shop-1.3.0--qa.yaml": promotion("shop-1.3.0", "qa")})
+    ws.git("add", "-A")
+    ws.git("commit", "-q", "-m", "shop-1.3.0 to qa")
+    before = ws.git("rev-parse", EVIDENCE)
+    refused = ws.stella("reconcile", "--once")  # still K1, which the new policy no longer holds
+    assert ws.git("rev-parse", EVIDENCE) == before
+    ws.key = k2  # STELLA_SIGNING_KEY from now on
+    second = reconcile(ws)
+    return Rotated(
+        ws,
+        [genesis["id"], first["policy"], second["policy"]],
+        {
+            "genesis": genesis["record"],
+            "dev-1": dev_1,
+            "ratify-1": first["ratification"],
+            "dev-2": dev_2,
+            "ratify-2": second["ratification"],
+            "qa": decision(second, "shop-1.3.0--qa")["evidence"],
+        },
+        refused,
+    )
+
+
+def test_a_rotated_evidence_key_keeps_every_older_record_verifying(rotated: Rotated) -> None:
+    p0, p1, p2 = rotated.policies
+    ids = rotated.records
+    assert len(set(rotated.policies)) == 3 and len(set(ids.values())) == 6 and all(ids.values())
+    assert rotated.refused.code == 2, rotated.refused.out + rotated.refused.err
+    assert (
+        "is not an evidence key of the policy this record must verify under "
+        "(its keys: trust/evidence-keys/k2.pub)" in rotated.refused.err
+    )
+    run = rotated.ws.stella("audit", "verify", "-o", "json")
+    assert run.code == 0, run.out
+    report = run.json()
+    assert (report["ok"], report["findings"], report["records"], report["bundles"]) == (True, [], 6, 6)
+    assert (report["genesis"], report["rootPinned"], report["policies"], report["policy"]) == (
+        ids["genesis"],
+        False,
+        [p0, p1, p2],
+        p2,
+    )
+    k1, k2 = "trust/evidence-keys/test.pub", "trust/evidence-keys/k2.pub"
+    assert report["verifiedBy"] == {
+        ids["genesis"]: f"{p0}: {k1}",
+        ids["dev-1"]: f"{p0}: {k1}",
+        ids["ratify-1"]: f"{p0}: {k1}",
+        ids["dev-2"]: f"{p1}: {k1}",
+        ids["ratify-2"]: f"{p1}: {k2}",
+        ids["qa"]: f"{p2}: {k2}",
+    }
+    assert report["identities"] == 4  # the admins' signed approvals of both changes, re-verified
+    replayed = rotated.ws.stella("replay", "--all", "-o", "json")
+    assert (replayed.code, replayed.json()["identical"]) == (0, True), replayed.out
+
+
+def test_a_packet_verifies_offline_against_its_pinned_genesis(rotated: Rotated, tmp_path: Path) -> None:
+    packet = tmp_path / "export" / "evidence.tar.gz"
+    exported = rotated.ws.stella("audit", "export", packet)
+    assert exported.code == 0, exported.err
+    auditor = tmp_path / "auditor"
+    auditor.mkdir()
+    shutil.copy(packet, auditor / "packet.tar.gz")
+    genesis = rotated.records["genesis"]
+
+    def verify(*args: str) -> Run:
+        return offline([STELLA, "audit", "verify", "--packet", "packet.tar.gz", *args], auditor)
+
+    run = verify("--root", genesis, "-o", "json")
+    assert run.code == 0, run.out + run.err
+    report = run.json()
+    assert (report["ok"], report["findings"], report["genesis"], report["rootPinned"]) == (
+        True,
+        [],
+        genesis,
+        True,
+    )
+    assert (report["policies"], len(report["verifiedBy"])) == (rotated.policies, 6)
+    text = verify("--root", genesis)
+    assert text.code == 0
+    assert f"policy chain from the pinned root {genesis}: 3 ratified" in text.out
+
+    made_up, not_the_genesis = "sha256:" + "0" * 64, rotated.records["ratify-1"]
+    for wrong in (made_up, not_the_genesis):
+        run = verify("--root", wrong, "-o", "json")
+        assert run.code == 1, run.out + run.err
+        report = run.json()
+        assert (report["ok"], report["genesis"], report["rootPinned"]) == (False, None, True)
+        finding = {
+            "check": "policy",
+            "commit": None,
+            "file": f"evidence/{wrong.removeprefix('sha256:')}.json",
+            "message": f"the pinned root {wrong} is not a genesis ratification on this branch",
+        }
+        assert finding in report["findings"]
+    assert sorted(p.name for p in auditor.iterdir()) == ["packet.tar.gz"]  # nothing left behind
+
+    replayed = rotated.ws.stella("replay", "--all", "--root", genesis, "-o", "json")
+    assert (replayed.code, replayed.json()["identical"], len(replayed.json()["records"])) == (0, True, 6)
+    replayed = rotated.ws.stella("replay", "--all", "--root", not_the_genesis)
+    assert replayed.code == 1
+    assert " ".join(replayed.err.split()) == (
+        f"error: the policy chain on {EVIDENCE} starts at {genesis}, not at the pinned root {not_the_genesis}"
+    )
