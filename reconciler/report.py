@@ -159,6 +159,8 @@ def _index(tree: GitTree) -> dict[str, _Entry]:
             continue  # bundles, and files audit.verify already reports as unexpected
         hex_id = match.group(1)
         predicate = _predicate(tree.read(f"evidence/{name}"))
+        if predicate.get("type") == "policy_ratification":
+            continue  # the policy chain is not an environment's timeline (`stella policy status`)
         env = _text(predicate.get("environment")) or UNKNOWN_ENVIRONMENT
         previous = _hex_of(predicate.get("previous"))
         inputs = _dict(predicate.get("inputs")).get("sha256")

@@ -19,7 +19,14 @@ import pytest
 
 from reconciler.evidence import canonical
 from reconciler.sign import key_hint, load_private_key
-from tests.support.pipeline import RELEASE_130, Workspace, change_evidence, example_workspace, promotion
+from tests.support.pipeline import (
+    RELEASE_130,
+    Workspace,
+    change_evidence,
+    decision_records,
+    example_workspace,
+    promotion,
+)
 from tests.support.repos import commit_all, write_files
 
 SCRIPT_REASON = "<script>alert(1)</script>"
@@ -147,27 +154,27 @@ class Branch:
 
 
 def _record(ws: Workspace, environment: str, release: str) -> str:
-    for path in ws.evidence_files():
-        if path.startswith("evidence/") and not path.endswith(".sigstore.json"):
-            predicate = json.loads(ws.show(path))["predicate"]
-            if (predicate["environment"], predicate["release"]["name"]) == (environment, release):
-                return path.removeprefix("evidence/").removesuffix(".json")
+    for path in decision_records(ws):
+        predicate = json.loads(ws.show(path))["predicate"]
+        if (predicate["environment"], predicate["release"]["name"]) == (environment, release):
+            return path.removeprefix("evidence/").removesuffix(".json")
     raise AssertionError(f"no record of {release} in {environment}")
 
 
 def build_branch(tmp_path: Path) -> Branch:
     """dev: shop-1.4.0 then shop-1.3.0 (reason: a script tag); qa: shop-1.4.0; dev's first record edited."""
     ws = example_workspace(tmp_path)
+    write_files(ws.root, {"environments/qa.yaml": QA})
+    commit_all(ws.root, "add qa (the first pass ratifies it with the rest of the policy)")
     assert ws.stella("reconcile", "--once").code == 0
     write_files(
         ws.root,
         {
-            "environments/qa.yaml": QA,
             "releases/shop-1.3.0.yaml": RELEASE_130,
             "promotions/shop-1.4.0--qa.yaml": promotion("shop-1.4.0", "qa"),
         },
     )
-    commit_all(ws.root, "add qa, release shop-1.3.0, request shop-1.4.0 in qa")
+    commit_all(ws.root, "release shop-1.3.0, request shop-1.4.0 in qa")
     promoted = ws.stella("promote", "shop-1.3.0", "--to", "dev", "--reason", SCRIPT_REASON)
     assert promoted.code == 0, promoted.err
     ws.git("merge", "--no-ff", "-q", "-m", "Merge promote/shop-1.3.0--dev", "promote/shop-1.3.0--dev")

@@ -9,6 +9,7 @@ import pytest
 import yaml
 
 from reconciler.evidence import canonical, release_id
+from reconciler.sign import generate_key
 from tests.support.cli import stella
 from tests.support.registry import (
     ImagePusher,
@@ -26,10 +27,21 @@ ENV = "apiVersion: stella/v1\nkind: Environment\nname: dev\n"
 
 
 def _repo(tmp_path: Path, release_body: str | None = None) -> Path:
-    files: dict[str, str | bytes | None] = {"stella.yaml": SETTINGS, "environments/dev.yaml": ENV}
+    """A repository with an evidence key (the first pass signs the genesis of its policy)."""
+    key = tmp_path / "keys" / "evidence.pem"
+    generate_key(key)
+    files: dict[str, str | bytes | None] = {
+        "stella.yaml": SETTINGS,
+        "environments/dev.yaml": ENV,
+        "trust/evidence-keys/test.pub": key.with_name("evidence.pem.pub").read_bytes(),
+    }
     if release_body:
         files["releases/app-1.0.yaml"] = release_body
     return make_repo(tmp_path / "repo", files)
+
+
+def _signing(root: Path) -> dict[str, str]:
+    return {"STELLA_SIGNING_KEY": str(root.parent / "keys" / "evidence.pem")}
 
 
 def _lock(root: Path, name: str) -> dict[str, object]:
@@ -78,7 +90,7 @@ def test_tag_moved_after_locking_leaves_the_release_unchanged(
         f"apiVersion: stella/v1\nkind: Release\nname: app-1.0\ncomponents:\n  api: {{image: {first.ref}}}\n"
     )
     root = _repo(tmp_path, body)
-    run = stella("reconcile", "--once", "--repo", root, "-o", "json")
+    run = stella("reconcile", "--once", "--repo", root, "-o", "json", env=_signing(root))
     assert run.code == 0, run.err
     lock = _lock(root, "app-1.0")
     pinned = {"api": f"{registry.host}/shop/api@{first.digest}"}
@@ -93,7 +105,7 @@ def test_tag_moved_after_locking_leaves_the_release_unchanged(
     moved = push_image("shop/api", "2.0", content=b"api second\n")
     assert moved.digest != first.digest and skopeo_digest(first.ref) == moved.digest
     head = git(root, "rev-parse", "refs/heads/stella/evidence")
-    again = stella("reconcile", "--once", "--repo", root)
+    again = stella("reconcile", "--once", "--repo", root, env=_signing(root))
     assert again.code == 0, again.err
     assert "nothing new" in again.out
     assert git(root, "rev-parse", "refs/heads/stella/evidence") == head
@@ -106,12 +118,12 @@ def test_release_edited_to_other_digests_is_rejected(
     first = push_image("shop/db", "1", content=b"db one\n")
     body = f"apiVersion: stella/v1\nkind: Release\nname: app-1.0\ncomponents:\n  db: {{image: {first.ref}}}\n"
     root = _repo(tmp_path, body)
-    assert stella("reconcile", "--once", "--repo", root).code == 0
+    assert stella("reconcile", "--once", "--repo", root, env=_signing(root)).code == 0
     other = "sha256:" + "b" * 64
     (root / "releases" / "app-1.0.yaml").write_text(body.replace("}", f", digest: {other}}}"))
     commit_all(root, "edit release digests")
     head = git(root, "rev-parse", "refs/heads/stella/evidence")
-    run = stella("reconcile", "--once", "--repo", root)
+    run = stella("reconcile", "--once", "--repo", root, env=_signing(root))
     assert run.code == 2
     assert "releases/app-1.0.yaml: release 'app-1.0' was locked as" in run.out
     assert f"db: digest changed from {first.digest} to {other}" in run.out

@@ -119,7 +119,8 @@ def test_critical_finding_denied_in_prod2_allowed_in_dev(tmp_path: Path) -> None
     assert ws.stella("audit", "verify").code == 0
     replayed = ws.stella("replay", "--all", "-o", "json")
     assert replayed.code == 0, replayed.out
-    assert [r["identical"] for r in replayed.json()["records"]] == [True, True]  # the deny and the allow
+    # the deny, the allow and the genesis ratification of the policy
+    assert [r["identical"] for r in replayed.json()["records"]] == [True, True, True]
 
 
 def test_example_prod_gate_has_data_for_every_example_image() -> None:

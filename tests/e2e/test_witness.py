@@ -50,15 +50,16 @@ def test_witness_then_verify(tmp_path: Path, sigstore: MockSigstore) -> None:
     }
     run = ws.stella("audit", "witness", "-o", "json", env=env)
     assert run.code == 0, run.err
-    (witnessed,) = run.json()["witnessed"]
-    hex_id = witnessed.removeprefix("sha256:")
-    assert f"evidence/{hex_id}.keyless.sigstore.json" in ws.evidence_files()
+    witnessed = run.json()["witnessed"]  # the decision and the genesis ratification
+    assert len(witnessed) == 2
+    for evidence_id in witnessed:
+        assert f"evidence/{evidence_id.removeprefix('sha256:')}.keyless.sigstore.json" in ws.evidence_files()
     assert ws.stella("audit", "witness", env=env).out.strip() == "nothing to witness"
     sigstore.stop()  # verification is offline
 
     verify = ws.stella("audit", "verify", "-o", "json")
     assert verify.code == 0, verify.out
-    assert verify.json()["witnesses"] == 1
+    assert verify.json()["witnesses"] == 2
 
 
 def test_witness_by_an_identity_the_policy_does_not_allow(tmp_path: Path, sigstore: MockSigstore) -> None:
@@ -72,10 +73,12 @@ def test_witness_by_an_identity_the_policy_does_not_allow(tmp_path: Path, sigsto
     assert ws.stella("audit", "witness", env=env).code == 0
     verify = ws.stella("audit", "verify", "-o", "json")
     assert verify.code == 1
-    (finding,) = verify.json()["findings"]
-    assert finding["file"].endswith(".keyless.sigstore.json")
-    assert finding["check"] == "signature"
-    assert SAN in finding["message"]
+    findings = verify.json()["findings"]
+    assert len(findings) == 2  # one per witnessed record
+    for finding in findings:
+        assert finding["file"].endswith(".keyless.sigstore.json")
+        assert finding["check"] == "signature"
+        assert SAN in finding["message"]
 
 
 def test_witness_without_a_token_is_invalid_input(tmp_path: Path) -> None:
