@@ -37,6 +37,7 @@ import base64
 import gzip
 import hashlib
 import io
+import itertools
 import json
 import logging
 import multiprocessing
@@ -459,6 +460,8 @@ class _Fact(NamedTuple):
     previous_policy: str | None = None
     inputs: str | None = None
     """The sha256 of its inputs file."""
+    decided: str | None = None
+    """Its `decidedAt` (RFC 3339, UTC, `Z`: ordered as text)."""
 
 
 @dataclass
@@ -742,6 +745,7 @@ def _record_facts(state: _State, hex_id: str, raw: bytes, add: Callable[[Finding
         None,
         previous_policy,
         digest if isinstance(digest, str) else None,
+        predicate.get("decidedAt") if isinstance(predicate.get("decidedAt"), str) else None,
     )
 
 
@@ -1089,6 +1093,12 @@ class _PolicyBook:
         report.policies = ratified
         report.policy = ratified[-1] if ratified else None
         valid = set(ratified)
+        chain_facts = [ratifications[k] for k in _chain_ids(genesis, ratifications)]
+        superseded = {
+            before.policy: after.decided
+            for before, after in itertools.pairwise(chain_facts)
+            if before.policy is not None and after.decided is not None
+        }
         for evidence_id, fact in sorted(facts.items()):
             if fact.kind == RATIFICATION or fact.key is None:
                 continue
@@ -1116,6 +1126,16 @@ class _PolicyBook:
                         )
                     )
                     continue
+                until = superseded.get(signing)
+                if until is not None and fact.decided is not None and fact.decided > until:
+                    found.append(
+                        Finding(
+                            _path(evidence_id),
+                            f"made under policy {signing} at {fact.decided}, after a later policy was "
+                            f"ratified ({until}): that policy's keys sign nothing new",
+                            check="policy",
+                        )
+                    )
             self._check_key(evidence_id, fact, signing, found, report)
         found += self._check_pointer(report, ratifications)
         return found
@@ -1157,6 +1177,17 @@ class _PolicyBook:
                 )
             ]
         return []
+
+
+def _chain_ids(genesis: str | None, ratifications: Mapping[str, _Fact]) -> list[str]:
+    """The ratification ids from the genesis along `previous` links (the first child at a fork)."""
+    out: list[str] = []
+    current = genesis
+    while current is not None and current not in out:
+        out.append(current)
+        children = sorted(k for k, f in ratifications.items() if f.previous == current)
+        current = children[0] if children else None
+    return out
 
 
 def _not_in(where: str, key: str) -> str:

@@ -254,6 +254,18 @@ class EvidenceIndex:
         ).fetchone()
         return row is not None
 
+    def superseded(self) -> dict[str, datetime]:
+        """Policy id -> when the policy after it was ratified (what it could decide until)."""
+        rows = self._db.execute("SELECT * FROM records WHERE type = ?", (RATIFICATION,))
+        ratifications = {r.evidence: r for r in map(_record, rows)}
+        ratifications.update({k: r for k, r in self._added.items() if r.record_type == RATIFICATION})
+        out: dict[str, datetime] = {}
+        for record in ratifications.values():
+            before = ratifications.get(record.previous or "")
+            if before is not None and before.policy is not None:
+                out[before.policy] = record.decided_at
+        return out
+
     def genesis(self) -> Record | None:
         row = self._db.execute(
             "SELECT * FROM records WHERE type = ? AND previous IS NULL LIMIT 1", (RATIFICATION,)
@@ -467,11 +479,23 @@ def _index_verified(
         if record.previous is None:
             genesis = record
     keyring.genesis = genesis.policy if genesis else None
+    superseded = index.superseded()
     reads_by_id = {r.record.evidence: r for r in others if r.record}
     for record in chain_order(r.record for r in others if r.record):
         read = reads_by_id[record.evidence]
         if record.policy is not None and not index.is_ratified(record.policy):
             rejected.append((read.path, "policy", f"names policy {record.policy}, which was never ratified"))
+            continue
+        until = superseded.get(record.policy or "")
+        if until is not None and record.decided_at > until:
+            rejected.append(
+                (
+                    read.path,
+                    "policy",
+                    f"made under policy {record.policy} at {record.decided_at.isoformat()}, after a later "
+                    f"policy was ratified ({until.isoformat()}): its keys sign nothing new",
+                )
+            )
             continue
         try:
             keyring.verify(read.raw, read.bundle, source=read.path)
