@@ -227,7 +227,11 @@ def diagnose(
         checks.append(_in_use_check(uses, plugins, state.repository is not None))
         checks.append(_offline_check(uses, plugins, offline_why, settings))
         checks.append(_safely("registries", lambda: _registries_check(settings, tree, offline_why, plugins)))
-    checks.append(_safely("signing-key", lambda: _signing_key_check(settings, tree, environ)))
+    governed = _ratified_view(repo, settings, tree) if repo is not None and tree is not None else None
+    if governed is not None and tree is not None and settings is not None:
+        checks.append(_safely("policy", lambda: _policy_check(governed, tree, settings)))
+    trusted_tree = governed or tree
+    checks.append(_safely("signing-key", lambda: _signing_key_check(settings, trusted_tree, environ)))
     if tree is not None:
         checks.append(_safely("allowed-signers", lambda: _allowed_signers_check(tree, state.repository)))
     if repo is not None:
@@ -559,6 +563,54 @@ def _probe(host: str, *, insecure: bool) -> tuple[Status, str]:
 def _worse(a: Status, b: Status) -> Status:
     order = ("ok", "warn", "fail")
     return a if order.index(a) >= order.index(b) else b
+
+
+# --- the ratified policy -------------------------------------------------------------------------
+
+
+def _ratified_view(repo: Repo, settings: Settings | None, tree: GitTree) -> Any:
+    """The branch as decisions read it (governed files from the ratified policy), or None before any
+    genesis (or when the branch's settings cannot be read)."""
+    from .governance import PolicyView, read_pointer, stored_policy
+    from .loop import evidence_ref
+
+    if settings is None:
+        return None
+    head = repo.resolve_ref(evidence_ref(repo, settings))
+    evidence = repo.tree(head) if head else None
+    pointer = read_pointer(evidence) if evidence is not None else None
+    if evidence is None or pointer is None or not isinstance(pointer.get("id"), str):
+        return None
+    try:
+        return PolicyView(stored_policy(evidence, pointer["id"]), tree)
+    except InvalidInput:
+        return None
+
+
+def _policy_check(view: Any, tree: GitTree, settings: Settings) -> Check:
+    """The ratified policy, whether the branch proposes another, and whether anyone can ratify one."""
+    from .governance import Policy, governed_files
+    from .manifests import load_settings
+
+    ratified = view.policy
+    proposed = Policy.of(governed_files(tree))
+    governance = load_settings(view).governance
+    notes: list[str] = []
+    status: Status = "ok"
+    if governance is None:
+        status = "warn"
+        notes.append("the ratified stella.yaml has no `governance:`: nobody can ratify a policy change")
+    else:
+        groups = ", ".join(governance.groups)
+        notes.append(f"policy changes need {governance.required} approval(s) from {groups}")
+    if proposed.id != ratified.id:
+        status = "warn"
+        changed = ", ".join(proposed.changed_from(ratified)[:5])
+        notes.append(
+            f"the branch proposes policy {proposed.id} ({changed}): decisions stay under the ratified one "
+            "until it is approved (`stella policy status`)"
+        )
+    return Check("policy", status, f"ratified policy {ratified.id}", tuple(notes))
 
 
 # --- keys ----------------------------------------------------------------------------------------
