@@ -797,7 +797,9 @@ def cmd_audit_verify(args: argparse.Namespace) -> int:
     def text() -> None:
         for finding in report.findings:
             _say(f"FAIL {finding}")
-        if report.genesis is None:
+        if report.genesis is None and report.root_pinned:
+            _say(f"no genesis on {report.ref} is the pinned root {root}")
+        elif report.genesis is None:
             _say(f"no policy chain on {report.ref}: signatures checked against {KEYS_DIR}/ of the branch")
         elif report.root_pinned:
             _say(f"policy chain from the pinned root {report.genesis}: {len(report.policies)} ratified")

@@ -473,7 +473,7 @@ def _index_verified(
         try:
             keyring.verify(read.raw, read.bundle, source=read.path)
         except RecordRejected as exc:
-            rejected.append((read.path, exc.code, str(exc)))
+            rejected.append((read.path, exc.code, _without(read.path, str(exc))))
             continue
         index._store(record)
         if record.previous is None:
@@ -500,6 +500,11 @@ def _index_verified(
         try:
             keyring.verify(read.raw, read.bundle, source=read.path)
         except RecordRejected as exc:
-            rejected.append((read.path, exc.code, str(exc)))
+            rejected.append((read.path, exc.code, _without(read.path, str(exc))))
             continue
         index._store(record)
+
+
+def _without(path: str, message: str) -> str:
+    """`message` without a leading `<path>: ` (the caller names the file)."""
+    return message.removeprefix(f"{path}: ")

@@ -655,21 +655,40 @@ def _incremental(repo: Repo, index: EvidenceIndex, commit: str) -> tuple[set[str
 
 def evidence_ref(repo: Repo, settings: Settings) -> str:
     """The evidence ref a pass reads and writes: where the policy chain is, never where an unratified
-    `stella.yaml` moved it. The ref this repository's reconciler pinned (`.git/stella/evidence-ref`,
-    written by the first pass) if any; else the default ref when it holds a chain; else the ref
-    `settings` names when it holds one; else the first other `refs/heads/stella/*` ref that does;
-    else (no chain anywhere: the genesis goes there) the ref `settings` names."""
+    `stella.yaml` moved it.
+
+    The ref this repository's reconciler pinned (`.git/stella/evidence-ref`, written by its first
+    pass), if any. Else a ref holding a chain whose ratified `stella.yaml` names that very ref (a copy
+    of a chain under another ref names the original, and is not taken): the one `settings` names, the
+    default, or another `refs/heads/stella/*` ref, in that order. Else (no chain anywhere: the genesis
+    goes there) the ref `settings` names.
+    """
     pinned = _pinned_ref(repo)
     if pinned is not None:
         return pinned
     named, default = settings.evidence.ref, EvidenceSettings().ref
     others = [r for r in repo.refs("refs/heads/stella/") if r not in (named, default)]
-    for ref in [default, named, *others]:
-        if _has_chain(repo, ref):
-            if ref != named:
-                log.warning("stella.yaml names evidence ref %s, but the policy chain is on %s", named, ref)
-            return ref
+    chains = [ref for ref in dict.fromkeys([named, default, *others]) if _chain_names(repo, ref) == ref]
+    if len(chains) > 1:
+        log.warning("several refs hold a policy chain (%s): using %s", ", ".join(chains), chains[0])
+    if chains:
+        if chains[0] != named:
+            log.warning("stella.yaml names evidence ref %s, but the policy chain is on %s", named, chains[0])
+        return chains[0]
     return named
+
+
+def _chain_names(repo: Repo, ref: str) -> str | None:
+    """The evidence ref the ratified `stella.yaml` of the chain on `ref` names (None: no chain)."""
+    head = repo.resolve_ref(ref)
+    tree = repo.tree(head) if head else None
+    pointer = read_pointer(tree) if tree is not None else None
+    if tree is None or pointer is None or not isinstance(pointer.get("id"), str):
+        return None
+    try:
+        return load_settings(PolicyView(stored_policy(tree, pointer["id"]), tree)).evidence.ref
+    except (PolicyError, ValidationFailed):
+        return None
 
 
 def _pin_path(repo: Repo) -> Path:
@@ -718,11 +737,6 @@ def ratified_settings(repo: Repo, settings: Settings) -> Settings:
         return load_settings(PolicyView(policy, tree))
     except (PolicyError, ValidationFailed) as exc:
         raise InvalidInput(f"{ref}: the ratified policy is unreadable: {exc}") from exc
-
-
-def _has_chain(repo: Repo, ref: str) -> bool:
-    head = repo.resolve_ref(ref)
-    return head is not None and repo.tree(head).read(POINTER) is not None
 
 
 @dataclass

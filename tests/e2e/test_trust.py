@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 from collections.abc import Iterator
@@ -31,7 +32,16 @@ from tests.support.ssh import Person, allowed_signers, person
 
 EVIDENCE = "refs/heads/stella/evidence"
 TEMPLATE = "templates/shop.compose.yml.j2"
-GOVERNANCE = "governance: {required: 2, groups: [policy-admins], separationOfDuties: true}\n"
+SETTINGS = """\
+apiVersion: stella/v1
+kind: Settings
+tenant: shop
+offline: true
+mirror: mirror
+signer: {plugin: key, key: env:STELLA_SIGNING_KEY}
+evidence: {ref: refs/heads/stella/evidence}
+governance: {required: 2, groups: [policy-admins], separationOfDuties: true}
+"""
 ROLES = ("requester", "release-manager", "platform-lead", "admin-1", "admin-2", "admin-3")
 GROUPS = """\
 apiVersion: stella/v1
@@ -105,19 +115,21 @@ def approve(ws: Workspace, who: Person, *args: str) -> None:
 
 
 def governed(
-    tmp_path: Path, team: dict[str, Person], environments: dict[str, str] = ENVIRONMENTS
+    tmp_path: Path,
+    team: dict[str, Person],
+    environments: dict[str, str] = ENVIRONMENTS,
+    evidence_ref: str = EVIDENCE,
 ) -> Workspace:
     """example-repo/ with governance (2 of policy-admins, separation of duties), every team member in
-    trust/allowed_signers, the given environments, and the genesis ratified by a first pass (which also
-    allows shop-1.4.0 in dev)."""
+    trust/allowed_signers, the given environments and evidence ref, and the genesis ratified by a first
+    pass (which also allows shop-1.4.0 in dev)."""
     ws = example_workspace(tmp_path)
-    settings = (ws.root / "stella.yaml").read_text() + GOVERNANCE
     for old in (ws.root / "environments").iterdir():
         old.unlink()
     write_files(
         ws.root,
         {
-            "stella.yaml": settings,
+            "stella.yaml": SETTINGS.replace(EVIDENCE, evidence_ref),
             "trust/allowed_signers": allowed_signers(*team.values()),
             "trust/groups.yaml": GROUPS,
             **{f"environments/{name}.yaml": text for name, text in environments.items()},
@@ -438,9 +450,9 @@ def remote_refs(cwd: Path, url: str) -> dict[str, str]:
     return {ref: oid for oid, ref in (line.split("\t") for line in lines)}
 
 
-def denied_in_staging(tmp_path: Path, team: dict[str, Person]) -> Workspace:
+def denied_in_staging(tmp_path: Path, team: dict[str, Person], evidence_ref: str = EVIDENCE) -> Workspace:
     """The governed workspace where a release manager's reject denied shop-1.4.0--staging."""
-    ws = governed(tmp_path, team)
+    ws = governed(tmp_path, team, evidence_ref=evidence_ref)
     commit_as(
         ws,
         team["requester"],
@@ -453,11 +465,11 @@ def denied_in_staging(tmp_path: Path, team: dict[str, Person]) -> Workspace:
     return ws
 
 
-def move_evidence_ref(ws: Workspace, who: Person) -> None:
+def move_evidence_ref(ws: Workspace, who: Person, old: str = EVIDENCE, new: str = TRAIL) -> None:
     """A commit on main that names another evidence ref in stella.yaml."""
     settings = (ws.root / "stella.yaml").read_text()
-    assert EVIDENCE in settings
-    commit_as(ws, who, {"stella.yaml": settings.replace(EVIDENCE, TRAIL)}, "keep evidence on the audit trail")
+    assert f"evidence: {{ref: {old}}}" in settings
+    commit_as(ws, who, {"stella.yaml": settings.replace(old, new)}, f"keep evidence on {new}")
 
 
 def test_moving_evidence_ref_on_main_does_not_move_the_guard(
@@ -521,7 +533,19 @@ def test_moving_evidence_ref_on_main_does_not_move_the_reconciler(
         "(a new ref needs a new genesis)"
     )
 
-    # the history without the deny (any branch can be pushed there), under the name main's stella.yaml gives
+    # the commands that read the evidence read the chain's ref too
+    why = ws.stella("why", "shop-1.4.0--staging", "-o", "json")
+    assert (why.code, why.json()["recorded"], why.json()["result"]) == (1, True, "deny"), why.out + why.err
+    verified = ws.stella("audit", "verify", "-o", "json")
+    assert (verified.code, verified.json()["ref"], verified.json()["records"]) == (0, EVIDENCE, 4)
+    exported = ws.stella("audit", "export", tmp_path / "evidence.tar.gz", "-o", "json")
+    assert (exported.code, exported.json()["ref"], exported.json()["head"]) == (
+        0,
+        EVIDENCE,
+        result["evidenceCommit"],
+    )
+
+    # the history without the deny, under the ref that main's stella.yaml now names (anyone may push it)
     ws.git("update-ref", TRAIL, rewound)
     before = ws.git("rev-parse", EVIDENCE)
     again = reconcile(ws)
@@ -532,6 +556,53 @@ def test_moving_evidence_ref_on_main_does_not_move_the_reconciler(
         ws.git("rev-parse", EVIDENCE),
         ws.git("rev-parse", TRAIL),
     ) == ([], None, before, rewound)
+
+
+def test_a_copy_of_the_chain_under_the_default_ref_moves_no_fresh_reconciler(
+    tmp_path: Path, team: dict[str, Person], daemon: GitDaemon
+) -> None:
+    """The chain lives on a ref of its own, named by the genesis' stella.yaml; main's stella.yaml is changed
+    to name the default evidence ref, and the chain without its deny is put there. The guard refuses the
+    copy; where no guard is in the way (a forge protecting the chain's ref only), a reconciler on a fresh
+    clone (nothing pinned) still decides on the chain's ref."""
+    audit = "refs/heads/stella/audit"
+    ws = denied_in_staging(tmp_path, team, evidence_ref=audit)
+    bare = daemon.base / f"{tmp_path.name}.git"
+    git(daemon.base, "init", "-q", "--bare", "-b", "main", str(bare))
+    assert stella("hook", "install", bare).code == 0
+    url = daemon.url(bare.name)
+    pushed = push(ws.root, url, "main", audit)
+    assert (pushed.code, pushed.rejected) == (0, []), pushed.stderr
+    head = ws.git("rev-parse", audit)
+    rewound = ws.git("rev-parse", f"{audit}~1")  # the chain before the deny
+    move_evidence_ref(ws, team["requester"], audit, EVIDENCE)
+    pushed = push(ws.root, url, "main")
+    assert (pushed.code, pushed.rejected) == (0, []), pushed.stderr
+
+    pushed = push(ws.root, url, f"{rewound}:{EVIDENCE}")
+    assert pushed.code != 0
+    (line,) = pushed.rejected
+    assert line.startswith(
+        f"stella: rejected: {EVIDENCE}: policy/stella.policy.json (commit {rewound[:12]}): "
+        f"a new policy chain while {audit} holds one"
+    ), pushed.stderr
+    assert EVIDENCE not in remote_refs(ws.root, url)
+
+    git(tmp_path, "clone", "-q", url, "fresh")
+    fresh = Workspace(tmp_path / "fresh", ws.key)
+    fresh.git("branch", "-q", "stella/audit", "origin/stella/audit")
+    fresh.git("update-ref", EVIDENCE, rewound)
+    commit_as(
+        fresh, team["requester"], {"promotions/shop-1.4.0--qa.yaml": promotion("shop-1.4.0", "qa")}, "qa"
+    )
+    result = reconcile(fresh)
+    # staging's deny stays final, and the new decision extends the chain on its own ref
+    assert (
+        [(d["promotion"], d["decision"]) for d in result["decisions"]],
+        fresh.git("rev-parse", EVIDENCE),
+        fresh.git("rev-parse", audit),
+    ) == ([("shop-1.4.0--qa", "allow")], rewound, result["evidenceCommit"])
+    assert fresh.git("rev-parse", f"{audit}~1") == head
 
 
 # --- attack 5: approvals for canary, the promotion edited to prod ------------------------------------
@@ -597,6 +668,11 @@ BACKDOOR = f"""\
       - /:/host
       - /var/run/docker.sock:/var/run/docker.sock
 """
+
+
+def _any_line(message: str) -> str:
+    """The message with its line number in the lock left out (it moves with the example template)."""
+    return re.sub(r"\(line \d+\)", "(line _)", message)
 
 
 def test_a_template_that_takes_the_host_is_not_used_then_not_rendered(
@@ -669,8 +745,9 @@ def test_a_template_that_takes_the_host_is_not_used_then_not_rendered(
         "ops-3": "(line 25): service 'backdoor': 'volumes' binds host path '/', which is outside "
         "hostAccess.hostPaths (none)",
     }
-    assert sorted((p["file"], p["message"]) for p in result["problems"]) == sorted(
-        (f"promotions/shop-1.3.0--{env}.yaml", f"{where} {message}") for env, message in why.items()
+    assert sorted((p["file"], _any_line(p["message"])) for p in result["problems"]) == sorted(
+        (f"promotions/shop-1.3.0--{env}.yaml", _any_line(f"{where} {message}"))
+        for env, message in why.items()
     )
     assert sorted(
         (d["promotion"], d["decision"], d["evidence"], d["gates"]) for d in result["decisions"]
