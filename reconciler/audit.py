@@ -1826,14 +1826,16 @@ given through another channel (whoever can change this packet can also change it
 No network and no repository are needed; run it from any directory:
 
 ```sh
-stella audit verify --packet PACKET.tar.gz
+stella audit verify --packet PACKET.tar.gz --root GENESIS_ID   # the genesis id you were given
 stella audit verify --packet PACKET.tar.gz -o json           # one entry per finding, with a check code
 stella audit verify --packet PACKET.tar.gz --checkpoint CHECKPOINT.json   # a checkpoint you kept
 ```
 
 It extracts the packet into a temporary directory, checks each member against the manifest, clones
-`evidence.bundle`, and checks every file hash, every signature (with the packet's keys), every chain
-link, the branch history (no evidence file changed or deleted), every record's inputs and artifacts,
+`evidence.bundle`, and checks the policy chain from its genesis (pin it with `--root`; without it the
+genesis found is trusted on first use, and said so), every record's signature against the evidence
+keys of the policy it names, the requesters' and approvers' SSH signatures again, every file hash,
+every chain link, the branch history (no evidence file changed or deleted), every record's inputs and artifacts,
 the release locks and the environment pointers. Exit code 0: no findings; 1: findings; 2: not a
 usable packet (or checkpoint).
 
