@@ -1115,6 +1115,15 @@ class _PolicyBook:
                         report.verified_by[evidence_id] = f"legacy: {source or fact.key}"
                     continue
                 signing = ratifications[genesis].policy
+                made, since = fact.decided, ratifications[genesis].decided
+                if made is not None and since is not None and made > since:
+                    found.append(
+                        Finding(
+                            _path(evidence_id),
+                            f"names no policy, but was made at {made}, after the genesis ({since})",
+                            check="policy",
+                        )
+                    )
             else:
                 signing = fact.policy
                 if signing not in valid:
@@ -1835,8 +1844,8 @@ It extracts the packet into a temporary directory, checks each member against th
 `evidence.bundle`, and checks the policy chain from its genesis (pin it with `--root`; without it the
 genesis found is trusted on first use, and said so), every record's signature against the evidence
 keys of the policy it names, the requesters' and approvers' SSH signatures again, every file hash,
-every chain link, the branch history (no evidence file changed or deleted), every record's inputs and artifacts,
-the release locks and the environment pointers. Exit code 0: no findings; 1: findings; 2: not a
+every chain link, the branch history (no evidence file changed or deleted), every record's inputs and
+artifacts, the release locks and the environment pointers. Exit code 0: no findings; 1: findings; 2: not a
 usable packet (or checkpoint).
 
 ## Verify records with standard Sigstore tooling

@@ -486,6 +486,9 @@ def _index_verified(
         if record.policy is not None and not index.is_ratified(record.policy):
             rejected.append((read.path, "policy", f"names policy {record.policy}, which was never ratified"))
             continue
+        if record.policy is None and genesis is not None and record.decided_at > genesis.decided_at:
+            rejected.append((read.path, "policy", "names no policy, but was made after the genesis"))
+            continue
         until = superseded.get(record.policy or "")
         if until is not None and record.decided_at > until:
             rejected.append(

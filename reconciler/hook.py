@@ -272,7 +272,10 @@ def _check_added(
         if not _LAYOUT.fullmatch(path):
             rejections.append(
                 Rejection(
-                    ref, "not a file of the evidence branch layout (docs/evidence.md)", file=path, commit=commit
+                    ref,
+                    "not a file of the evidence branch layout (docs/evidence.md)",
+                    file=path,
+                    commit=commit,
                 )
             )
     if rejections:
