@@ -470,10 +470,7 @@ def _index_verified(
             if before is None or before.policy != raw_previous:
                 rejected.append((read.path, "chain", "names a previous policy that is not the ratified one"))
                 continue
-        try:
-            keyring.verify(read.raw, read.bundle, source=read.path)
-        except RecordRejected as exc:
-            rejected.append((read.path, exc.code, _without(read.path, str(exc))))
+        if not _verifies(keyring, read, rejected):
             continue
         index._store(record)
         if record.previous is None:
@@ -500,14 +497,15 @@ def _index_verified(
                 )
             )
             continue
-        try:
-            keyring.verify(read.raw, read.bundle, source=read.path)
-        except RecordRejected as exc:
-            rejected.append((read.path, exc.code, _without(read.path, str(exc))))
-            continue
-        index._store(record)
+        if _verifies(keyring, read, rejected):
+            index._store(record)
 
 
-def _without(path: str, message: str) -> str:
-    """`message` without a leading `<path>: ` (the caller names the file)."""
-    return message.removeprefix(f"{path}: ")
+def _verifies(keyring: Keyring, read: _Read, rejected: list[tuple[str, str, str]]) -> bool:
+    """Whether the statement's bundle verifies under its policy; if not, why is added to `rejected`."""
+    try:
+        keyring.verify(read.raw, read.bundle, source=read.path)
+    except RecordRejected as exc:
+        rejected.append((read.path, exc.code, str(exc).removeprefix(f"{read.path}: ")))
+        return False
+    return True

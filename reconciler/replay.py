@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from pydantic import ValidationError
 
@@ -25,6 +25,8 @@ from .models import DecisionInputs, InputActor, RatificationInputs
 from .policy import PlannedGate, decide
 from .protocols import Actor, ApprovalRecord, GateContext, PriorDecision
 from .repo import GitTree, Repo
+
+M = TypeVar("M", DecisionInputs, RatificationInputs)
 
 
 @dataclass
@@ -72,16 +74,7 @@ def replay_one(repo: Repo, tree: GitTree, plugins: Plugins, evidence_id: str) ->
         return _replay_ratification(tree, result, predicate)
     recorded_decision = predicate.get("decision", {})
     result.recorded = recorded_decision
-    inputs_hex = (predicate.get("inputs") or {}).get("sha256", "")
-    inputs_raw = tree.read(f"inputs/{inputs_hex}.json")
-    if inputs_raw is None:
-        raise InvalidInput(f"{path}: its inputs file inputs/{inputs_hex}.json is missing")
-    if sha256_hex(inputs_raw) != inputs_hex:
-        result.differences.append(f"inputs/{inputs_hex}.json: its bytes do not hash to its name")
-    try:
-        inputs = DecisionInputs.model_validate_json(inputs_raw)
-    except ValidationError as exc:
-        raise InvalidInput(f"inputs/{inputs_hex}.json: not decision inputs: {exc}") from exc
+    inputs = _inputs(tree, result, predicate, DecisionInputs, "decision inputs")
     try:
         source = repo.tree(inputs.sourceCommit)
     except InvalidInput as exc:
@@ -170,9 +163,8 @@ def replay_one(repo: Repo, tree: GitTree, plugins: Plugins, evidence_id: str) ->
     return result
 
 
-def _replay_ratification(tree: GitTree, result: Replayed, predicate: dict[str, Any]) -> Replayed:
-    """A ratification is re-judged from its inputs: a genesis needs none; a change needs as many
-    counted approvals, and no counted reject, as the governance it was judged by required."""
+def _inputs(tree: GitTree, result: Replayed, predicate: dict[str, Any], model: type[M], what: str) -> M:
+    """The record's inputs file, parsed; a file that does not hash to its name is a difference."""
     inputs_hex = (predicate.get("inputs") or {}).get("sha256", "")
     inputs_raw = tree.read(f"inputs/{inputs_hex}.json")
     if inputs_raw is None:
@@ -180,9 +172,15 @@ def _replay_ratification(tree: GitTree, result: Replayed, predicate: dict[str, A
     if sha256_hex(inputs_raw) != inputs_hex:
         result.differences.append(f"inputs/{inputs_hex}.json: its bytes do not hash to its name")
     try:
-        inputs = RatificationInputs.model_validate_json(inputs_raw)
+        return model.model_validate_json(inputs_raw)
     except ValidationError as exc:
-        raise InvalidInput(f"inputs/{inputs_hex}.json: not ratification inputs: {exc}") from exc
+        raise InvalidInput(f"inputs/{inputs_hex}.json: not {what}: {exc}") from exc
+
+
+def _replay_ratification(tree: GitTree, result: Replayed, predicate: dict[str, Any]) -> Replayed:
+    """A ratification is re-judged from its inputs: a genesis needs none; a change needs as many
+    counted approvals, and no counted reject, as the governance it was judged by required."""
+    inputs = _inputs(tree, result, predicate, RatificationInputs, "ratification inputs")
     counted = [v for v in inputs.approvals if v.counted]
     approvers = sorted(v.identity for v in counted if v.decision == "approve")
     rejected = [v.identity for v in counted if v.decision == "reject"]
