@@ -6,12 +6,14 @@ import os
 import stat
 from pathlib import Path
 
+import yaml
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from reconciler.sign import key_hint
 from tests.support.cli import stella
 from tests.support.repos import BASE, RELEASE, make_repo, write_files
+from tests.support.ssh import person
 
 
 def test_validate_ok_text_and_json(tmp_path: Path) -> None:
@@ -86,3 +88,19 @@ def test_init_scaffolds_a_valid_repository(tmp_path: Path) -> None:
     assert (target / ".gitignore").read_text() == ".stella/\n"
     assert stella("validate", "--repo", target).code == 0
     assert stella("init", target).code == 2
+
+
+def test_init_names_the_first_policy_admin(tmp_path: Path) -> None:
+    """`governance:` and its first admin, whose SSH key then approves policy changes from the start."""
+    admin = person(tmp_path / "ssh", "admin@example.com")
+    target = tmp_path / "acme"
+    run = stella("init", target, "--admin", admin.identity, "--admin-key", f"{admin.key}.pub", "-o", "json")
+    assert run.code == 0, run.err
+    settings = yaml.safe_load((target / "stella.yaml").read_text())
+    assert settings["governance"] == {"required": 1, "groups": ["policy-admins"], "separationOfDuties": True}
+    groups = yaml.safe_load((target / "trust" / "groups.yaml").read_text())["groups"]
+    assert groups["policy-admins"] == ["admin@example.com"]
+    assert admin.allowed_signers_line() in (target / "trust" / "allowed_signers").read_text()
+    assert stella("validate", "--repo", target).code == 0
+    bad = stella("init", tmp_path / "other", "--admin-key", f"{admin.key}")  # the private key
+    assert bad.code == 2 and "not an SSH public key line" in bad.err
