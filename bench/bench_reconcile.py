@@ -1,7 +1,9 @@
 """Benchmark the reconcile pass: a no-op pass on a long history, and a pass deciding 100 promotions.
 
 For each size (releases: 500, 1000, 2000; evidence records: 2.5 per release, so 5,000 at 2,000) it
-builds a real Git repository, decides every promotion once (that first pass is timed too), then times:
+builds a real Git repository (its policy: `stella.yaml`, the environments and the signing key's public
+half in `trust/evidence-keys/`), decides every promotion once (that first pass, which also ratifies the
+genesis policy, is timed too), then times:
   - a no-op pass with the index cache warm (the normal case: nothing new since the last pass),
   - the same pass with the cache deleted first (a full pass over all of history: the baseline,
     measured in the same process),
@@ -28,7 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from reconciler.discover import discover
 from reconciler.history import cache_path
-from reconciler.loop import reconcile
+from reconciler.loop import PassResult, reconcile
 from reconciler.repo import Repo
 from reconciler.sign import KeySigner, generate_key, load_private_key
 
@@ -67,10 +69,14 @@ def _promotion(release: int, env: str) -> str:
     return f"apiVersion: stella/v1\nkind: Promotion\nrelease: app-{release}\nenvironment: {env}\n"
 
 
-def build(root: Path, releases: int, records: int) -> None:
+def build(root: Path, releases: int, records: int, public_pem: bytes) -> None:
+    """The repository: settings, environments and the evidence key (the policy the first pass ratifies
+    as its genesis), releases and promotions, in one commit."""
     root.mkdir(parents=True)
     _git(root, "init", "-q", "-b", "main")
     (root / "stella.yaml").write_text("apiVersion: stella/v1\nkind: Settings\ntenant: bench\noffline: true\n")
+    (root / "trust" / "evidence-keys").mkdir(parents=True)
+    (root / "trust" / "evidence-keys" / "bench.pub").write_bytes(public_pem)
     (root / "environments").mkdir()
     for env in (*ENVIRONMENTS, NEW):
         (root / "environments" / f"{env}.yaml").write_text(
@@ -87,22 +93,25 @@ def build(root: Path, releases: int, records: int) -> None:
     _git(root, "commit", "-q", "-m", "history")
 
 
-def one_pass(root: Path, signer: KeySigner) -> tuple[float, int]:
+def one_pass(root: Path, signer: KeySigner) -> tuple[float, PassResult]:
     start = time.perf_counter()
     result = reconcile(
         Repo(root), discover(offline=True), now=lambda: NOW, signer=lambda: signer, offline=True
     )
     elapsed = time.perf_counter() - start
     assert not result.problems and not result.transient, (result.problems, result.transient)
-    return elapsed, len(result.recorded)
+    assert not result.ignored, result.ignored  # every record on the branch verifies under its policy
+    return elapsed, result
 
 
-def measure(size: int, repeats: int, workdir: Path, signer: KeySigner) -> dict[str, float | int]:
+def measure(
+    size: int, repeats: int, workdir: Path, signer: KeySigner, public_pem: bytes
+) -> dict[str, float | int]:
     records = size * 5 // 2
     root = workdir / f"repo-{size}"
-    build(root, size, records)
-    first, decided = one_pass(root, signer)
-    assert decided == records, decided
+    build(root, size, records, public_pem)
+    first, result = one_pass(root, signer)  # ratifies the genesis, then decides every promotion
+    assert result.ratification is not None and len(result.recorded) == records, len(result.recorded)
     noop = [one_pass(root, signer)[0] for _ in range(repeats)]
     profiler = cProfile.Profile()  # Python calls made by one no-op pass: the work, free of machine noise
     profiler.runcall(one_pass, root, signer)
@@ -117,8 +126,8 @@ def measure(size: int, repeats: int, workdir: Path, signer: KeySigner) -> dict[s
         (root / "promotions" / f"app-{n}--{NEW}.yaml").write_text(_promotion(n, NEW))
     _git(root, "add", "-A")
     _git(root, "commit", "-q", "-m", "100 promotions")
-    hundred, decided_new = one_pass(root, signer)
-    assert decided_new == 100, decided_new
+    hundred, result = one_pass(root, signer)
+    assert len(result.recorded) == 100 and result.ratification is None, len(result.recorded)
     return {
         "releases": size,
         "records": records,
@@ -142,7 +151,8 @@ def main() -> int:
         key = Path(tmp) / "key.pem"
         generate_key(key)
         signer = KeySigner(load_private_key(key))
-        rows = [measure(int(s), args.repeats, Path(tmp), signer) for s in args.sizes.split(",")]
+        public_pem = key.with_name("key.pem.pub").read_bytes()
+        rows = [measure(int(s), args.repeats, Path(tmp), signer, public_pem) for s in args.sizes.split(",")]
     if args.output == "json":
         print(json.dumps(rows, indent=2))
         return 0

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import hashlib
 import re
 from dataclasses import dataclass, field
@@ -172,7 +173,12 @@ class SshPublicKey:
 
     @classmethod
     def from_blob(cls, blob: bytes) -> SshPublicKey:
-        """Read a key's wire encoding. Raises ValueError saying why it cannot be used."""
+        """Read a key's wire encoding (remembered: a few keys sign thousands of commits). Raises
+        ValueError saying why it cannot be used."""
+        return _load_key(blob)
+
+    @classmethod
+    def _read(cls, blob: bytes) -> SshPublicKey:
         reader = _Reader(blob)
         try:
             key_type = reader.text()
@@ -216,6 +222,11 @@ class SshPublicKey:
         application = reader.text()
         reader.end()
         return cls(key_type, head + _string(application.encode()), crypto, application)
+
+
+@functools.lru_cache(maxsize=1024)
+def _load_key(blob: bytes) -> SshPublicKey:
+    return SshPublicKey._read(blob)
 
 
 def _is_type(key: _CryptoKey, key_type: str) -> bool:
