@@ -145,6 +145,9 @@ class Author:
 BOT = Author("Stella reconciler", "reconciler@stella.invalid")
 
 STALE_LOCK_SECONDS = 10.0
+OWNER_SLACK_SECONDS = 5.0
+"""How soon after writing `stella-ref.owner` a Stella process makes the ref lock (milliseconds, in
+practice): a lock made later than this is not that process's."""
 """A ref `.lock` file older than this, found while holding Stella's own lock, was left by a killed
 process (git writes and renames it within milliseconds) and is removed."""
 
@@ -428,9 +431,11 @@ class Repo:
     def _ref_lock(self, ref: str) -> Iterator[None]:
         """Serialise Stella's ref updates in this repository, and clear a ref lock a killed one left.
 
-        Under Stella's own file lock no other Stella process is updating a ref, so a `<ref>.lock` found
-        while `stella-ref.owner` names a process that no longer exists was left by a killed Stella and
-        is removed at once; any other `.lock` is removed only once it is `STALE_LOCK_SECONDS` old.
+        Under Stella's own file lock no other Stella process is updating a ref. `stella-ref.owner` names
+        the process that holds it, and is removed on every way out (a lost race, an error); only a
+        process killed while holding it leaves it. A `<ref>.lock` made within `OWNER_SLACK_SECONDS` of
+        such a leftover owner file was that process's, and is removed at once; any other `.lock` (a
+        concurrent git, or one made later) is removed only once it is `STALE_LOCK_SECONDS` old.
         """
         owner = self.path / "stella-ref.owner"
         with open(self.path / "stella-ref.lock", "a+b") as fh:
@@ -439,15 +444,17 @@ class Repo:
                 stale = self.path / f"{ref}.lock"
                 if stale.exists():
                     age = time.time() - stale.stat().st_mtime
-                    if not _owner_died(owner) and age < STALE_LOCK_SECONDS:
+                    if not _left_by_killed_owner(owner, stale) and age < STALE_LOCK_SECONDS:
                         raise Transient(
                             f"{stale}: {ref} is locked by another process (for {age:.1f}s); try again"
                         )
                     log.warning("removing %s, left by a process that was killed", stale)
                     stale.unlink(missing_ok=True)
                 owner.write_text(f"{os.getpid()}\n")
-                yield
-                owner.unlink(missing_ok=True)
+                try:
+                    yield
+                finally:
+                    owner.unlink(missing_ok=True)
             finally:
                 fcntl.flock(fh, fcntl.LOCK_UN)
 
@@ -479,11 +486,16 @@ class Repo:
             raise Transient(f"{self.path}: cannot update {ref}: {text}") from exc
 
 
-def _owner_died(owner: Path) -> bool:
-    """True when `owner` names a process id that is no longer running."""
+def _left_by_killed_owner(owner: Path, lock: Path) -> bool:
+    """True when `owner` names a process that is no longer running and `lock` was made while that
+    process held Stella's lock (within `OWNER_SLACK_SECONDS` of the owner file)."""
     try:
         pid = int(owner.read_text().strip())
+        made = owner.stat().st_mtime
+        locked = lock.stat().st_mtime
     except (OSError, ValueError):
+        return False
+    if abs(locked - made) > OWNER_SLACK_SECONDS:
         return False
     try:
         os.kill(pid, 0)

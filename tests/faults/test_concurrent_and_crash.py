@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from reconciler.repo import RaceLost, Repo
 from tests.support.cli import STELLA
 from tests.support.pipeline import RELEASE_130, Workspace, example_workspace, promotion
 from tests.support.repos import commit_all, write_files
@@ -132,3 +133,32 @@ def test_lock_of_a_killed_stella_is_removed_at_once(tmp_path: Path) -> None:
     assert run.code == 0, run.err
     assert not lock.exists()
     assert ws.stella("audit", "verify").code == 0
+
+
+def test_a_lost_race_leaves_no_owner_file(tmp_path: Path) -> None:
+    """The owner file goes on every way out: after a lost compare-and-swap too."""
+    ws = _many_open_promotions(tmp_path)
+    repo = Repo(ws.root)
+    head = repo.resolve_ref("refs/heads/main")
+    assert head is not None
+    repo.commit_files("refs/heads/stella/other", None, {"x": b"1"}, "first")
+    with pytest.raises(RaceLost):
+        repo.commit_files("refs/heads/stella/other", None, {"x": b"2"}, "second, racing")
+    assert not (ws.root / ".git" / "stella-ref.owner").exists()
+
+
+def test_a_fresh_foreign_lock_is_kept_despite_an_old_owner_file(tmp_path: Path) -> None:
+    """A Stella killed long ago left its owner file; a lock another writer took just now is not its."""
+    ws = _many_open_promotions(tmp_path)
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    owner = ws.root / ".git" / "stella-ref.owner"
+    owner.write_text(f"{dead.pid}\n")
+    os.utime(owner, (time.time() - 3600, time.time() - 3600))
+    lock = ws.root / ".git" / "refs" / "heads" / "stella" / "evidence.lock"
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    lock.write_text("0" * 40 + "\n")
+    run = ws.stella("reconcile", "--once")
+    assert run.code == 3
+    assert "is locked by another process" in run.err
+    assert lock.exists()
