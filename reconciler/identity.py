@@ -9,8 +9,9 @@ and key fingerprint, or unverified with the reason (`unsigned`, `not-ssh`, `no-t
 commit; `verify_signed` checks a (payload, signature) pair given as values, so `stella audit verify` can
 re-check the identities recorded in a decision's inputs offline.
 
-Runs no process and reads no file. The only thing it reads from the world is the clock, and only when it
-is not handed the time at which keys must be valid (`valid-after`/`valid-before`), as ssh-keygen does.
+Runs no process and reads no file. Keys must be valid (`valid-after`/`valid-before`) when the commit was
+signed, its committer time, as `git verify-commit` asks ssh-keygen: an approval does not stop counting
+when its key expires later. Only a pair given without a time is checked against the clock.
 """
 
 from __future__ import annotations
@@ -104,7 +105,7 @@ class Verifier:
         self.allowed_signers = allowed_signers or b""
         self.source = source
         self.at = at
-        """When keys must be valid (None: when the commit is verified, as ssh-keygen does)."""
+        """When keys must be valid (None: at each commit's committer time, as `git verify-commit` does)."""
         self.signers = _parsed(self.allowed_signers, source)
         self._cache: dict[str, Actor] = {}
 
@@ -116,7 +117,12 @@ class Verifier:
 
     def _verify(self, info: CommitInfo) -> Actor:
         return _judge(
-            self.signers, info.signed_payload, info.signature, commit=info.id, time=info.time, at=self.at
+            self.signers,
+            info.signed_payload,
+            info.signature,
+            commit=info.id,
+            time=info.time,
+            at=self.at or info.committed,
         )
 
     def digest(self) -> str:

@@ -162,6 +162,8 @@ class CommitInfo:
     time: datetime
     signature: bytes | None
     signed_payload: bytes | None
+    committed: datetime | None = None
+    """The committer time: when the signature was made, as `git verify-commit` takes it."""
 
 
 class Repo:
@@ -216,6 +218,7 @@ class Repo:
             time=datetime.fromtimestamp(commit.author.time, UTC),
             signature=signature,
             signed_payload=payload,
+            committed=datetime.fromtimestamp(commit.committer.time, UTC),
         )
 
     def last_writer(self, commit_id: str, path: str) -> CommitInfo | None:
