@@ -51,6 +51,7 @@ from .governance import (
     PolicyChange,
     PolicyError,
     PolicyView,
+    RecordRejected,
     change_authors,
     encode_signed,
     governed_files,
@@ -62,7 +63,7 @@ from .governance import (
     stored_policy,
     votes_of,
 )
-from .history import EvidenceIndex, Record, open_index
+from .history import EvidenceIndex, Record, cache_path, open_index
 from .identity import Verifier
 from .manifests import GROUPS_FILE, Loader, load_repository, load_settings, manifest_of
 from .models import (
@@ -616,6 +617,7 @@ class Evaluation:
     recheck: dict[str, list[str]]
     ref: str = ""
     """The evidence ref read and written (where the policy chain is)."""
+    keyring: Keyring | None = None
 
     def keep(self, evidence_head: str | None) -> None:
         self.index.keep(
@@ -1064,7 +1066,7 @@ def evaluate(
             | {name for name in repository.releases if name not in locks}
         ),
     }
-    return Evaluation(result, state, new_locks, evidence_head, branch, index, recheck, ref)
+    return Evaluation(result, state, new_locks, evidence_head, branch, index, recheck, ref, keyring)
 
 
 def dry_run(
@@ -1102,6 +1104,17 @@ def reconcile(
         )
         result, state = ev.result, ev.state
         result.races = attempt
+        doubled = _decided_on_branch(repo, ev, {o.promotion_id for o in result.recorded})
+        if doubled:
+            log.warning(
+                "the evidence index has no record of %s, but the branch does: rebuilding the index",
+                ", ".join(sorted(doubled)),
+            )
+            ev.discard()
+            cache = cache_path(repo, ev.ref)
+            for stale in (cache, cache.with_name(cache.name + "-wal"), cache.with_name(cache.name + "-shm")):
+                stale.unlink(missing_ok=True)
+            continue
         try:
             files = dict(state.files)
             for name, new in ev.new_locks.items():
@@ -1134,6 +1147,39 @@ def reconcile(
             pin_ref(repo, ev.ref)
         return result
     raise Transient(f"the evidence ref kept moving: gave up after {MAX_RACES} attempts")
+
+
+def _decided_on_branch(repo: Repo, ev: Evaluation, promotions: set[str]) -> set[str]:
+    """Which of `promotions` (about to be recorded) already have a verified decision on the evidence
+    branch: never trust the index cache alone before signing a decision that is final. Reads the
+    branch's statements (only those that mention one of the ids are parsed and verified)."""
+    if not promotions or ev.evidence_head is None or ev.keyring is None:
+        return set()
+    tree = repo.tree(ev.evidence_head)
+    needles = {f'"id":"{pid}"'.encode(): pid for pid in promotions}
+    found: set[str] = set()
+    for name in tree.listdir("evidence"):
+        if not name.endswith(".json") or name.endswith(".sigstore.json"):
+            continue
+        raw = tree.read(f"evidence/{name}") or b""
+        hits = [pid for needle, pid in needles.items() if needle in raw and pid not in found]
+        if not hits:
+            continue
+        try:
+            predicate = json.loads(raw)["predicate"]
+            promotion = predicate["promotion"]["id"]
+        except (ValueError, KeyError, TypeError):
+            continue
+        if predicate.get("type") != "release_decision" or promotion not in hits:
+            continue
+        try:
+            ev.keyring.verify(
+                raw, tree.read(f"evidence/{name[:-5]}.sigstore.json"), source=f"evidence/{name}"
+            )
+        except RecordRejected:
+            continue  # a statement that does not verify decides nothing
+        found.add(promotion)
+    return found
 
 
 def _check_signer(signer: Signer, keys: TrustedKeys | None) -> None:

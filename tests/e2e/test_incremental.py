@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sqlite3
 import subprocess
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -108,3 +109,24 @@ def test_lost_race_is_re_decided(tmp_path: Path) -> None:
     statements = decision_records(ws)  # and the genesis ratification the other pass wrote
     assert len(statements) == 1
     assert json.loads(ws.show(statements[0]))["predicate"]["promotion"]["id"] == "shop-1.4.0--dev"
+
+
+def test_an_edited_index_cache_cannot_cause_a_second_decision(tmp_path: Path) -> None:
+    """The cache is only a cache: a row deleted from it (its head intact) does not get a promotion
+    decided again; the branch is checked before anything is signed."""
+    ws = example_workspace(tmp_path)
+    assert _pass(ws, T0) == {"shop-1.4.0--dev": "allow"}
+    head = ws.git("rev-parse", "refs/heads/stella/evidence")
+    cache = cache_path(Repo(ws.root), "refs/heads/stella/evidence")
+    db = sqlite3.connect(cache)
+    db.execute("DELETE FROM records WHERE promotion = 'shop-1.4.0--dev'")
+    db.commit()
+    db.close()
+    write_files(ws.root, {"releases/shop-1.3.0.yaml": RELEASE_130})  # something new to look at
+    commit_all(ws.root, "a new release")
+    run = ws.stella("reconcile", "--once", "-o", "json")
+    assert run.code == 0, run.err
+    assert [d["promotion"] for d in run.json()["decisions"] if d["evidence"]] == []
+    assert "has no record of shop-1.4.0--dev, but the branch does: rebuilding the index" in run.err
+    assert len(decision_records(ws)) == 1  # one decision per promotion, still
+    assert ws.git("rev-parse", "refs/heads/stella/evidence") != head  # the new release's lock only
