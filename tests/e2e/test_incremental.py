@@ -120,6 +120,7 @@ def test_an_edited_index_cache_cannot_cause_a_second_decision(tmp_path: Path) ->
     cache = cache_path(Repo(ws.root), "refs/heads/stella/evidence")
     db = sqlite3.connect(cache)
     db.execute("DELETE FROM records WHERE promotion = 'shop-1.4.0--dev'")
+    db.execute("DELETE FROM meta WHERE key = 'source'")  # and the next pass reads every promotion
     db.commit()
     db.close()
     write_files(ws.root, {"releases/shop-1.3.0.yaml": RELEASE_130})  # something new to look at
