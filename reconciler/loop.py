@@ -65,7 +65,7 @@ from .governance import (
 )
 from .history import EvidenceIndex, Record, cache_path, open_index
 from .identity import Verifier
-from .manifests import GROUPS_FILE, Loader, load_repository, load_settings, manifest_of
+from .manifests import GROUPS_FILE, Loader, held_promotion, load_repository, load_settings, manifest_of
 from .models import (
     DecisionInputs,
     Environment,
@@ -1007,13 +1007,14 @@ def evaluate(
             if name.startswith("environments/") and name.count("/") == 1
         )
         if scope is None:
-            repository = load_repository(view, pending_environments=pending_envs)
+            repository = load_repository(view, pending_environments=pending_envs, contain=True)
         else:
             repository = load_repository(
-                view, promotions=scope[0], releases=scope[1], pending_environments=pending_envs
+                view, promotions=scope[0], releases=scope[1], pending_environments=pending_envs, contain=True
             )
         offline = offline or repository.settings.offline
         result = PassResult(source_commit=commit, policy=governed.policy.id, policy_change=governed.change)
+        result.problems += repository.problems
         result.ratification = ratification.record
         result.ignored = [f"{path}: {message}" for path, _, message in index.rejected()]
         budget = None
@@ -1051,11 +1052,15 @@ def evaluate(
         index.discard()
         index.close()
         raise
+    held = {h for p in repository.problems if (h := held_promotion(p.file)) is not None}
     recheck = {
         "promotions": sorted(
-            o.promotion_id
-            for o in result.outcomes
-            if o.problem or (o.decision is not None and o.decision.result == "pending")
+            {
+                o.promotion_id
+                for o in result.outcomes
+                if o.problem or (o.decision is not None and o.decision.result == "pending")
+            }
+            | held
         ),
         "releases": sorted(
             {

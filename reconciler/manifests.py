@@ -32,6 +32,8 @@ MAX_MANIFEST_BYTES = 256 * 1024
 SETTINGS_FILE = "stella.yaml"
 GROUPS_FILE = "trust/groups.yaml"
 _SAFE_STEM = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@%+-]{0,190}$")
+CONTAINED = ("promotions/", "approvals/", "releases/")
+"""Where a bad file holds up only what depends on it (a reconcile pass goes on with the rest)."""
 POLICY_APPROVALS = re.compile(r"^policy-(?P<hex>[0-9a-f]{64})$")
 """`approvals/policy-<hex>/`: approvals of ratifying policy `sha256:<hex>` (not of a promotion)."""
 
@@ -98,9 +100,17 @@ def parse_yaml(text: str) -> _Doc:
         raise _YamlProblem(f"YAML syntax error: {exc.problem or exc}", line) from None
     except yaml.YAMLError as exc:
         raise _YamlProblem(f"YAML error: {exc}", None) from None
+    except RecursionError:
+        raise _YamlProblem("nested too deep to read", None) from None
+
+
+MAX_DEPTH = 64
+"""How deep a manifest's mappings and lists may nest (a manifest needs a handful of levels)."""
 
 
 def _build(loader: Any, node: yaml.Node, path: tuple[str | int, ...], doc: _Doc) -> Any:
+    if len(path) > MAX_DEPTH:
+        raise _YamlProblem(f"nested more than {MAX_DEPTH} levels deep", node.start_mark.line + 1)
     doc.lines.setdefault(path, node.start_mark.line + 1)
     if isinstance(node, yaml.MappingNode):
         out: dict[str, Any] = {}
@@ -144,8 +154,13 @@ def _pydantic_problems(file: str, doc: _Doc, exc: ValidationError) -> list[Probl
 class Loader:
     """Collects problems while loading; `load()` returns the repository or raises ValidationFailed."""
 
-    def __init__(self, files: Files, pending_environments: frozenset[str] = frozenset()) -> None:
+    def __init__(
+        self, files: Files, pending_environments: frozenset[str] = frozenset(), *, contain: bool = False
+    ) -> None:
         self.files = files
+        self.contain = contain
+        """Keep going past problems in promotions, approvals and releases (`CONTAINED`): each holds up
+        only what depends on it, and is listed in `Repository.problems`."""
         self.pending_environments = pending_environments
         """Environments a promotion may name although they are not loaded (not ratified yet)."""
         self.problems: list[Problem] = []
@@ -288,16 +303,19 @@ class Loader:
         loaded_releases = self._named("releases", Release, "Release", wanted)
         approvals = self._approvals(loaded_promotions, set(loaded_promotions) if partial else None)
         self._cross_check(environments, loaded_releases, loaded_promotions, groups)
-        if self.problems or settings is None or groups is None:
+        contained = [p for p in self.problems if self.contain and p.file.startswith(CONTAINED)]
+        if len(contained) < len(self.problems) or settings is None or groups is None:
             raise ValidationFailed(self.problems)
+        held = {pid for p in contained if (pid := held_promotion(p.file)) is not None}
         return Repository(
             settings=settings,
             environments={k: v[0] for k, v in environments.items()},
             releases={k: v[0] for k, v in loaded_releases.items()},
-            promotions={k: v[0] for k, v in loaded_promotions.items()},
-            approvals=approvals,
+            promotions={k: v[0] for k, v in loaded_promotions.items() if k not in held},
+            approvals={k: v for k, v in approvals.items() if k not in held},
             groups=groups,
             commit=getattr(self.files, "commit", None),
+            problems=tuple(sorted(contained)),
         )
 
     def _approvals(
@@ -425,6 +443,16 @@ class Loader:
                 current = environments[current][0].promotesFrom
 
 
+def held_promotion(file: str) -> str | None:
+    """The promotion a contained problem holds up: its own file, or one of its approval files."""
+    parts = file.split("/")
+    if parts[0] == "promotions" and len(parts) == 2:
+        return parts[1].removesuffix(".yaml")
+    if parts[0] == "approvals" and len(parts) >= 2 and not POLICY_APPROVALS.match(parts[1]):
+        return parts[1]
+    return None
+
+
 def manifest_of(path: str) -> tuple[str, str] | None:
     """What a changed path is, for the incremental pass: ("promotion" | "approval", promotion id),
     ("release", name) or ("policy", hex) for a policy approval; None for anything else (settings,
@@ -444,11 +472,14 @@ def load_repository(
     promotions: set[str] | None = None,
     releases: set[str] | None = None,
     pending_environments: frozenset[str] = frozenset(),
+    contain: bool = False,
 ) -> Repository:
     """Load and validate every manifest (or a part: see `Loader.load`); raise ValidationFailed
     listing all problems. Promotions may name `pending_environments` (in the branch's policy, not yet
-    ratified) without it being a problem."""
-    return Loader(files, pending_environments).load(promotions, releases)
+    ratified) without it being a problem. `contain` (a reconcile pass): problems in promotions,
+    approvals and releases leave those out (and the promotions they belong to) instead of failing,
+    listed in `Repository.problems`; any other problem still fails."""
+    return Loader(files, pending_environments, contain=contain).load(promotions, releases)
 
 
 def load_settings(files: Files) -> Settings:

@@ -418,6 +418,9 @@ class Repository(BaseModel):
     commit: str | None = None
     policy_approvals: dict[str, dict[str, PolicyApproval]] = Field(default_factory=dict)
     """`approvals/policy-<hex>/` by policy hex, then identity."""
+    problems: tuple[Any, ...] = ()
+    """Problems (`errors.Problem`) of promotion, approval and release files left out of a contained
+    load: each holds up only what depends on it."""
 
 
 MANIFEST_MODELS: dict[str, type[BaseModel]] = {
