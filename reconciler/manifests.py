@@ -31,7 +31,10 @@ from .models import (
 MAX_MANIFEST_BYTES = 256 * 1024
 SETTINGS_FILE = "stella.yaml"
 GROUPS_FILE = "trust/groups.yaml"
-_SAFE_STEM = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@%+-]{0,190}$")
+_SAFE_STEM = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+"""A manifest's or promotion's name, as `models.Name` allows: 1-128 of letters, digits, `.`, `_`, `-`."""
+_IDENTITY_STEM = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._%+-]{0,63}@[A-Za-z0-9][A-Za-z0-9.-]{0,190}$")
+"""An approval file's name: the approver's identity, as `models.Identity` allows."""
 CONTAINED = ("promotions/", "approvals/", "releases/")
 """Where a bad file holds up only what depends on it (a reconcile pass goes on with the rest)."""
 POLICY_APPROVALS = re.compile(r"^policy-(?P<hex>[0-9a-f]{64})$")
@@ -209,7 +212,9 @@ class Loader:
             self.problems.extend(_pydantic_problems(_show(path), doc, exc))
             return None
 
-    def _manifests(self, directory: str, only: set[str] | None = None) -> Iterator[tuple[str, str]]:
+    def _manifests(
+        self, directory: str, only: set[str] | None = None, *, identities: bool = False
+    ) -> Iterator[tuple[str, str]]:
         """(path, stem) of each manifest in `directory` (or just those named in `only`, when they
         exist: no directory listing then); odd file names are problems."""
         names = (
@@ -234,12 +239,14 @@ class Loader:
                 continue
             stem = name[: -len(".yaml")]
             self.seen.setdefault(directory, set()).add(stem)
-            if not _SAFE_STEM.match(stem) or ".." in stem:
-                self.problem(
-                    path,
-                    None,
-                    f"file name {_show(stem)!r} is not a valid name (letters, digits, . _ -)",
+            pattern = _IDENTITY_STEM if identities else _SAFE_STEM
+            if not pattern.match(stem) or ".." in stem:
+                what = (
+                    "an approver identity (an email address)"
+                    if identities
+                    else "a valid name (1-128 letters, digits, . _ -)"
                 )
+                self.problem(path, None, f"file name {_show(stem)!r} is not {what}")
                 continue
             yield path, stem
 
@@ -337,7 +344,7 @@ class Loader:
                 continue
             if directory not in promotions:
                 self.problem(dir_path, None, f"approvals for unknown promotion {directory!r}")
-            for path, identity in self._manifests(dir_path):
+            for path, identity in self._manifests(dir_path, identities=True):
                 loaded = self._model(path, Approval, "Approval")
                 if loaded is None:
                     continue
@@ -361,7 +368,7 @@ class Loader:
         out: dict[str, PolicyApproval] = {}
         if not self.files.isdir(directory):
             return out
-        for path, identity in self._manifests(directory):
+        for path, identity in self._manifests(directory, identities=True):
             loaded = self._model(path, PolicyApproval, "Approval")
             if loaded is None:
                 continue

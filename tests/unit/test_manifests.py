@@ -9,7 +9,7 @@ import pytest
 from reconciler.errors import Problem, ValidationFailed
 from reconciler.manifests import MAX_MANIFEST_BYTES, load_repository
 from reconciler.repo import Repo, WorkTree
-from tests.support.repos import BASE, DIGEST, RELEASE, make_repo, write_files
+from tests.support.repos import BASE, DIGEST, PROMOTION, RELEASE, make_repo, write_files
 
 
 def problems_of(root: Path) -> list[Problem]:
@@ -95,6 +95,27 @@ BAD = [
         {"releases/bad\x07name.yaml": RELEASE},
         [("releases/bad\\x07name.yaml", None, "is not a valid name")],
         id="control-character-file-name",
+    ),
+    pytest.param(
+        {"promotions/ops@example.com.yaml": PROMOTION},
+        [("promotions/ops@example.com.yaml", None, "is not a valid name (1-128 letters, digits, . _ -)")],
+        id="name-with-at-sign",
+    ),
+    pytest.param(
+        {f"promotions/{'p' * 129}.yaml": PROMOTION},
+        [(f"promotions/{'p' * 129}.yaml", None, "is not a valid name (1-128 letters, digits, . _ -)")],
+        id="name-of-129-characters",
+    ),
+    pytest.param(
+        {"approvals/shop-1.0.0--dev/release-manager.yaml": "apiVersion: stella/v1\n"},
+        [
+            (
+                "approvals/shop-1.0.0--dev/release-manager.yaml",
+                None,
+                "is not an approver identity (an email address)",
+            )
+        ],
+        id="approval-file-not-an-identity",
     ),
     pytest.param(
         {
