@@ -10,6 +10,7 @@ There is no global state: `discover()` returns a `Plugins` value that callers pa
 from __future__ import annotations
 
 import logging
+import threading
 from dataclasses import dataclass, field
 from importlib.metadata import EntryPoint, entry_points
 from typing import Any
@@ -75,11 +76,27 @@ def check(obj: Any, protocol: type, *, offline: bool) -> str | None:
     return None
 
 
+IMPORT_TIMEOUT = 10.0
+"""How long importing one plugin may take before it is refused (an import that hangs is abandoned)."""
+
+
 def _load(ep: EntryPoint) -> tuple[Any, str | None]:
-    try:
-        return ep.load(), None
-    except Exception as exc:  # a broken plugin must not crash the core
-        return None, f"failed to import {ep.value}: {type(exc).__name__}: {exc}"
+    """Import a plugin on a thread of its own: one that raises, calls `sys.exit` or hangs at import is
+    refused with the reason, and the core goes on."""
+    outcome: list[tuple[Any, str | None]] = []
+
+    def load() -> None:
+        try:
+            outcome.append((ep.load(), None))
+        except BaseException as exc:  # a broken plugin (even one calling sys.exit) must not stop the core
+            outcome.append((None, f"failed to import {ep.value}: {type(exc).__name__}: {exc}"))
+
+    thread = threading.Thread(target=load, name=f"stella-import-{ep.name}", daemon=True)
+    thread.start()
+    thread.join(IMPORT_TIMEOUT)
+    if not outcome:
+        return None, f"importing {ep.value} did not finish within {IMPORT_TIMEOUT:g}s"
+    return outcome[0]
 
 
 def discover(*, offline: bool = False, kinds: tuple[str, ...] = tuple(GROUPS)) -> Plugins:

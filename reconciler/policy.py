@@ -87,21 +87,28 @@ def aggregate(results: Sequence[GateResult]) -> Decision:
 class _Worker:
     """One daemon thread that runs gate calls in turn, so that a call can be abandoned on timeout.
 
-    A gate that hangs keeps its thread; the next call gets a fresh worker. Starting a thread per call
-    costs more than most gates take, hence one worker reused while gates answer in time.
+    A gate that hangs keeps its thread (Python cannot stop it); the thread is then abandoned, ends as
+    soon as that call returns, and the next call gets a fresh worker. While a gate's abandoned call is
+    still running, that gate is not called again (`_hung`): a gate that hangs costs one thread, not one
+    per pass. Starting a thread per call costs more than most gates take, hence one worker reused while
+    gates answer in time.
     """
 
     def __init__(self) -> None:
         self._jobs: queue.SimpleQueue[tuple[Callable[[], object], queue.SimpleQueue[tuple[bool, object]]]]
         self._jobs = queue.SimpleQueue()
-        threading.Thread(target=self._loop, name="stella-gate", daemon=True).start()
+        self.abandoned = threading.Event()
+        self.thread = threading.Thread(target=self._loop, name="stella-gate", daemon=True)
+        self.thread.start()
 
     def _loop(self) -> None:
-        while True:
+        while not self.abandoned.is_set():
             job, answer = self._jobs.get()
             try:
                 answer.put((True, job()))
-            except Exception as exc:  # a failing plugin must not crash the core
+            except (
+                BaseException
+            ) as exc:  # a failing plugin (even one calling sys.exit) must not crash the core
                 answer.put((False, exc))
 
     def call(self, job: Callable[[], object], timeout: float) -> tuple[bool, object]:
@@ -113,9 +120,11 @@ class _Worker:
 
 _worker_lock = threading.Lock()
 _worker: _Worker | None = None
+_hung: dict[str, _Worker] = {}
+"""Gate name -> the abandoned worker still inside that gate's call."""
 
 
-def _call(job: Callable[[], object], timeout: float) -> tuple[bool, object]:
+def _call(name: str, job: Callable[[], object], timeout: float) -> tuple[bool, object]:
     global _worker
     with _worker_lock:
         worker = _worker = _worker or _Worker()
@@ -125,7 +134,18 @@ def _call(job: Callable[[], object], timeout: float) -> tuple[bool, object]:
         with _worker_lock:
             if _worker is worker:
                 _worker = None  # that thread is stuck in the gate: leave it, use a new one
+            worker.abandoned.set()
+            _hung[name] = worker
         raise
+
+
+def _still_hung(name: str) -> bool:
+    with _worker_lock:
+        worker = _hung.get(name)
+        if worker is not None and not worker.thread.is_alive():
+            del _hung[name]
+            worker = None
+    return worker is not None
 
 
 def run_gate(planned: PlannedGate, ctx: GateContext, timeout: float = GATE_TIMEOUT) -> GateResult:
@@ -134,8 +154,11 @@ def run_gate(planned: PlannedGate, ctx: GateContext, timeout: float = GATE_TIMEO
     if gate is None:
         return GateResult(planned.name, "error", "gate-unavailable", planned.unavailable)
     gate_ctx = replace(ctx, options=dict(planned.options))
+    if _still_hung(planned.name):
+        message = f"gate is still inside a call that did not answer within {timeout:g}s"
+        return GateResult(planned.name, "error", "gate-timeout", message)
     try:
-        ok, value = _call(lambda: gate.evaluate(gate_ctx), timeout)
+        ok, value = _call(planned.name, lambda: gate.evaluate(gate_ctx), timeout)
     except queue.Empty:
         log.warning("gate %s did not answer within %.1fs", planned.name, timeout)
         return GateResult(planned.name, "error", "gate-timeout", f"gate did not answer within {timeout:g}s")

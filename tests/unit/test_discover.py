@@ -209,3 +209,30 @@ def _manifest(**changes: Any) -> PluginManifest:
 )
 def test_check(obj: object, protocol: type, offline: bool, expected: str | None) -> None:
     assert check(obj, protocol, offline=offline) == expected
+
+
+IMPORTS = {
+    "exits": ("import sys\nsys.exit(4)\n", "failed to import stella_testplugin_exits:gate: SystemExit: 4"),
+    "hangs": (
+        "import threading\nthreading.Event().wait(30)\n",
+        "importing stella_testplugin_hangs:gate did not finish within 0.3s",
+    ),
+}
+
+
+@pytest.mark.parametrize(("source", "reason"), IMPORTS.values(), ids=IMPORTS.keys())
+def test_a_plugin_that_exits_or_hangs_at_import_is_refused(
+    site: Path, monkeypatch: pytest.MonkeyPatch, source: str, reason: str
+) -> None:
+    monkeypatch.setattr("reconciler.discover.IMPORT_TIMEOUT", 0.3)
+    name = reason.split(":")[0].split()[-1].removeprefix(MODULE_PREFIX)
+    write_distribution(
+        site,
+        f"{name}-gate",
+        entry_points={"stella.gates": {f"{name}-gate": f"{MODULE_PREFIX}{name}:gate"}},
+        module=f"{MODULE_PREFIX}{name}",
+        source=source,
+    )
+    plugins = discover(kinds=("gates",))  # returns: neither the exit nor the hang stops the core
+    assert plugins.broken[("gates", f"{name}-gate")] == reason
+    assert "approvals" in plugins.gates

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from datetime import UTC, datetime
 
 import pytest
@@ -73,6 +74,8 @@ class _Gate:
     def evaluate(self, ctx: GateContext) -> GateResult:
         if self.behaviour == "raise":
             raise RuntimeError("boom")
+        if self.behaviour == "exit":
+            raise SystemExit(3)
         if self.behaviour == "hang":
             self.release.wait(5)
         if self.behaviour == "garbage":
@@ -91,11 +94,12 @@ MISBEHAVING = [
 @pytest.mark.parametrize(("behaviour", "expected"), MISBEHAVING)
 def test_run_gate_never_raises(behaviour: str, expected: tuple[str, str, str]) -> None:
     gate = _Gate(behaviour)
+    name = f"t-{behaviour}"  # a gate that hung is not called again while its call runs: one name each
     try:
-        result = run_gate(PlannedGate("t", gate, {"max": 1}), _ctx(), timeout=0.2)
+        result = run_gate(PlannedGate(name, gate, {"max": 1}), _ctx(), timeout=0.2)
     finally:
         gate.release.set()
-    assert (result.gate, result.status, result.reason, result.message) == ("t", *expected)
+    assert (result.gate, result.status, result.reason, result.message) == (name, *expected)
 
 
 def test_missing_plugin_keeps_the_promotion_pending_and_others_run() -> None:
@@ -115,7 +119,35 @@ def test_missing_plugin_keeps_the_promotion_pending_and_others_run() -> None:
 def test_a_hung_gate_does_not_block_the_next_one() -> None:
     hung = _Gate("hang")
     try:
-        assert run_gate(PlannedGate("t", hung, {}), _ctx(), timeout=0.1).reason == "gate-timeout"
+        assert run_gate(PlannedGate("hung", hung, {}), _ctx(), timeout=0.1).reason == "gate-timeout"
         assert run_gate(PlannedGate("t", _Gate("ok"), {}), _ctx(), timeout=1).status == "pass"
     finally:
         hung.release.set()
+
+
+def test_a_hung_gate_costs_one_thread_over_a_thousand_passes() -> None:
+    """While its abandoned call still runs, the gate is not called again: no thread per pass."""
+    hung = _Gate("hang")
+    before = threading.active_count()
+    try:
+        results = [run_gate(PlannedGate("stuck", hung, {}), _ctx(), timeout=0.01) for _ in range(1000)]
+        assert {(r.status, r.reason) for r in results} == {("error", "gate-timeout")}
+        assert results[-1].message == "gate is still inside a call that did not answer within 0.01s"
+        assert threading.active_count() <= before + 2  # the stuck worker, and the fresh one
+    finally:
+        hung.release.set()
+    for _ in range(200):  # once the call returns, its thread ends and the gate is called again
+        if run_gate(PlannedGate("stuck", _Gate("ok"), {}), _ctx(), timeout=1).status == "pass":
+            break
+        time.sleep(0.01)
+    else:
+        raise AssertionError("the gate was never called again")
+
+
+def test_a_gate_that_calls_sys_exit_is_an_error() -> None:
+    result = run_gate(PlannedGate("exits", _Gate("exit"), {}), _ctx(), timeout=1)
+    assert (result.status, result.reason, result.message) == (
+        "error",
+        "gate-raised",
+        "gate raised SystemExit: 3",
+    )
