@@ -51,6 +51,9 @@ APPROVALS_PREFIX = "policy-"
 KEYS_DIR = "trust/evidence-keys"
 ALLOWED_SIGNERS = "trust/allowed_signers"
 GROUPS_FILE = "trust/groups.yaml"
+MAX_DATA_BYTES = 64 << 20
+"""The largest file a decision reads from outside the policy (mirror data: scan reports, bundles, image
+layouts); a larger one is refused by name instead of being read whole."""
 MAX_POLICY_FILES = 5000
 """A policy holding more files than this is refused (a policy is a few dozen files)."""
 
@@ -168,6 +171,11 @@ class PolicyView:
     def read(self, path: str) -> bytes | None:
         if is_governed(path):
             return self.policy.files.get(path)
+        size = self.source.size(path)
+        if size is not None and size > MAX_DATA_BYTES:
+            raise InvalidInput(
+                f"{path}: {size} bytes, over the {MAX_DATA_BYTES}-byte limit of a file Stella reads"
+            )
         return self.source.read(path)
 
     def size(self, path: str) -> int | None:

@@ -60,6 +60,8 @@ MAX_FILE_REJECTIONS = 20
 
 _OID = re.compile(r"^(?:[0-9a-f]{40}|[0-9a-f]{64})$")
 EVIDENCE_REFS = "refs/heads/stella/"
+MAX_EVIDENCE_FILE = 16 << 20
+"""The largest file an evidence branch takes (a statement, bundle or lock is a few KiB)."""
 """Every ref under this prefix is guarded as evidence: append-only, fast-forward only, verified."""
 APPEND_ONLY = IMMUTABLE
 _HEX = r"[0-9a-f]{64}"
@@ -274,6 +276,15 @@ def _check_added(
                 Rejection(
                     ref,
                     "not a file of the evidence branch layout (docs/evidence.md)",
+                    file=path,
+                    commit=commit,
+                )
+            )
+        elif (new.size(path) or 0) > MAX_EVIDENCE_FILE:
+            rejections.append(
+                Rejection(
+                    ref,
+                    f"{new.size(path)} bytes, over the {MAX_EVIDENCE_FILE}-byte limit",
                     file=path,
                     commit=commit,
                 )

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import rfc8785
 
-from reconciler.errors import Problem
+from reconciler.errors import InvalidInput, Problem
 from reconciler.governance import (
     Policy,
     PolicyError,
@@ -306,3 +306,15 @@ def test_without_governance_or_with_a_broken_proposal_nothing_is_ratified() -> N
     assert (broken.state, broken.reason) == ("blocked", "invalid")
     moved = judge_change(proposed=PROPOSED, settings=SETTINGS, fixed_ref="refs/heads/other", **common)  # type: ignore[arg-type]
     assert (moved.state, moved.reason) == ("blocked", "evidence-ref-fixed")
+
+
+def test_the_view_refuses_to_read_a_file_over_the_data_limit(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    root = make_repo(tmp_path / "repo", {"mirror/reports/big.json": "x" * 2048, "mirror/small.json": "{}"})
+    repo = Repo(root)
+    view = PolicyView(Policy.of(FILES), repo.tree(repo.resolve_ref("main") or ""))
+    monkeypatch.setattr("reconciler.governance.MAX_DATA_BYTES", 1024)
+    assert view.read("mirror/small.json") == b"{}"
+    with pytest.raises(InvalidInput, match=r"mirror/reports/big.json: 2048 bytes, over the 1024-byte limit"):
+        view.read("mirror/reports/big.json")
