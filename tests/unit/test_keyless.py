@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import json
+import threading
 from datetime import UTC, datetime
 from importlib.metadata import entry_points
 from pathlib import Path
@@ -22,6 +23,7 @@ from stella_sigstore.keyless import (
     KeylessPolicy,
     KeylessSigner,
     VerifiedKeyless,
+    bounded,
     keyless,
     load_keyless_policy,
     parse_keyless_policy,
@@ -31,7 +33,7 @@ from stella_sigstore.keyless import (
 )
 
 from reconciler.discover import check
-from reconciler.errors import InvalidInput, ValidationFailed
+from reconciler.errors import InvalidInput, Transient, ValidationFailed
 from reconciler.protocols import IN_TOTO_PAYLOAD_TYPE, SignerPlugin
 from reconciler.sign import BundleError
 from tests.support.oci import DirFiles
@@ -421,3 +423,16 @@ def test_witness_paths() -> None:
     for bad in ["AB" * 32, "ab" * 31, "../x", ""]:
         with pytest.raises(InvalidInput):
             witness_path(bad)
+
+
+def test_a_sigstore_call_that_never_answers_is_a_transient_error() -> None:
+    """sigstore-python sets no network timeout: each call runs bounded, and a hang costs one thread."""
+    stuck = threading.Event()
+    with pytest.raises(
+        Transient, match=r"^keyless signing: logging the signature in Rekor did not answer within 0.2s$"
+    ):
+        bounded(lambda: stuck.wait(30), "logging the signature in Rekor", timeout=0.2)
+    stuck.set()
+    assert bounded(lambda: 42, "anything", timeout=1) == 42
+    with pytest.raises(ValueError, match="raised where it ran"):
+        bounded(lambda: (_ for _ in ()).throw(ValueError("raised where it ran")), "anything", timeout=1)

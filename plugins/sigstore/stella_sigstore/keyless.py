@@ -26,13 +26,15 @@ import binascii
 import hashlib
 import json
 import logging
+import os
 import re
+import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, TypeVar, cast
 
 import id as ambient
 import yaml
@@ -120,7 +122,7 @@ class KeylessSigner:
             raise InvalidInput(f"keyless signing: the payload is not an in-toto statement: {exc}") from exc
         signer = self._current_signer()
         try:
-            bundle = signer.sign_dsse(statement)
+            bundle = bounded(lambda: signer.sign_dsse(statement), "logging the signature in Rekor")
         except Exception as exc:
             if not _service_failure(exc):
                 raise
@@ -135,7 +137,10 @@ class KeylessSigner:
         context = self._signing_context()
         try:
             # Makes the ephemeral key and gets its certificate from Fulcio (checking its SCT).
-            self._signer = SigstoreSigner(self._token, context, cache=True)
+            self._signer = bounded(
+                lambda: SigstoreSigner(self._token, context, cache=True),
+                "getting a signing certificate from Fulcio",
+            )
         except Exception as exc:
             if not _service_failure(exc):
                 raise
@@ -154,7 +159,9 @@ class KeylessSigner:
         if self._context is None:
             try:
                 trust = self._trust_config or ClientTrustConfig.production()
-                self._context = SigningContext.from_trust_config(trust)
+                self._context = bounded(
+                    lambda: SigningContext.from_trust_config(trust), "loading the Sigstore trust material"
+                )
             except Exception as exc:
                 if not _service_failure(exc):
                     raise
@@ -164,6 +171,45 @@ class KeylessSigner:
                     f"{_describe(exc)}"
                 ) from exc
         return self._context
+
+
+def _timeout_setting(default: float = 60.0) -> float:
+    """`STELLA_SIGSTORE_TIMEOUT` in seconds (read once, at import); `default` when unset or not positive."""
+    try:
+        value = float(os.environ.get("STELLA_SIGSTORE_TIMEOUT", default))
+    except ValueError:
+        return default
+    return value if 0 < value < float("inf") else default
+
+
+SIGSTORE_TIMEOUT = _timeout_setting()
+"""How long one call to Fulcio, Rekor or the trust material may take (sigstore-python sets no timeout)."""
+
+T = TypeVar("T")
+
+
+def bounded(call: Callable[[], T], what: str, timeout: float | None = None) -> T:
+    """Run `call` on a thread of its own and wait at most `timeout` (default `SIGSTORE_TIMEOUT`): a
+    service that never answers costs one abandoned thread and a `Transient` error, never a hung pass."""
+    limit = SIGSTORE_TIMEOUT if timeout is None else timeout
+    outcome: list[tuple[bool, object]] = []
+
+    def run() -> None:
+        try:
+            outcome.append((True, call()))
+        except BaseException as exc:  # handed back to the caller's thread
+            outcome.append((False, exc))
+
+    thread = threading.Thread(target=run, name="stella-sigstore", daemon=True)
+    thread.start()
+    thread.join(limit)
+    if not outcome:
+        raise Transient(f"keyless signing: {what} did not answer within {limit:g}s")
+    ok, value = outcome[0]
+    if not ok:
+        assert isinstance(value, BaseException)
+        raise value
+    return cast(T, value)
 
 
 def _service_failure(exc: BaseException) -> bool:
