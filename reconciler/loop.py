@@ -1238,6 +1238,10 @@ def run(
             report(one_pass())
         except StellaError as exc:
             on_error(exc)
+        except OSError as exc:  # the output went away (a closed pipe, a full disk): stop, do not spin
+            log.error("cannot report the pass (%s): stopping", exc)
+            threading.Thread(target=scheduler.shutdown, kwargs={"wait": False}, daemon=True).start()
+            raise
 
     def stop(signum: int, frame: object) -> None:
         log.info("signal %d: stopping after the current pass", signum)
