@@ -8,6 +8,7 @@ stable: every command prints one JSON object on stdout, documented in docs/cli.m
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import logging
 import os
@@ -20,7 +21,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any, NoReturn, TextIO, cast
 
 import yaml
 from rich.console import Console
@@ -54,6 +55,10 @@ from .witness import witness
 from .workflow import approve, approve_policy, promote
 
 OK, NOT_OK, INVALID, TRANSIENT = 0, 1, 2, 3
+BROKEN_PIPE = 128 + 13
+"""Whoever read stdout stopped early (`stella … | head`): 128 + SIGPIPE, what shells report for `cat`."""
+MAX_INPUT = 1 << 20
+"""The most bytes read from a file named on the command line (a checkpoint is a few KB)."""
 
 err = Console(stderr=True, highlight=False)
 out = Console(highlight=False)
@@ -68,6 +73,39 @@ class _Parser(argparse.ArgumentParser):
         self.print_usage(sys.stderr)
         err.print(f"stella: error: {message}", markup=False)
         raise SystemExit(INVALID)
+
+
+class _OutputError(OSError):
+    """Writing to stdout failed (a closed pipe, a full disk): told apart from every other I/O error."""
+
+
+class _Output:
+    """`sys.stdout` while a command runs: the same stream, whose write errors raise `_OutputError`."""
+
+    def __init__(self, stream: TextIO) -> None:
+        self._stream = stream
+
+    def write(self, text: str) -> int:
+        try:
+            return self._stream.write(text)
+        except OSError as exc:
+            raise _OutputError(exc.errno, exc.strerror or str(exc)) from exc
+
+    def flush(self) -> None:
+        try:
+            self._stream.flush()
+        except OSError as exc:
+            raise _OutputError(exc.errno, exc.strerror or str(exc)) from exc
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._stream, name)
+
+
+def _os_reason(exc: OSError, path: object = None) -> str:
+    """The system's reason for `exc`, and the files it concerns when they are not `path` itself."""
+    reason = exc.strerror or str(exc)
+    files = [str(f) for f in (exc.filename, exc.filename2) if f is not None and str(f) != str(path)]
+    return f"{reason} ({', '.join(files)})" if files else reason
 
 
 def _emit(args: argparse.Namespace, payload: dict[str, Any], text: Callable[[], None]) -> None:
@@ -714,10 +752,15 @@ def _audited(args: argparse.Namespace) -> tuple[Repo, Settings]:
 
 
 def _read_input(path: str, what: str) -> bytes:
+    """At most `MAX_INPUT` bytes of `path` (a pipe or a device too, such as `/dev/stdin`)."""
     try:
-        return Path(path).read_bytes()
+        with open(path, "rb") as fh:
+            data = fh.read(MAX_INPUT + 1)
     except OSError as exc:
-        raise InvalidInput(f"{path}: cannot read the {what}: {exc.strerror or exc}") from exc
+        raise InvalidInput(f"{path}: cannot read the {what}: {_os_reason(exc, path)}") from exc
+    if len(data) > MAX_INPUT:
+        raise InvalidInput(f"{path}: the {what} is larger than {MAX_INPUT} bytes")
+    return data
 
 
 def cmd_audit_witness(args: argparse.Namespace) -> int:
@@ -891,7 +934,10 @@ def cmd_audit_checkpoint(args: argparse.Namespace) -> int:
 
 def cmd_keys_generate(args: argparse.Namespace) -> int:
     out = Path(args.out)
-    hint = generate_key(out)
+    try:
+        hint = generate_key(out)
+    except OSError as exc:
+        raise InvalidInput(f"{out}: cannot write the key pair: {_os_reason(exc, out)}") from exc
     _emit(
         args,
         {"private": str(out), "public": f"{out}.pub", "hint": hint},
@@ -956,8 +1002,12 @@ def _git(cwd: Path, *argv: str) -> None:
 
 def cmd_demo(args: argparse.Namespace) -> int:
     steps = []
+    example = _example_repo()
+    kept = demo.keep_directory(Path(args.keep)) if args.keep is not None else None
+    if args.output != "json":
+        out.print(demo.clock_line(), markup=False, soft_wrap=True)
     with tempfile.TemporaryDirectory(prefix="stella-demo-") as tmp:
-        for number, step in enumerate(demo.steps(_example_repo(), Path(tmp)), start=1):
+        for number, step in enumerate(demo.steps(example, kept or Path(tmp)), start=1):
             steps.append(step)
             if args.output == "json":
                 continue
@@ -967,6 +1017,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
                 out.print(f"  {line}", markup=False, soft_wrap=True)
     if args.output == "json":
         print(json.dumps([{"title": s.title, "ok": s.ok, "lines": s.lines} for s in steps], indent=2))
+    elif kept is not None:
+        out.print()
+        for line in demo.kept(kept):
+            out.print(line, markup=False, soft_wrap=True)
     return OK if all(s.ok for s in steps) else NOT_OK
 
 
@@ -1003,7 +1057,11 @@ def cmd_audit_report(args: argparse.Namespace) -> int:
     keys = audit.load_keys(session.repo, session.settings.branch, missing_ok=True)
     with _audit_bar("verifying evidence") as progress:
         report = audit.verify(session.repo, ref, keys, progress)
-    paths = write_report(session.repo, ref, Path(args.dir), report)
+    target = Path(args.dir)
+    try:
+        paths = write_report(session.repo, ref, target, report)
+    except OSError as exc:
+        raise InvalidInput(f"{args.dir}: cannot write the report: {_os_reason(exc, target)}") from exc
     index, pages = paths[0].resolve(), [str(p.resolve()) for p in paths[1:]]
     _emit(
         args,
@@ -1224,11 +1282,49 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_init)
 
     p = sub.add_parser("demo", parents=[common], help="the whole flow on a copy of example-repo/")
+    p.add_argument(
+        "--keep",
+        metavar="DIR",
+        help="work in DIR (new or empty) and leave it there, to look at the evidence branch afterwards",
+    )
     p.set_defaults(func=cmd_demo)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run one command. When stdout cannot be written, one line on stderr and exit 2, never a traceback;
+    when its reader has gone (`stella … | head`), silence and `BROKEN_PIPE`."""
+    stdout = sys.stdout
+    if stdout is None:  # started with stdout closed (`stella … >&-`): print() writes nowhere
+        return _command(argv)
+    sys.stdout = cast(TextIO, _Output(stdout))
+    try:
+        try:
+            return _command(argv)
+        finally:
+            sys.stdout.flush()  # now, not at exit, where the interpreter could only ignore its errors
+    except _OutputError as exc:
+        _discard(stdout)
+        if exc.errno == errno.EPIPE:
+            return BROKEN_PIPE
+        err.print(f"error: cannot write the output: {exc.strerror}", markup=False, soft_wrap=True)
+        return INVALID
+    finally:
+        sys.stdout = stdout
+
+
+def _discard(stream: TextIO) -> None:
+    """Point `stream` at /dev/null, so that the interpreter's last flush of what is left cannot fail
+    (the recipe of the Python docs, "Note on SIGPIPE")."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, stream.fileno())
+        os.close(devnull)
+    except (OSError, ValueError):  # not a file descriptor (a test's capture): nothing is left to flush
+        pass
+
+
+def _command(argv: Sequence[str] | None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose > 1 else logging.INFO if args.verbose else logging.WARNING,
@@ -1247,6 +1343,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         err.print("interrupted")
         return 130
+    except _OutputError:
+        raise
+    except OSError as exc:  # local I/O (a path, a permission, the disk): exit 2, not 3 (infrastructure)
+        path = exc.filename
+        message = _os_reason(exc) if path is None else f"{path}: {_os_reason(exc, path)}"
+        _report(args, [], InvalidInput(message))
+        return INVALID
     return code
 
 
