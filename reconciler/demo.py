@@ -1,28 +1,41 @@
 """`stella demo`: the whole flow on a temporary copy of example-repo/, offline.
 
 `steps()` runs each step for real (Git, the offline mirror, gates, rendering, signing, audit) and
-yields a `Step` saying what it did and why it matters; the CLI prints them. Nothing here prints, and
-nothing outside the temporary directory is touched.
+yields a `Step` saying what it did and why it matters; the CLI prints them. The story's clock is fixed
+(`DEMO_NOW`, a Tuesday morning), so the freeze windows and every decision are the same on any day;
+Git commits keep their real dates. It runs in a temporary directory, or in one the user keeps
+(`stella demo --keep DIR`: `keep_directory()`) to look at the evidence branch afterwards (`kept()` says
+how). Nothing here prints, and nothing outside that directory is touched.
 """
 
 from __future__ import annotations
 
 import os
+import shlex
 import shutil
 import subprocess
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 from . import audit
 from .discover import Plugins, discover
+from .errors import InvalidInput
 from .loop import PassResult, dry_run, reconcile
 from .manifests import load_repository
 from .repo import Repo, WorkTree
 from .sign import KeySigner, generate_key, load_private_key
 from .workflow import approve, approve_policy, promote
+
+DEMO_NOW: Final = datetime(2026, 12, 1, 9, 30, tzinfo=UTC)
+"""The demo's clock: Tuesday 1 December 2026, 09:30 UTC. Outside staging's weekend freeze (Friday 18:00
+to Monday 08:00 UTC) and before prod's holiday freeze (from 20 December), after the example's images and
+scan reports were made; every pass of the story is decided at this instant."""
+
+TAMPERED_REF: Final = "refs/heads/demo/tampered"
+"""Where the tamper step forges a statement: a copy of the evidence branch, which stays intact."""
 
 DEMO_IDENTITY = {
     "GIT_AUTHOR_NAME": "Requester",
@@ -160,11 +173,50 @@ def _policy_change(
     )
 
 
-def steps(example: Path, workdir: Path, now: datetime | None = None) -> Iterator[Step]:
-    """Run the demo in `workdir` (empty, temporary), yielding each step as it completes."""
+def clock_line(now: datetime = DEMO_NOW) -> str:
+    """The first line of the demo's output: its clock is fixed, and why."""
+    utc = now.astimezone(UTC)
+    return (
+        f"The demo's clock is fixed at {utc:%Y-%m-%dT%H:%M:%SZ} ({utc:%A}) so that every step is the same "
+        "on any day."
+    )
+
+
+def keep_directory(directory: Path) -> Path:
+    """`directory` made ready to keep the demo's work (`stella demo --keep DIR`), as an absolute path.
+
+    It must not exist (it is made) or be an empty directory; anything else is `InvalidInput`, raised
+    before anything is written."""
+    if directory.is_dir():
+        if any(directory.iterdir()):
+            raise InvalidInput(f"{directory}: --keep needs a directory that does not exist or is empty")
+    elif directory.exists() or directory.is_symlink():
+        raise InvalidInput(f"{directory}: --keep needs a directory, and this is not one")
+    else:
+        try:
+            directory.mkdir(parents=True)
+        except OSError as exc:
+            raise InvalidInput(f"{directory}: cannot make the directory: {exc.strerror or exc}") from exc
+    return directory.resolve()
+
+
+def kept(directory: Path) -> list[str]:
+    """The last lines of `stella demo --keep DIR`: where the work is, and what to look at."""
+    root = directory.resolve()
+    repo = shlex.quote(str(root / "repo"))
+    return [
+        f"The demo's work is kept in {root}: the repository is {root / 'repo'}.",
+        f"To look at the evidence branch:  git -C {repo} log --stat stella/evidence",
+        f"To verify it offline:            stella audit verify --repo {repo}",
+    ]
+
+
+def steps(example: Path, workdir: Path, now: datetime = DEMO_NOW) -> Iterator[Step]:
+    """Run the demo in `workdir` (empty), yielding each step as it completes; every pass is decided at
+    `now` (default: the demo's fixed clock, `DEMO_NOW`)."""
 
     def clock() -> datetime:
-        return now or datetime.now(UTC)
+        return now
 
     work = workdir / "repo"
     shutil.copytree(example, work)
@@ -280,8 +332,9 @@ def steps(example: Path, workdir: Path, now: datetime | None = None) -> Iterator
     yield Step(
         "Merge (a merge commit keeps the signatures) and reconcile",
         "staging promotes from dev, needs one release manager who is not the requester, and is frozen at "
-        "weekends (Friday 18:00 to Monday 08:00 UTC): the decision is recorded when every gate passes, "
-        "with the requester and the approver in the evidence. A pending decision leaves no record.",
+        "weekends (Friday 18:00 to Monday 08:00 UTC; the demo's clock says Tuesday morning): the decision is "
+        "recorded when every gate passes, with the requester and the approver in the evidence. A pending "
+        "decision leaves no record.",
         _summary(second) or ["nothing new"],
         ok=not second.problems,
     )
@@ -305,16 +358,15 @@ def steps(example: Path, workdir: Path, now: datetime | None = None) -> Iterator
 
     if recorded is not None and recorded.evidence:
         path = f"evidence/{recorded.evidence.removeprefix('sha256:')}.json"
-        forged = (repo.tree(repo.resolve_ref("refs/heads/stella/evidence") or "").read(path) or b"").replace(
-            b'"result":"allow"', b'"result":"deny"'
-        )
-        ref = "refs/heads/stella/evidence"
-        head = repo.resolve_ref(ref)
-        repo.commit_files(ref, head, {path: forged}, "tamper with a statement")
-        tampered = audit.verify(repo, ref, audit.load_keys(repo, "main"), root=genesis)
+        head = repo.resolve_ref("refs/heads/stella/evidence")
+        forged = (repo.tree(head or "").read(path) or b"").replace(b'"result":"allow"', b'"result":"deny"')
+        # on a copy of the branch: the real one stays as the passes wrote it, for `--keep` to show
+        repo.commit_files(TAMPERED_REF, None, {path: forged}, "tamper with a statement", parent=head)
+        tampered = audit.verify(repo, TAMPERED_REF, audit.load_keys(repo, "main"), root=genesis)
         yield Step(
             "Tamper with a statement, and verify again",
-            "Someone with push access edits a recorded decision: every check that touches it fails.",
+            "Someone with push access edits a recorded decision (here on a copy of the evidence branch, "
+            f"{TAMPERED_REF.removeprefix('refs/heads/')}): every check that touches it fails.",
             [f"FAIL {finding}" for finding in tampered.findings],
             data={"findings": len(tampered.findings)},
             ok=not tampered.ok,

@@ -1,8 +1,20 @@
-"""`stella demo` runs the whole flow offline and every step does what it says."""
+"""`stella demo` runs the whole flow offline and every step does what it says, on any day."""
 
 from __future__ import annotations
 
+import re
+import shlex
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
 from tests.support.cli import stella
+
+CLOCK = (
+    "The demo's clock is fixed at 2026-12-01T09:30:00Z (Tuesday) so that every step is the same on any day."
+)
+HEX64 = "[0-9a-f]{64}"
 
 
 def test_demo_runs_every_step() -> None:
@@ -16,12 +28,20 @@ def test_demo_runs_every_step() -> None:
     assert verify in titles
     by_title = {s["title"]: s["lines"] for s in steps}
     assert any(line.startswith("shop-1.4.0--dev: allow -> evidence sha256:") for line in by_title[titles[2]])
+    # the demo's clock is a Tuesday morning: staging is never in its weekend freeze, whatever the day
     staging = by_title["Merge (a merge commit keeps the signatures) and reconcile"]
-    if any("freeze-window: frozen:" in line for line in staging):  # the weekend freeze of staging
-        assert staging[0] == "shop-1.4.0--staging: pending"
-    else:
-        assert staging[0].startswith("shop-1.4.0--staging: allow -> evidence sha256:")
-        assert "  pass    approvals: approved: approved by release-manager@example.com" in staging
+    expected = [
+        rf"shop-1\.4\.0--staging: allow -> evidence sha256:{HEX64}",
+        r"  pass    environment-order: soaked: release shop-1\.4\.0 was allowed in dev at "
+        rf"2026-12-01T09:30:00Z \(evidence sha256:{HEX64}\); no soak required",
+        re.escape("  pass    freeze-window: not-frozen: no freeze window is open"),
+        re.escape("  pass    approvals: approved: approved by release-manager@example.com"),
+        re.escape("  pass    quota: no-limit: no deployments-per-day limit"),
+        r"one evidence commit: [0-9a-f]{12}",
+    ]
+    assert len(staging) == len(expected), staging
+    for line, pattern in zip(staging, expected, strict=True):
+        assert re.fullmatch(pattern, line), line
     assert by_title[titles[2]][0].startswith("genesis: policy sha256:")
     change = by_title["Change the policy: a contributor makes themselves an approver"]
     assert change[0].startswith("policy change sha256:") and ": pending: " in change[0]
@@ -31,3 +51,60 @@ def test_demo_runs_every_step() -> None:
     assert by_title[verify][0].startswith("OK: ") and "2 ratified polic(ies)" in by_title[verify][0]
     tampered = by_title["Tamper with a statement, and verify again"]
     assert any("changed after it was written" in line for line in tampered)
+
+
+def test_demo_keep_leaves_a_repository_that_verifies(tmp_path: Path) -> None:
+    keep = tmp_path / "demo"  # does not exist yet: made
+    run = stella("demo", "--keep", keep)
+    assert run.code == 0, run.out + run.err
+    lines = run.out.splitlines()
+    assert lines[0] == CLOCK
+    repo = keep.resolve() / "repo"
+    assert lines[-3:] == [
+        f"The demo's work is kept in {keep.resolve()}: the repository is {repo}.",
+        f"To look at the evidence branch:  git -C {shlex.quote(str(repo))} log --stat stella/evidence",
+        f"To verify it offline:            stella audit verify --repo {shlex.quote(str(repo))}",
+    ]
+    assert sorted(p.name for p in keep.iterdir()) == [
+        "evidence-key.pem",
+        "evidence-key.pem.pub",
+        "repo",
+        "ssh",
+    ]
+    verified = stella("audit", "verify", "--repo", repo)
+    assert verified.code == 0, verified.out + verified.err
+
+
+def test_demo_keep_into_an_empty_directory(tmp_path: Path) -> None:
+    run = stella("demo", "--keep", tmp_path, "-o", "json")
+    assert run.code == 0, run.err
+    assert all(step["ok"] for step in run.json())
+    assert (tmp_path / "repo" / "stella.yaml").is_file()
+
+
+def _not_empty(directory: Path) -> None:
+    directory.mkdir()
+    (directory / "notes.txt").write_text("mine\n")
+
+
+def _a_file(path: Path) -> None:
+    path.write_text("a file\n")
+
+
+@pytest.mark.parametrize(
+    ("make", "problem"),
+    [
+        (_not_empty, "--keep needs a directory that does not exist or is empty"),
+        (_a_file, "--keep needs a directory, and this is not one"),
+    ],
+    ids=["not-empty", "a-file"],
+)
+def test_demo_keep_refuses_a_directory_in_use(
+    tmp_path: Path, make: Callable[[Path], None], problem: str
+) -> None:
+    keep = tmp_path / "taken"
+    make(keep)
+    before = sorted(tmp_path.rglob("*"))
+    run = stella("demo", "--keep", keep)
+    assert (run.code, run.out, run.err) == (2, "", f"error: {keep}: {problem}\n")
+    assert sorted(tmp_path.rglob("*")) == before  # nothing written
