@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from collections import Counter
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -46,6 +47,15 @@ def tagged(root: Path, repository: str, tag: str) -> str:
     return str(digest)
 
 
+def trivy_total(report: str) -> dict[str, int]:
+    """What Trivy's table prints per severity for `report` (a testdata file): one per entry of
+    `Results[].Vulnerabilities`, from the report's own data."""
+    document = json.loads((TESTDATA / report).read_bytes())
+    entries = [v for r in document.get("Results") or [] for v in r.get("Vulnerabilities") or []]
+    found = Counter(entry["Severity"] for entry in entries)
+    return {severity: found[severity] for severity in ("CRITICAL", "HIGH", "MEDIUM", "LOW", "UNKNOWN")}
+
+
 def place_report(root: Path, digest: str, report: str) -> str:
     """Make `report` (a testdata file) the only scan report of `digest`; its path in the repository."""
     directory = root / "mirror" / "reports" / digest.replace(":", "-")
@@ -82,24 +92,35 @@ def test_critical_finding_denied_in_prod2_allowed_in_dev(tmp_path: Path) -> None
         "web": [{"path": web_report, "sha256": ALPINE_SHA256, "format": "trivy"}],
         "worker": [{"path": worker_report, "sha256": CLEAN_SHA256, "format": "trivy"}],
     }
+    # findings as Trivy counts them (CVE-2019-14697 in musl and musl-utils is 2), and distinct ids
     counts = {
+        "web": {"CRITICAL": 2, "HIGH": 0, "MEDIUM": 4, "LOW": 0, "UNKNOWN": 0},
+        "worker": {"CRITICAL": 0, "HIGH": 0, "MEDIUM": 0, "LOW": 0, "UNKNOWN": 0},
+    }
+    assert counts == {
+        "web": trivy_total("trivy/alpine-39.json"),
+        "worker": trivy_total("trivy/sl-micro-rancher5.4.json"),
+    }
+    distinct = {
         "web": {"CRITICAL": 1, "HIGH": 0, "MEDIUM": 2, "LOW": 0, "UNKNOWN": 0},
         "worker": {"CRITICAL": 0, "HIGH": 0, "MEDIUM": 0, "LOW": 0, "UNKNOWN": 0},
     }
+    facts = {"reports": reports, "counts": counts, "distinctIds": distinct, "excepted": []}
     expected = {
         "shop-1.4.0--prod2": {
             "gate": "vulnerability",
             "status": "fail",
             "reason": "too-many-critical",
-            "message": "web: 1 CRITICAL > maxCritical 0 (CVE-2019-14697)",
-            "facts": {"reports": reports, "counts": counts, "excepted": []},
+            "message": "web: 2 CRITICAL (1 distinct id) > maxCritical 0 (CVE-2019-14697)",
+            "facts": facts,
         },
         "shop-1.4.0--dev": {
             "gate": "vulnerability",
             "status": "pass",
             "reason": "within-thresholds",
-            "message": "within thresholds (maxCritical 5): web: 1 CRITICAL, 2 MEDIUM; worker: no findings",
-            "facts": {"reports": reports, "counts": counts, "excepted": []},
+            "message": "within thresholds (maxCritical 5): "
+            "web: 2 CRITICAL (1 distinct id), 4 MEDIUM (2 distinct ids); worker: no findings",
+            "facts": facts,
         },
     }
     for promotion_id, gate in expected.items():
@@ -173,8 +194,8 @@ def test_example_prod_gate_has_data_for_every_example_image() -> None:
         "1.3.0": (
             "fail",
             "too-many-critical",
-            "web: 1 CRITICAL > maxCritical 0 (CVE-2019-14697); "
-            "worker: 1 CRITICAL > maxCritical 0 (CVE-2019-18224)",
+            "web: 2 CRITICAL (1 distinct id) > maxCritical 0 (CVE-2019-14697); "
+            "worker: 1 CRITICAL (1 distinct id) > maxCritical 0 (CVE-2019-18224)",
         ),
         "1.4.0": (
             "pass",

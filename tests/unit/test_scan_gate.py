@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from datetime import UTC, date, datetime
@@ -61,6 +62,36 @@ SEVEN_LOW = json.dumps(
     }
 ).encode()
 
+# osv-scanner output made here for the same image: it lists OS packages under their source package, once
+# per binary package (os_package_name), and its summary counts the source package once: one finding
+MUSL_OSV_SCANNER = json.dumps(
+    {
+        "results": [
+            {
+                "source": {"path": "/lib/apk/db/installed", "type": "os"},
+                "packages": [
+                    {
+                        "package": {
+                            "name": "musl",
+                            "os_package_name": binary,
+                            "version": "1.1.20-r4",
+                            "ecosystem": "Alpine:v3.9",
+                        },
+                        "vulnerabilities": [
+                            {
+                                "id": "CVE-2019-14697",
+                                "modified": "2019-08-06T16:15:00Z",
+                                "database_specific": {"severity": "CRITICAL"},
+                            }
+                        ],
+                    }
+                    for binary in ("musl", "musl-utils")
+                ],
+            }
+        ]
+    }
+).encode()
+
 
 def fmt(name: str) -> str:
     if name.startswith("trivy/"):
@@ -79,11 +110,27 @@ def counts(**given: int) -> dict[Severity, int]:
 
 def facts(
     reports: Mapping[str, list[dict[str, object]]],
-    tallies: Mapping[str, dict[Severity, int]],
+    found: Mapping[str, dict[Severity, int]],
+    distinct: Mapping[str, dict[Severity, int]] | None = None,
     excepted: list[dict[str, object]] | None = None,
     **more: object,
 ) -> dict[str, object]:
-    return {"reports": dict(reports), "counts": dict(tallies), "excepted": excepted or [], **more}
+    """The gate's facts: `found` the findings per severity, `distinct` the distinct ids (default: the same)."""
+    return {
+        "reports": dict(reports),
+        "counts": dict(found),
+        "distinctIds": dict(found if distinct is None else distinct),
+        "excepted": excepted or [],
+        **more,
+    }
+
+
+def trivy_total(name: str) -> dict[Severity, int]:
+    """What Trivy's table prints for a report (`Total: 6 (... MEDIUM: 4, HIGH: 0, CRITICAL: 2)`): one per
+    entry of `Results[].Vulnerabilities`, by its `Severity`. Read from the report's own data."""
+    document = json.loads((TESTDATA / name).read_bytes())
+    entries = [v for r in document.get("Results") or [] for v in r.get("Vulnerabilities") or []]
+    return counts(**Counter(entry["Severity"] for entry in entries))
 
 
 def result(status: GateStatus, reason: str, message: str, **kw: Any) -> GateResult:
@@ -146,7 +193,10 @@ NO_SEVERITY_LIMITS = "within thresholds (no limits set)"
 KNOWN = "blocklist, exceptions, maxCritical, maxHigh, maxLow, maxMedium, maxUnknown"
 UNTIL = "must be an RFC 3339 time with a time zone or a date"
 MUSL = {"id": "CVE-2019-14697", "until": "2026-12-31", "reason": "musl is not reachable"}
-ALPINE_FACTS = facts({"web": [used("web", ALPINE)]}, {"web": counts(CRITICAL=1, MEDIUM=2)})
+# CVE-2019-14697 in musl and musl-utils, CVE-2019-1549 and CVE-2019-1551 in libcrypto1.1 and libssl1.1
+ALPINE_COUNTS = counts(CRITICAL=2, MEDIUM=4)
+ALPINE_DISTINCT = counts(CRITICAL=1, MEDIUM=2)
+ALPINE_FACTS = facts({"web": [used("web", ALPINE)]}, {"web": ALPINE_COUNTS}, {"web": ALPINE_DISTINCT})
 WEB_MISSING = f"no scan report for web ({DIGESTS['web']}): no {DIRS['web']}/*.json"
 WORKER_MISSING = f"no scan report for worker ({DIGESTS['worker']}): no {DIRS['worker']}/*.json"
 UNRECOGNISED = (
@@ -155,8 +205,10 @@ UNRECOGNISED = (
 )
 
 
-def excepted(finding: str, severity: str, exception: Mapping[str, object]) -> dict[str, object]:
-    return {"component": "web", "finding": finding, "severity": severity, **exception}
+def excepted(
+    finding: str, severity: str, findings: int, exception: Mapping[str, object]
+) -> dict[str, object]:
+    return {"component": "web", "finding": finding, "severity": severity, "findings": findings, **exception}
 
 
 ROWS: dict[str, Row] = {
@@ -177,17 +229,29 @@ ROWS: dict[str, Row] = {
         result(
             "fail",
             "too-many-critical",
-            "web: 1 CRITICAL > maxCritical 0 (CVE-2019-14697)",
+            "web: 2 CRITICAL (1 distinct id) > maxCritical 0 (CVE-2019-14697)",
+            facts=ALPINE_FACTS,
+        ),
+    ),
+    # the limit counts findings, as Trivy does: one CVE in two packages is 2, over a limit of 1
+    "limits-count-findings-not-ids": Row(
+        {"maxCritical": 1},
+        {"web": [ALPINE]},
+        result(
+            "fail",
+            "too-many-critical",
+            "web: 2 CRITICAL (1 distinct id) > maxCritical 1 (CVE-2019-14697)",
             facts=ALPINE_FACTS,
         ),
     ),
     "at-the-limits": Row(
-        {"maxCritical": 1, "maxMedium": 2, "maxHigh": 0},
+        {"maxCritical": 2, "maxMedium": 4, "maxHigh": 0},
         {"web": [ALPINE]},
         result(
             "pass",
             "within-thresholds",
-            "within thresholds (maxCritical 1, maxHigh 0, maxMedium 2): web: 1 CRITICAL, 2 MEDIUM",
+            "within thresholds (maxCritical 2, maxHigh 0, maxMedium 4): "
+            "web: 2 CRITICAL (1 distinct id), 4 MEDIUM (2 distinct ids)",
             facts=ALPINE_FACTS,
         ),
     ),
@@ -197,18 +261,18 @@ ROWS: dict[str, Row] = {
         result(
             "fail",
             "too-many-critical",
-            "web: 1 CRITICAL > maxCritical 0 (CVE-2019-14697); "
-            "web: 2 MEDIUM > maxMedium 1 (CVE-2019-1549, CVE-2019-1551)",
+            "web: 2 CRITICAL (1 distinct id) > maxCritical 0 (CVE-2019-14697); "
+            "web: 4 MEDIUM (2 distinct ids) > maxMedium 1 (CVE-2019-1549, CVE-2019-1551)",
             facts=ALPINE_FACTS,
         ),
     ),
     "too-many-medium": Row(
-        {"maxCritical": 5, "maxMedium": 1},
+        {"maxCritical": 5, "maxMedium": 3},
         {"web": [ALPINE]},
         result(
             "fail",
             "too-many-medium",
-            "web: 2 MEDIUM > maxMedium 1 (CVE-2019-1549, CVE-2019-1551)",
+            "web: 4 MEDIUM (2 distinct ids) > maxMedium 3 (CVE-2019-1549, CVE-2019-1551)",
             facts=ALPINE_FACTS,
         ),
     ),
@@ -218,7 +282,7 @@ ROWS: dict[str, Row] = {
         result(
             "fail",
             "too-many-high",
-            "web: 1 HIGH > maxHigh 0 (CVE-2020-8165)",
+            "web: 1 HIGH (1 distinct id) > maxHigh 0 (CVE-2020-8165)",
             facts=facts(
                 {"web": [used("web", "trivy/fluentd-gems.json")]}, {"web": counts(CRITICAL=1, HIGH=1)}
             ),
@@ -230,7 +294,7 @@ ROWS: dict[str, Row] = {
         result(
             "fail",
             "too-many-low",
-            "web: 1 LOW > maxLow 0 (CVE-2019-18276)",
+            "web: 1 LOW (1 distinct id) > maxLow 0 (CVE-2019-18276)",
             facts=facts(
                 {"web": [used("web", "trivy/debian-buster.json")]}, {"web": counts(CRITICAL=1, LOW=1)}
             ),
@@ -242,7 +306,7 @@ ROWS: dict[str, Row] = {
         result(
             "fail",
             "too-many-unknown",
-            "web: 1 UNKNOWN > maxUnknown 0 (GO-2024-2963)",
+            "web: 1 UNKNOWN (1 distinct id) > maxUnknown 0 (GO-2024-2963)",
             facts=facts({"web": [used("web", "osv/GO-2024-2963.json")]}, {"web": counts(UNKNOWN=1)}),
         ),
     ),
@@ -252,7 +316,7 @@ ROWS: dict[str, Row] = {
         result(
             "fail",
             "too-many-low",
-            "web: 7 LOW > maxLow 6 (CVE-2000-0001, CVE-2000-0002, CVE-2000-0003, CVE-2000-0004, "
+            "web: 7 LOW (7 distinct ids) > maxLow 6 (CVE-2000-0001, CVE-2000-0002, CVE-2000-0003, CVE-2000-0004, "
             "CVE-2000-0005 and 2 more)",
             facts=facts(
                 {
@@ -276,8 +340,9 @@ ROWS: dict[str, Row] = {
         result(
             "pass",
             "within-thresholds",
-            # CVE-2019-18224 is in both Trivy reports: counted once
-            "within thresholds (maxCritical 2): web: 2 CRITICAL, 1 HIGH, 1 LOW",
+            # CVE-2019-18224 in libidn2-0 is in both Trivy reports: one finding, counted once
+            "within thresholds (maxCritical 2): "
+            "web: 2 CRITICAL (2 distinct ids), 1 HIGH (1 distinct id), 1 LOW (1 distinct id)",
             facts=facts(
                 {
                     "web": [
@@ -289,6 +354,51 @@ ROWS: dict[str, Row] = {
                 {"web": counts(CRITICAL=2, HIGH=1, LOW=1)},
             ),
         ),
+    ),
+    "the-same-scan-twice-counts-once": Row(
+        {"maxCritical": 2},
+        {"web": [ALPINE]},
+        result(
+            "pass",
+            "within-thresholds",
+            "within thresholds (maxCritical 2): web: 2 CRITICAL (1 distinct id), 4 MEDIUM (2 distinct ids)",
+            facts=facts(
+                {
+                    "web": [
+                        {"path": f"{DIRS['web']}/again.json", "sha256": SHA256[ALPINE], "format": "trivy"},
+                        used("web", ALPINE),
+                    ]
+                },
+                {"web": ALPINE_COUNTS},
+                {"web": ALPINE_DISTINCT},
+            ),
+        ),
+        made={"web": {"again.json": (TESTDATA / ALPINE).read_bytes()}},
+    ),
+    # osv-scanner finds CVE-2019-14697 in the source package musl only; Trivy also in musl-utils: 2
+    "two-scanners-the-most-findings-count": Row(
+        {"maxCritical": 1},
+        {"web": [ALPINE]},
+        result(
+            "fail",
+            "too-many-critical",
+            "web: 2 CRITICAL (1 distinct id) > maxCritical 1 (CVE-2019-14697)",
+            facts=facts(
+                {
+                    "web": [
+                        used("web", ALPINE),
+                        {
+                            "path": f"{DIRS['web']}/osv-scanner.json",
+                            "sha256": sha256_hex(MUSL_OSV_SCANNER),
+                            "format": "osv-scanner",
+                        },
+                    ]
+                },
+                {"web": ALPINE_COUNTS},
+                {"web": ALPINE_DISTINCT},
+            ),
+        ),
+        made={"web": {"osv-scanner.json": MUSL_OSV_SCANNER}},
     ),
     "clean-scans-and-a-readme": Row(
         {"maxCritical": 0},
@@ -315,10 +425,12 @@ ROWS: dict[str, Row] = {
         result(
             "pass",
             "within-thresholds",
-            "within thresholds (maxCritical 5): web: 1 CRITICAL, 2 MEDIUM; worker: no findings",
+            "within thresholds (maxCritical 5): "
+            "web: 2 CRITICAL (1 distinct id), 4 MEDIUM (2 distinct ids); worker: no findings",
             facts=facts(
                 {"web": [used("web", ALPINE)], "worker": [used("worker", CLEAN)]},
-                {"web": counts(CRITICAL=1, MEDIUM=2), "worker": counts()},
+                {"web": ALPINE_COUNTS, "worker": counts()},
+                {"web": ALPINE_DISTINCT, "worker": counts()},
             ),
         ),
         components=("worker", "web"),
@@ -329,9 +441,9 @@ ROWS: dict[str, Row] = {
         result(
             "fail",
             "too-many-critical",
-            "web: 1 CRITICAL > maxCritical 0 (GHSA-838r-hvwh-24h8); "
-            "worker: 1 CRITICAL > maxCritical 0 (GHSA-43w2-9j62-hq99); "
-            "worker: 1 HIGH > maxHigh 0 (GHSA-qc84-gqf4-9926)",
+            "web: 1 CRITICAL (1 distinct id) > maxCritical 0 (GHSA-838r-hvwh-24h8); "
+            "worker: 1 CRITICAL (1 distinct id) > maxCritical 0 (GHSA-43w2-9j62-hq99); "
+            "worker: 1 HIGH (1 distinct id) > maxHigh 0 (GHSA-qc84-gqf4-9926)",
             facts=facts(
                 {"web": [used("web", "osv/GHSA-838r-hvwh-24h8.json")], "worker": [used("worker", OSV_SCAN)]},
                 {"web": counts(CRITICAL=1), "worker": counts(CRITICAL=1, HIGH=1, MEDIUM=1)},
@@ -407,7 +519,8 @@ ROWS: dict[str, Row] = {
         result(
             "fail",
             "blocklisted",
-            "web: blocklisted CVE-2019-14697; web: 2 MEDIUM > maxMedium 0 (CVE-2019-1549, CVE-2019-1551)",
+            "web: blocklisted CVE-2019-14697; "
+            "web: 4 MEDIUM (2 distinct ids) > maxMedium 0 (CVE-2019-1549, CVE-2019-1551)",
             facts={
                 **ALPINE_FACTS,
                 "blocklisted": [{"component": "web", "id": "CVE-2019-14697", "listed": ["CVE-2019-14697"]}],
@@ -421,12 +534,13 @@ ROWS: dict[str, Row] = {
         result(
             "pass",
             "within-thresholds",
-            "within thresholds (maxCritical 0): web: 2 MEDIUM; "
+            "within thresholds (maxCritical 0): web: 4 MEDIUM (2 distinct ids); "
             "excepted: CVE-2019-14697 in web (until 2026-12-31: musl is not reachable)",
             facts=facts(
                 {"web": [used("web", ALPINE)]},
+                {"web": counts(MEDIUM=4)},
                 {"web": counts(MEDIUM=2)},
-                [excepted("CVE-2019-14697", "CRITICAL", MUSL)],
+                [excepted("CVE-2019-14697", "CRITICAL", 2, MUSL)],
             ),
         ),
     ),
@@ -441,15 +555,16 @@ ROWS: dict[str, Row] = {
         result(
             "pass",
             "within-thresholds",
-            "within thresholds (maxCritical 0): web: 1 HIGH, 1 MEDIUM; "
+            "within thresholds (maxCritical 0): web: 1 HIGH (1 distinct id), 1 MEDIUM (1 distinct id); "
             "excepted: GHSA-43w2-9j62-hq99 in web (until 2026-12-01T10:00:00Z: no input)",
             facts=facts(
                 {"web": [used("web", OSV_SCAN)]},
                 {"web": counts(HIGH=1, MEDIUM=1)},
-                [
+                excepted=[
                     excepted(
                         "GHSA-43w2-9j62-hq99",
                         "CRITICAL",
+                        1,
                         {"id": "RUSTSEC-2021-0003", "until": "2026-12-01T10:00:00Z", "reason": "no input"},
                     )
                 ],
@@ -462,12 +577,13 @@ ROWS: dict[str, Row] = {
         result(
             "pass",
             "within-thresholds",
-            "within thresholds (maxCritical 0): web: 2 MEDIUM; "
+            "within thresholds (maxCritical 0): web: 4 MEDIUM (2 distinct ids); "
             "excepted: CVE-2019-14697 in web (until 2026-12-01: musl is not reachable)",
             facts=facts(
                 {"web": [used("web", ALPINE)]},
+                {"web": counts(MEDIUM=4)},
                 {"web": counts(MEDIUM=2)},
-                [excepted("CVE-2019-14697", "CRITICAL", {**MUSL, "until": "2026-12-01"})],
+                [excepted("CVE-2019-14697", "CRITICAL", 2, {**MUSL, "until": "2026-12-01"})],
             ),
         ),
     ),
@@ -477,7 +593,7 @@ ROWS: dict[str, Row] = {
         result(
             "fail",
             "too-many-critical",
-            "web: 1 CRITICAL > maxCritical 0 (CVE-2019-14697); exception no longer applies: "
+            "web: 2 CRITICAL (1 distinct id) > maxCritical 0 (CVE-2019-14697); exception no longer applies: "
             "CVE-2019-14697 for CVE-2019-14697 in web (until 2026-11-30)",
             facts={
                 **ALPINE_FACTS,
@@ -540,7 +656,7 @@ ROWS: dict[str, Row] = {
         result(
             "fail",
             "too-many-critical",
-            f"web: 1 CRITICAL > maxCritical 0 (CVE-2019-14697); {WORKER_MISSING}",
+            f"web: 2 CRITICAL (1 distinct id) > maxCritical 0 (CVE-2019-14697); {WORKER_MISSING}",
             facts={**ALPINE_FACTS, "missing": {"worker": DIGESTS["worker"]}},
         ),
         components=("web", "worker"),
@@ -633,6 +749,30 @@ def test_vulnerability_gate(name: str, tmp_path: Path) -> None:
     assert vulnerability.evaluate(ctx) == row.expected
 
 
+TRIVY_REPORTS = sorted(name for name in SHA256 if name.startswith("trivy/"))
+
+
+@pytest.mark.parametrize("name", TRIVY_REPORTS, ids=TRIVY_REPORTS)
+def test_counts_are_what_trivy_prints(name: str, tmp_path: Path) -> None:
+    """The findings the gate counts per severity are Trivy's own totals for the report; the distinct
+    ids are its distinct VulnerabilityIDs per severity."""
+    document = json.loads((TESTDATA / name).read_bytes())
+    entries = [v for r in document.get("Results") or [] for v in r.get("Vulnerabilities") or []]
+    distinct = counts(**Counter(s for _, s in {(e["VulnerabilityID"], e["Severity"]) for e in entries}))
+    row = Row({}, {"web": [name]}, result("pass", "", ""))
+    found = vulnerability.evaluate(context(mirror(tmp_path, row), {}, ("web",)))
+    assert (found.status, found.facts["counts"], found.facts["distinctIds"]) == (
+        "pass",
+        {"web": trivy_total(name)},
+        {"web": distinct},
+    )
+
+
+def test_alpine_counts_as_trivy_prints_them() -> None:
+    """alpine-39.json: Trivy prints `Total: 6 (UNKNOWN: 0, LOW: 0, MEDIUM: 4, HIGH: 0, CRITICAL: 2)`."""
+    assert trivy_total(ALPINE) == ALPINE_COUNTS == counts(CRITICAL=2, MEDIUM=4)
+
+
 class ReversedFiles(DirFiles):
     """Lists directories backwards: a FileSource whose order must not matter."""
 
@@ -669,7 +809,7 @@ def test_reports_live_under_the_configured_mirror(tmp_path: Path) -> None:
     assert vulnerability.evaluate(ctx) == result(
         "fail",
         "too-many-critical",
-        "web: 1 CRITICAL > maxCritical 0 (CVE-2019-14697)",
+        "web: 2 CRITICAL (1 distinct id) > maxCritical 0 (CVE-2019-14697)",
         facts=facts(
             {
                 "web": [
@@ -680,7 +820,8 @@ def test_reports_live_under_the_configured_mirror(tmp_path: Path) -> None:
                     }
                 ]
             },
-            {"web": counts(CRITICAL=1, MEDIUM=2)},
+            {"web": ALPINE_COUNTS},
+            {"web": ALPINE_DISTINCT},
         ),
     )
 

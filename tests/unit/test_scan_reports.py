@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import random
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -12,11 +13,14 @@ import stella_scan
 from stella_scan.reports import (
     SEVERITIES,
     Finding,
+    Report,
     ReportError,
     Severity,
+    Vulnerability,
     count_by_severity,
     deduplicate,
     parse_report,
+    vulnerabilities,
 )
 
 TESTDATA = Path(__file__).resolve().parents[3] / "shared" / "testdata"
@@ -27,7 +31,7 @@ def counts(**given: int) -> dict[Severity, int]:
     return {severity: given.get(severity, 0) for severity in SEVERITIES}
 
 
-# file -> (format, counts of the findings as reported, counts after deduplication by id and aliases)
+# file -> (format, findings as the scanner counts them, distinct vulnerabilities (ids and aliases merged))
 EXPECTED: dict[str, tuple[str, dict[Severity, int], dict[Severity, int]]] = {
     # two CVE-2019-14697 (musl, musl-utils), four MEDIUM (CVE-2019-1549/1551 in libcrypto and libssl)
     "trivy/alpine-39.json": ("trivy", counts(CRITICAL=2, MEDIUM=4), counts(CRITICAL=1, MEDIUM=2)),
@@ -38,10 +42,11 @@ EXPECTED: dict[str, tuple[str, dict[Severity, int], dict[Severity, int]]] = {
     "osv/GHSA-838r-hvwh-24h8.json": ("osv", counts(CRITICAL=1), counts(CRITICAL=1)),
     "osv/UBUNTU-CVE-2025-38094.json": ("osv", counts(MEDIUM=1), counts(MEDIUM=1)),  # Ubuntu priority
     "osv/GO-2024-2963.json": ("osv", counts(UNKNOWN=1), counts(UNKNOWN=1)),  # Go: never a severity
+    # per package one group of aliases (osv-scanner's `groups`), the highest severity of its records:
     # GHSA HIGH + RUSTSEC (none), GHSA MODERATE + RUSTSEC (none), GHSA CRITICAL + RUSTSEC (CVSS 9.8)
     "osv/osv-scanner-multiple-packages-with-vulns.json": (
         "osv-scanner",
-        counts(CRITICAL=2, HIGH=1, MEDIUM=1, UNKNOWN=2),
+        counts(CRITICAL=1, HIGH=1, MEDIUM=1),
         counts(CRITICAL=1, HIGH=1, MEDIUM=1),
     ),
     "osv/osv-scanner-results-empty.json": ("osv-scanner", counts(), counts()),
@@ -72,6 +77,18 @@ def test_counts_by_severity(name: str) -> None:
     )
 
 
+TRIVY = sorted(name for name in EXPECTED if name.startswith("trivy/"))
+
+
+@pytest.mark.parametrize("name", TRIVY, ids=TRIVY)
+def test_trivy_findings_are_counted_as_trivy_counts_them(name: str) -> None:
+    """Trivy's table prints, per severity, one per entry of `Results[].Vulnerabilities` (its own data)."""
+    document = json.loads(read(name))
+    entries = [v for r in document.get("Results") or [] for v in r.get("Vulnerabilities") or []]
+    printed = counts(**Counter(entry["Severity"] for entry in entries))
+    assert count_by_severity(parse_report(read(name), name).findings) == printed
+
+
 def test_trivy_findings() -> None:
     report = parse_report(read("trivy/debian-buster.json"), "debian-buster.json")
     assert report.findings == (
@@ -91,7 +108,7 @@ def test_trivy_findings() -> None:
     )
 
 
-def test_trivy_same_vulnerability_in_two_packages_is_one_finding() -> None:
+def test_trivy_same_vulnerability_in_two_packages_is_two_findings_of_one_vulnerability() -> None:
     report = parse_report(read("trivy/alpine-39.json"), "alpine-39.json")
     assert [f.id for f in report.findings] == [
         "CVE-2019-14697",
@@ -144,25 +161,12 @@ def test_osv_records() -> None:
     )
 
 
-def test_osv_scanner_output_merges_aliases() -> None:
+def test_osv_scanner_output_merges_aliases_per_package() -> None:
+    """Each package lists a GHSA record and the RUSTSEC record it aliases (one group in `groups`): one
+    finding, as osv-scanner counts it, with the GHSA's severity (the RUSTSEC records have none, but for
+    RUSTSEC-2021-0003's CVSS 9.8)."""
     report = parse_report(read("osv/osv-scanner-multiple-packages-with-vulns.json"), "scan.json")
-    assert [(f.id, f.severity, f.severity_source) for f in report.findings] == [
-        ("GHSA-43w2-9j62-hq99", "CRITICAL", "database_specific.severity"),
-        ("GHSA-qc84-gqf4-9926", "HIGH", "database_specific.severity"),
-        ("GHSA-wfg4-322g-9vqv", "MEDIUM", "database_specific.severity"),  # MODERATE
-        ("RUSTSEC-2021-0003", "CRITICAL", "CVSS_V3 9.8 (CVSS:3.1/AV:N/AC:L/PR:N/UI:N/S:U/C:H/I:H/A:H)"),
-        (
-            "RUSTSEC-2022-0041",
-            "UNKNOWN",
-            "none: the record has no database_specific.severity, CVSS v3/v4 vector or Ubuntu priority",
-        ),
-        (
-            "RUSTSEC-2023-0045",
-            "UNKNOWN",
-            "none: the record has no database_specific.severity, CVSS v3/v4 vector or Ubuntu priority",
-        ),
-    ]
-    assert deduplicate(report.findings) == (
+    assert report.findings == (
         Finding(
             "GHSA-43w2-9j62-hq99",
             "CRITICAL",
@@ -185,6 +189,47 @@ def test_osv_scanner_output_merges_aliases() -> None:
             severity_source="database_specific.severity",
         ),
     )
+    assert deduplicate(report.findings) == report.findings  # already one per vulnerability and package
+
+
+def osv_scanner(*sources: list[tuple[str, str]]) -> bytes:
+    """osv-scanner output made here: per source, (package, os_package_name) entries with CVE-1 each."""
+    return json.dumps(
+        {
+            "results": [
+                {
+                    "source": {"path": f"/source/{n}", "type": "os"},
+                    "packages": [
+                        {
+                            "package": {
+                                "name": name,
+                                "os_package_name": binary,
+                                "version": "1",
+                                "ecosystem": "X",
+                            },
+                            "vulnerabilities": [{"id": "CVE-1", "modified": "2024-01-01T00:00:00Z"}],
+                        }
+                        for name, binary in entries
+                    ],
+                }
+                for n, entries in enumerate(sources)
+            ]
+        }
+    ).encode()
+
+
+@pytest.mark.parametrize(
+    ("data", "found"),
+    [
+        (osv_scanner([("musl", "musl"), ("musl", "musl-utils")]), 1),  # one source package, two binaries
+        (osv_scanner([("musl", "musl")], [("musl", "musl")]), 2),  # in two sources
+        (osv_scanner([("musl", "musl"), ("zlib", "zlib")]), 2),  # in two packages
+    ],
+    ids=["binaries-of-one-source-package", "two-sources", "two-packages"],
+)
+def test_osv_scanner_counts_a_package_of_a_source_once(data: bytes, found: int) -> None:
+    """As osv-scanner's summary: entries of one source with the same ecosystem, name and version are one."""
+    assert count_by_severity(parse_report(data, "scan.json").findings) == counts(UNKNOWN=found)
 
 
 def ghsa_variant(**changes: Any) -> bytes:
@@ -367,6 +412,48 @@ def test_deduplicate_is_transitive_keeps_the_worst_and_ignores_order() -> None:
         assert deduplicate(findings) == expected
 
 
+def trivy(*found: tuple[str, str]) -> Report:
+    """A Trivy report of (id, package) findings, all CRITICAL."""
+    return Report("trivy", tuple(Finding(i, "CRITICAL", (p,), severity_source="trivy") for i, p in found))
+
+
+def test_vulnerabilities_count_the_most_findings_any_one_report_has() -> None:
+    alpine = parse_report(read("trivy/alpine-39.json"), "alpine-39.json")
+    merged = deduplicate(alpine.findings)
+    assert vulnerabilities([alpine]) == tuple(Vulnerability(f, 2) for f in merged)
+    assert vulnerabilities([alpine, alpine]) == vulnerabilities([alpine])  # the same scan twice
+    osv_scan = Report(  # osv-scanner: the source package musl only, under an alias
+        "osv-scanner",
+        (Finding("GHSA-musl", "HIGH", ("musl@1.1.20-r4",), ("CVE-2019-14697",)),),
+    )
+    record = Report("osv", (Finding("CVE-2019-14697", "UNKNOWN", ("musl",)),))
+    (musl, *_) = vulnerabilities([osv_scan, alpine, record])
+    assert musl == Vulnerability(
+        Finding(
+            "CVE-2019-14697",
+            "CRITICAL",
+            ("musl", "musl-utils@1.1.20-r4", "musl@1.1.20-r4"),
+            ("GHSA-musl",),
+            severity_source="trivy: nvd",
+        ),
+        2,
+    )
+
+
+def test_vulnerabilities_within_one_report_every_finding_counts() -> None:
+    """One CVE in the same package at two paths (two jars), and in another package: 3, as Trivy prints."""
+    report = trivy(
+        ("CVE-1", "log4j@2.14.1"), ("CVE-1", "log4j@2.14.1"), ("CVE-1", "other@1"), ("CVE-2", "x@1")
+    )
+    other = trivy(("CVE-1", "log4j@2.14.1"), ("CVE-2", "x@1"), ("CVE-2", "y@1"))
+    expected = (
+        Vulnerability(Finding("CVE-1", "CRITICAL", ("log4j@2.14.1", "other@1"), severity_source="trivy"), 3),
+        Vulnerability(Finding("CVE-2", "CRITICAL", ("x@1", "y@1"), severity_source="trivy"), 2),
+    )
+    assert vulnerabilities([report, other]) == vulnerabilities([other, report]) == expected
+    assert vulnerabilities([]) == ()
+
+
 def test_public_api() -> None:
     assert sorted(stella_scan.__all__) == [
         "Finding",
@@ -378,11 +465,13 @@ def test_public_api() -> None:
         "ReportFormat",
         "SEVERITIES",
         "Severity",
+        "Vulnerability",
         "VulnerabilityGate",
         "__version__",
         "count_by_severity",
         "deduplicate",
         "parse_report",
         "reports_dir",
+        "vulnerabilities",
         "vulnerability",
     ]

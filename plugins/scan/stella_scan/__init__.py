@@ -17,9 +17,11 @@ from .reports import (
     ReportError,
     ReportFormat,
     Severity,
+    Vulnerability,
     count_by_severity,
     deduplicate,
     parse_report,
+    vulnerabilities,
 )
 
 __version__ = VulnerabilityGate.manifest.version
@@ -34,11 +36,13 @@ __all__ = [
     "ReportError",
     "ReportFormat",
     "Severity",
+    "Vulnerability",
     "VulnerabilityGate",
     "__version__",
     "count_by_severity",
     "deduplicate",
     "parse_report",
     "reports_dir",
+    "vulnerabilities",
     "vulnerability",
 ]

@@ -2,12 +2,15 @@
 
 What it does: for each component of the release, the reports for its digest `sha256:<hex>` are the
 `*.json` files in `<mirror>/reports/sha256-<hex>/` of the repository at the decision's commit (read
-through `ctx.files`). Every report is parsed (`reports.parse_report`: Trivy JSON or OSV), the findings
-of all reports of one digest are deduplicated (`reports.deduplicate`), and the environment's options
-decide:
+through `ctx.files`). Every report is parsed (`reports.parse_report`: Trivy JSON or OSV), and the
+findings of all reports of one digest are grouped by vulnerability (`reports.vulnerabilities`: one id,
+or ids linked by aliases). Findings are counted as the scanners count them, one per vulnerability in
+one package (one CVE in `musl` and `musl-utils` is 2 findings, 1 distinct id), and a vulnerability
+that several reports found counts as the most findings any one of them has. The environment's
+options decide:
 
 - `maxCritical`, `maxHigh`, `maxMedium`, `maxLow`, `maxUnknown`: the most findings of that severity an
-  image may have (an int >= 0; absent: no limit);
+  image may have (an int >= 0; absent: no limit), compared with the findings, not the distinct ids;
 - `blocklist`: ids that fail the gate whenever found (KEV-style), matched against a finding's id, its
   aliases and its related ids (OSV `upstream`, Trivy `VendorIDs`);
 - `exceptions`: `{id, until, reason}`, matched against a finding's id and aliases. While it applies an
@@ -20,8 +23,10 @@ Results (reason codes are stable): `pass` `within-thresholds`; `fail` `blocklist
 that applies, in that order; the message lists every violation); `pending` `no-scan-report` (a digest
 without any report: fail closed); `error` `invalid-report`, `unknown-option`, `invalid-option`,
 `no-files`. A violation is final even when another component has no report, or an invalid one (the
-message and facts name those too). `facts` name every report used (path, sha256 of its bytes, format),
-the counts per component and the exceptions applied (JSON values, lists sorted).
+message and facts name those too). Messages give both numbers (`web: 2 CRITICAL (1 distinct id)`).
+`facts` name every report used (path, sha256 of its bytes, format), per component the findings
+(`counts`) and the distinct ids (`distinctIds`) of each severity, and the exceptions applied (JSON
+values, lists sorted).
 
 PURE: reads only `ctx` (files through `ctx.files`, the time from `ctx.now`); no clock, network or Git;
 the result does not depend on the order of files, components or options.
@@ -41,7 +46,7 @@ from typing import Any, Final
 from reconciler.gates import as_utc, rfc3339
 from reconciler.protocols import FileSource, GateContext, GateResult, PluginManifest
 
-from .reports import SEVERITIES, Finding, ReportError, Severity, count_by_severity, deduplicate, parse_report
+from .reports import SEVERITIES, Report, ReportError, Severity, Vulnerability, parse_report, vulnerabilities
 
 __all__ = ["GATE", "LIMITS", "OPTIONS", "VulnerabilityGate", "reports_dir", "vulnerability"]
 
@@ -207,21 +212,32 @@ class _Image:
     digest: str
     reports: list[dict[str, object]] = field(default_factory=list)
     invalid: list[str] = field(default_factory=list)
-    counted: list[Finding] = field(default_factory=list)
+    counted: list[Vulnerability] = field(default_factory=list)
     excepted: list[dict[str, object]] = field(default_factory=list)
     expired: list[dict[str, object]] = field(default_factory=list)
     blocklisted: dict[str, list[str]] = field(default_factory=dict)
     """Finding id -> the blocklist entries it matched."""
 
     def counts(self) -> dict[Severity, int]:
-        return count_by_severity(self.counted)
+        """Findings of each severity, as the scanners count them: what the limits are compared with."""
+        counts: dict[Severity, int] = dict.fromkeys(SEVERITIES, 0)
+        for vulnerability in self.counted:
+            counts[vulnerability.finding.severity] += vulnerability.findings
+        return counts
+
+    def distinct(self) -> dict[Severity, int]:
+        """Distinct vulnerabilities (ids, aliases merged) of each severity."""
+        counts: dict[Severity, int] = dict.fromkeys(SEVERITIES, 0)
+        for vulnerability in self.counted:
+            counts[vulnerability.finding.severity] += 1
+        return counts
 
     def ids(self, severity: Severity) -> list[str]:
-        return sorted(f.id for f in self.counted if f.severity == severity)
+        return sorted(v.finding.id for v in self.counted if v.finding.severity == severity)
 
 
-def _read(files: FileSource, image: _Image, directory: str) -> list[Finding]:
-    findings: list[Finding] = []
+def _read(files: FileSource, image: _Image, directory: str) -> list[Report]:
+    reports: list[Report] = []
     for name in sorted(n for n in files.listdir(directory) if n.endswith(".json")):
         path = f"{directory}/{name}"
         data = files.read(path)
@@ -235,12 +251,13 @@ def _read(files: FileSource, image: _Image, directory: str) -> list[Finding]:
         image.reports.append(
             {"path": path, "sha256": hashlib.sha256(data).hexdigest(), "format": report.format}
         )
-        findings.extend(report.findings)
-    return findings
+        reports.append(report)
+    return reports
 
 
-def _judge(image: _Image, findings: Sequence[Finding], options: _Options, now: datetime) -> None:
-    for finding in deduplicate(findings):
+def _judge(image: _Image, reports: Sequence[Report], options: _Options, now: datetime) -> None:
+    for vulnerability in vulnerabilities(reports):
+        finding = vulnerability.finding
         matching = [e for e in options.exceptions if e.id in finding.ids]
         live = [e for e in matching if e.applies(now)]
         if live:
@@ -249,6 +266,7 @@ def _judge(image: _Image, findings: Sequence[Finding], options: _Options, now: d
                     "component": image.component,
                     "finding": finding.id,
                     "severity": finding.severity,
+                    "findings": vulnerability.findings,
                     **e.fact(),
                 }
                 for e in live
@@ -260,7 +278,7 @@ def _judge(image: _Image, findings: Sequence[Finding], options: _Options, now: d
         listed = options.blocklist & (finding.ids | set(finding.related))
         if listed:
             image.blocklisted[finding.id] = sorted(listed)
-        image.counted.append(finding)
+        image.counted.append(vulnerability)
 
 
 def _ids(ids: Sequence[str]) -> str:
@@ -268,9 +286,14 @@ def _ids(ids: Sequence[str]) -> str:
     return shown if len(ids) <= MAX_IDS else f"{shown} and {len(ids) - MAX_IDS} more"
 
 
+def _count(image: _Image, severity: Severity) -> str:
+    """`2 CRITICAL (1 distinct id)`: the findings, as the limits count them, and the distinct ids."""
+    distinct = image.distinct()[severity]
+    return f"{image.counts()[severity]} {severity} ({distinct} distinct id{'' if distinct == 1 else 's'})"
+
+
 def _summary(image: _Image) -> str:
-    counts = image.counts()
-    found = ", ".join(f"{n} {s}" for s, n in counts.items() if n)
+    found = ", ".join(_count(image, s) for s, n in image.counts().items() if n)
     return f"{image.component}: {found or 'no findings'}"
 
 
@@ -317,11 +340,11 @@ class VulnerabilityGate:
         for component, locked in sorted(ctx.release.components.items()):
             image = _Image(component, locked.digest)
             directory = reports_dir(ctx.mirror, locked.digest)
-            findings = _read(files, image, directory)
+            reports = _read(files, image, directory)
             if not image.reports and not image.invalid:
                 missing.append((component, locked.digest, directory))
                 continue
-            _judge(image, findings, options, now)
+            _judge(image, reports, options, now)
             images.append(image)
         facts = _facts(images)
         invalid = [problem for i in images for problem in i.invalid]
@@ -370,7 +393,7 @@ def _violations(images: Sequence[_Image], options: _Options) -> tuple[list[str],
             count = image.counts()[severity]
             if count > limit:
                 violations.append(
-                    f"{image.component}: {count} {severity} > {LIMITS[severity]} {limit} "
+                    f"{image.component}: {_count(image, severity)} > {LIMITS[severity]} {limit} "
                     f"({_ids(image.ids(severity))})"
                 )
                 reasons.append(f"too-many-{severity.lower()}")
@@ -381,6 +404,7 @@ def _facts(images: Sequence[_Image]) -> dict[str, object]:
     facts: dict[str, object] = {
         "reports": {i.component: i.reports for i in images if i.reports},
         "counts": {i.component: dict(i.counts()) for i in images if i.reports},
+        "distinctIds": {i.component: dict(i.distinct()) for i in images if i.reports},
         "excepted": sorted(
             (e for i in images for e in i.excepted), key=lambda e: (str(e["component"]), str(e["finding"]))
         ),

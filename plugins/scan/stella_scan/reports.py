@@ -2,12 +2,17 @@
 
 What it does: `parse_report(data, path)` turns the bytes of one report into a `Report`: its format and
 its findings, each with an id, a severity (CRITICAL, HIGH, MEDIUM, LOW or UNKNOWN), the packages it
-was found in, its aliases, and where the severity came from. Three shapes are understood:
+was found in, its aliases, and where the severity came from. A report's findings are counted as its
+scanner counts them: one per vulnerability in one package. Three shapes are understood:
 
-- `trivy`: `trivy image --format json` output, `SchemaVersion` 2, findings in
-  `Results[].Vulnerabilities[]` (severity: Trivy's `Severity`; related ids: `VendorIDs`);
-- `osv`: one OSV record (an object with `id` and `modified`);
-- `osv-scanner`: osv-scanner JSON output, OSV records in `results[].packages[].vulnerabilities[]`.
+- `trivy`: `trivy image --format json` output, `SchemaVersion` 2, one finding per entry of
+  `Results[].Vulnerabilities[]`, which is what Trivy's table counts (one CVE in two packages: 2)
+  (severity: Trivy's `Severity`; related ids: `VendorIDs`);
+- `osv`: one OSV record (an object with `id` and `modified`): one finding;
+- `osv-scanner`: osv-scanner JSON output, OSV records in `results[].packages[].vulnerabilities[]`; the
+  records of one package of one result (source) that are linked by `aliases` are one finding
+  (osv-scanner's `groups`, which is what its summary counts), with the highest known severity of the
+  records. Entries of one result naming the same package (ecosystem, name, version) are one package.
 
 An OSV record's severity is the first of: `database_specific.severity` (GitHub's MODERATE is MEDIUM);
 the highest base severity of its CVSS v3 vectors, then of its CVSS v4 vectors (scored by the `cvss`
@@ -17,7 +22,9 @@ empty `results` list (osv-scanner) has no findings: a clean scan. A document of 
 `ReportError` naming the file.
 
 `deduplicate` merges the findings of all reports of one image that name the same vulnerability (the
-same id, or ids linked through `aliases`), keeping the highest known severity.
+same id, or ids linked through `aliases`), keeping the highest known severity. `vulnerabilities` does
+the same for whole reports and says how many findings each vulnerability counts as: the most that any
+one report has for it, so a second scan of the same image never counts a finding twice.
 
 PURE: bytes in, values out. No disk, network, clock or Git; never prints.
 """
@@ -25,6 +32,7 @@ PURE: bytes in, values out. No disk, network, clock or Git; never prints.
 from __future__ import annotations
 
 import json
+from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Final, Literal, cast
@@ -41,9 +49,11 @@ __all__ = [
     "ReportError",
     "ReportFormat",
     "Severity",
+    "Vulnerability",
     "count_by_severity",
     "deduplicate",
     "parse_report",
+    "vulnerabilities",
 ]
 
 Severity = Literal["CRITICAL", "HIGH", "MEDIUM", "LOW", "UNKNOWN"]
@@ -111,14 +121,29 @@ class Finding:
 
 @dataclass(frozen=True)
 class Report:
-    """One parsed report: its format and its findings, sorted by id (not deduplicated)."""
+    """One parsed report: its format and its findings as its scanner counts them, sorted by id.
+
+    The same id may be several findings (one CVE in `musl` and in `musl-utils`): not deduplicated."""
 
     format: ReportFormat
     findings: tuple[Finding, ...]
 
 
+@dataclass(frozen=True)
+class Vulnerability:
+    """One vulnerability of an image, over all its reports, and how many findings it counts as."""
+
+    finding: Finding
+    """Its findings in every report merged into one (`deduplicate`): the smallest id, every other id as
+    an alias, every package, the highest known severity."""
+    findings: int
+    """How many findings it counts as: the most that any one report has for it (>= 1)."""
+
+
 def count_by_severity(findings: Iterable[Finding]) -> dict[Severity, int]:
-    """How many findings of each severity; every severity is a key, most severe first."""
+    """How many findings of each severity; every severity is a key, most severe first.
+
+    On a report's findings, this is what its scanner prints (Trivy's `Total:` line of a table)."""
     counts: dict[Severity, int] = dict.fromkeys(SEVERITIES, 0)
     for finding in findings:
         counts[finding.severity] += 1
@@ -205,11 +230,15 @@ def _trivy(document: Mapping[str, Any], path: str) -> list[Finding]:
 
 
 def _osv_scanner(document: Mapping[str, Any], path: str) -> list[Finding]:
+    """One finding per alias group of each package of each result (source), as osv-scanner's summary
+    counts them: entries of one source naming the same package (ecosystem, name, version) are one
+    package, as for OS packages, listed under their source package once per binary package."""
     findings: list[Finding] = []
     for r, result in enumerate(_list(document.get("results"), "results", path, required=True)):
         where = f"results[{r}]"
         if not isinstance(result, dict):
             raise ReportError(f"{where} is not an object", file=path)
+        packages: dict[tuple[str, str, str], list[Finding]] = {}
         for p, entry in enumerate(_list(result.get("packages"), f"{where}.packages", path)):
             at = f"{where}.packages[{p}]"
             if not isinstance(entry, dict):
@@ -218,10 +247,15 @@ def _osv_scanner(document: Mapping[str, Any], path: str) -> list[Finding]:
             if not isinstance(package, dict):
                 raise ReportError(f"{at}.package is not an object", file=path)
             name = _text(package.get("name"), f"{at}.package.name", path)
-            version = package.get("version")
-            label = f"{name}@{version}" if isinstance(version, str) and version else name
+            version, ecosystem = (package.get(k) for k in ("version", "ecosystem"))
+            version = version if isinstance(version, str) else ""
+            key = (ecosystem if isinstance(ecosystem, str) else "", name, version)
+            label = f"{name}@{version}" if version else name
+            records = packages.setdefault(key, [])
             for v, record in enumerate(_list(entry.get("vulnerabilities"), f"{at}.vulnerabilities", path)):
-                findings.extend(_osv_findings(record, path, f"{at}.vulnerabilities[{v}]", label))
+                records.extend(_osv_findings(record, path, f"{at}.vulnerabilities[{v}]", label))
+        for records in packages.values():
+            findings.extend(deduplicate(records))
     return findings
 
 
@@ -337,6 +371,24 @@ def deduplicate(findings: Iterable[Finding]) -> tuple[Finding, ...]:
     for index, finding in enumerate(items):
         groups.setdefault(root(index), []).append(finding)
     return _sorted(_merge(group) for group in groups.values())
+
+
+def vulnerabilities(reports: Iterable[Report]) -> tuple[Vulnerability, ...]:
+    """One per vulnerability of an image (`deduplicate` over every report's findings), with how many
+    findings it counts as: the most that any one report has for it.
+
+    Within a report every finding counts (its scanner counted it); across reports of the same image the
+    largest count wins, because two scans of one image that find the same vulnerability found the same
+    thing. Sorted by id; the result does not depend on the order of reports or findings.
+    """
+    reports = list(reports)
+    merged = deduplicate(f for report in reports for f in report.findings)
+    owner = {ident: index for index, finding in enumerate(merged) for ident in finding.ids}
+    most = [0] * len(merged)
+    for report in reports:
+        for index, count in Counter(owner[f.id] for f in report.findings).items():
+            most[index] = max(most[index], count)
+    return tuple(Vulnerability(finding, count) for finding, count in zip(merged, most, strict=True))
 
 
 def _merge(group: list[Finding]) -> Finding:
