@@ -44,7 +44,7 @@ from .loop import (
     run,
     source_commit,
 )
-from .manifests import load_repository, load_settings, manifest_of
+from .manifests import held_promotion, load_repository, load_settings, manifest_of
 from .models import Release, Settings
 from .protocols import GateResult, Signer
 from .repo import Repo, WorkTree
@@ -497,6 +497,7 @@ def cmd_why(args: argparse.Namespace) -> int:
         return OK if record.result == "allow" else NOT_OK
     # on the branch the reconciler reads; else at HEAD (a pull request's checkout)
     outcome = None
+    held: list[Problem] = []
     for commit in dict.fromkeys([source_commit(repo)[1], repo.resolve_ref("HEAD")]):
         if commit is None:
             continue
@@ -506,6 +507,9 @@ def cmd_why(args: argparse.Namespace) -> int:
         outcome = next((o for o in result.outcomes if o.promotion_id == args.promotion), None)
         if outcome is not None:
             break
+        held = held or [p for p in result.problems if held_promotion(p.file) == args.promotion]
+    if outcome is None and held:  # its file (or an approval of it) does not load: say where
+        raise ValidationFailed(held)
     if outcome is None:
         raise Usage(
             f"no promotion {args.promotion!r} on {session.settings.branch} or at HEAD "

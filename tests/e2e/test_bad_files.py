@@ -96,3 +96,12 @@ def test_bad_settings_still_stop_the_pass(ws: Workspace) -> None:
     run = ws.stella("reconcile", "--once")
     assert run.code == 2
     assert "stella.yaml" in run.err and "Traceback" not in run.err
+
+
+def test_why_names_the_bad_file_of_a_held_promotion(ws: Workspace) -> None:
+    files, problem, held = BAD["yaml-syntax"]
+    write_files(ws.root, files)
+    commit_all(ws.root, "a broken promotion")
+    run = ws.stella("why", held)
+    assert run.code == 2
+    assert run.err.startswith(f"error: {problem}") and "Traceback" not in run.err

@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
+from jinja2 import StrictUndefined
+from jinja2.sandbox import ImmutableSandboxedEnvironment
 from pydantic import ValidationError
 
+import reconciler.render as rendering
 from reconciler.models import Environment, HostAccess, LockedComponent, ReleaseLock
 from reconciler.render import DEFAULT_TEMPLATE, LOCK_FILE, RenderError, check, lock_images, render
 
@@ -370,7 +374,7 @@ BAD_TEMPLATES = [
     ),
     pytest.param(
         "{{ 'x' * 100000000 }}",
-        (T, 1, f"{SANDBOX} repetition would build a value longer than 1048576"),
+        (T, 1, "builds a value larger than 1048576 bytes (the budget of a template)"),
         id="sandbox-huge-value",
     ),
     pytest.param(
@@ -1243,3 +1247,261 @@ def test_lock_images_of_a_non_lock() -> None:
             "service 'web': image 'redis:7' is not pinned by digest alone (write repo@sha256:<64 hex>; the tag goes in a comment)",
         ),
     )
+
+
+# --- the budget of a render: no template hangs or exhausts the reconciler --------------------------
+
+STEPS = "rendering took more than 1000000 steps (the budget of a template)"
+TOO_BIG = "builds a value larger than 1048576 bytes (the budget of a template)"
+IN_ALL = "builds more than 67108864 bytes of values in all (the budget of a template)"
+BIG = "{% set big = 'x' * 1000000 %}"  # as large as one value may be
+HALF = "{% set half = 'x' * 600000 %}"
+NESTED = "{% for a in range(100000) %}{% for b in range(100000) %}{% endfor %}{% endfor %}"
+
+
+def _refused(template: str) -> tuple[str | None, int | None, str, float]:
+    started = time.monotonic()
+    with pytest.raises(RenderError) as caught:
+        render(RELEASE, PROD, template, template_path=T)
+    return caught.value.file, caught.value.line, caught.value.message, time.monotonic() - started
+
+
+OVER_BUDGET = [
+    # loops: a step per iteration, however little the body does
+    pytest.param(NESTED, 1, STEPS, id="nested-loops"),
+    pytest.param("services:\n{# a comment #}\n" + NESTED, 3, STEPS, id="nested-loops-line"),
+    pytest.param(
+        "{% set s = 'x' * 100000 %}{% for a in s %}{% for b in s %}{% endfor %}{% endfor %}",
+        1,
+        STEPS,
+        id="nested-loops-over-a-string",
+    ),
+    pytest.param("{{ ('x' * 1000000)|list|length }}", 1, STEPS, id="list-of-a-string"),
+    pytest.param("{{ ('x' * 1000000)|sort|length }}", 1, STEPS, id="sort-of-a-string"),
+    pytest.param(
+        "{{ range(1000000000) }}",
+        1,
+        "template error: Range too big. The sandbox blocks ranges larger than MAX_RANGE (100000).",
+        id="range",
+    ),
+    # every value a template builds: refused before it is built where its size can be foreseen
+    pytest.param(BIG + "{{ [big, big]|join }}", 1, TOO_BIG, id="join"),
+    pytest.param("{{ ('x' * 1000000)|join('-' * 1000) }}", 1, TOO_BIG, id="join-separator"),
+    pytest.param(BIG + "{{ ''.join([big, big]) }}", 1, TOO_BIG, id="str-join"),
+    pytest.param("{{ range(20000)|map('string')|join('-' * 100) }}", 1, TOO_BIG, id="map-over-a-range"),
+    pytest.param("{{ range(60000)|select('odd')|map('center', 40)|join }}", 1, TOO_BIG, id="select-map"),
+    pytest.param("{{ range(60000)|map('center', 20)|list }}", 1, TOO_BIG, id="map-list"),
+    pytest.param("{{ '%01000000000d' % 1 }}", 1, TOO_BIG, id="percent-width"),
+    pytest.param("{{ '%.2000000f' % 1.0 }}", 1, TOO_BIG, id="percent-precision"),
+    pytest.param("{{ '%*s' % (1000000000, 'x') }}", 1, TOO_BIG, id="percent-star"),
+    pytest.param(BIG + "{{ ('%(a)s' * 2) % {'a': big} }}", 1, TOO_BIG, id="percent-repeated-key"),
+    pytest.param(BIG + "{{ '%s' % ((big,) * 2) }}", 1, TOO_BIG, id="percent-tuple"),
+    pytest.param("{{ '%1000000000s'|format('x') }}", 1, TOO_BIG, id="format-filter"),
+    pytest.param(HALF + "{{ '%s%s'|format(half, half) }}", 1, TOO_BIG, id="format-filter-values"),
+    pytest.param("{{ '{:>1000000000}'.format('x') }}", 1, TOO_BIG, id="str-format"),
+    pytest.param("{{ '{0:{1}}'.format('x', 1000000000) }}", 1, TOO_BIG, id="str-format-nested-width"),
+    pytest.param(BIG + "{{ '{0}{0}'.format(big) }}", 1, TOO_BIG, id="str-format-repeated"),
+    pytest.param(HALF + "{{ '{a}{a}'.format_map({'a': half}) }}", 1, TOO_BIG, id="str-format-map"),
+    pytest.param(BIG + "{{ big ~ big }}", 1, TOO_BIG, id="tilde"),
+    pytest.param(HALF + "{{ half ~ half ~ half }}", 1, TOO_BIG, id="tilde-chain"),
+    pytest.param(BIG + "{{ big + big }}", 1, TOO_BIG, id="plus"),
+    pytest.param("{{ 'x' * 100000000 }}", 1, TOO_BIG, id="repeat-string"),
+    pytest.param("{% set s = 'x' * 1000 %}{{ [s] * 100000 }}", 1, TOO_BIG, id="repeat-list"),
+    pytest.param("{{ ('x' * 1000000).encode() * 2 }}", 1, TOO_BIG, id="repeat-bytes"),
+    pytest.param(
+        "{% set ns = namespace(n=10 ** 256) %}{% for i in range(40) %}{% set ns.n = ns.n * ns.n %}{% endfor %}",
+        1,
+        TOO_BIG,
+        id="repeat-number",
+    ),
+    pytest.param("{{ ((10 ** 256) ** 256) ** 256 }}", 1, TOO_BIG, id="power"),
+    pytest.param(BIG + "{{ big|replace('x', 'yy') }}", 1, TOO_BIG, id="replace"),
+    pytest.param(BIG + "{{ big.replace('x', 'yy') }}", 1, TOO_BIG, id="str-replace"),
+    pytest.param("{{ 'x'|center(1000000000) }}", 1, TOO_BIG, id="center"),
+    pytest.param("{{ 'x'.center(1000000000) }}", 1, TOO_BIG, id="str-center"),
+    pytest.param("{{ 'x'.ljust(1000000000) }}", 1, TOO_BIG, id="str-ljust"),
+    pytest.param("{{ '1'.zfill(1000000000) }}", 1, TOO_BIG, id="str-zfill"),
+    pytest.param("{{ ('\t' * 1000).expandtabs(10000000) }}", 1, TOO_BIG, id="str-expandtabs"),
+    pytest.param("{{ ('x' * 100000).translate({120: 'y' * 1000}) }}", 1, TOO_BIG, id="str-translate"),
+    pytest.param("{{ (1).to_bytes(1000000000, 'big') }}", 1, TOO_BIG, id="int-to-bytes"),
+    pytest.param("{% set c = 'x'|attr('center') %}{{ c(1000000000) }}", 1, TOO_BIG, id="method-by-attr"),
+    pytest.param("{{ 'x'|indent(1000000000, true) }}", 1, TOO_BIG, id="indent"),
+    pytest.param("{{ ('x\\n' * 100000)|indent('y' * 100) }}", 1, TOO_BIG, id="indent-by-a-string"),
+    pytest.param("{{ ('x ' * 100000)|wordwrap(1, wrapstring='y' * 100) }}", 1, TOO_BIG, id="wordwrap"),
+    pytest.param("{{ ('\"' * 600000)|tojson }}", 1, TOO_BIG, id="tojson"),
+    pytest.param(HALF + "{{ [half]|tojson ~ [half]|tojson }}", 1, TOO_BIG, id="tojson-tilde"),
+    pytest.param("{{ ('<' * 300000)|escape }}", 1, TOO_BIG, id="escape"),
+    pytest.param("{{ [1]|batch(1000000000, 'x')|list }}", 1, TOO_BIG, id="batch-fill"),
+    pytest.param("{{ [1]|slice(1000000000)|list }}", 1, TOO_BIG, id="slice"),
+    pytest.param("{{ ('x' * 1000000).split('x') }}", 1, TOO_BIG, id="str-split"),
+    pytest.param("{{ dict.fromkeys(range(100000), 'x' * 100) }}", 1, TOO_BIG, id="dict-fromkeys"),
+    pytest.param("{{ ('a.b ' * 100000)|urlize(target='x' * 1000) }}", 1, TOO_BIG, id="urlize"),
+    pytest.param(
+        "{% set a = ['x' * 1000] %}" + "{% set a = [a, a, a, a] %}" * 10 + "{{ a == a }}",
+        1,
+        TOO_BIG,
+        id="nested-literals",
+    ),
+    pytest.param(
+        "{% set ns = namespace(a='x') %}{% for i in range(100) %}{% set ns.a = (ns.a, ns.a) %}{% endfor %}",
+        1,
+        TOO_BIG,
+        id="nested-tuples",
+    ),
+    pytest.param(
+        "{% set ns = namespace() %}" + HALF + "{% set ns.a = half %}{% set ns.b = half %}{{ ns }}",
+        1,
+        TOO_BIG,
+        id="namespace-printed",
+    ),
+    pytest.param(
+        "{% set ns = namespace() %}" + HALF + "{% set ns.a = half %}{% set ns.b = half %}{{ ns|string }}",
+        1,
+        TOO_BIG,
+        id="namespace-filtered",
+    ),
+    pytest.param(
+        "{% macro m() %}{% for i in range(100000) %}" + "x" * 20 + "{% endfor %}{% endmacro %}{{ m() }}",
+        1,
+        TOO_BIG,
+        id="macro-output",
+    ),
+    pytest.param(
+        "{% macro m() %}{{ caller() }}{{ caller() }}{% endmacro %}"
+        + HALF
+        + "{% call m() %}{{ half }}{% endcall %}",
+        1,
+        TOO_BIG,
+        id="call-block",
+    ),
+    pytest.param(
+        "{% filter upper %}{% for i in range(100000) %}" + "x" * 20 + "{% endfor %}{% endfilter %}",
+        1,
+        TOO_BIG,
+        id="filter-block",
+    ),
+    # all the values a render builds, added up
+    pytest.param(
+        "{% set ns = namespace(s='') %}{% for i in range(100000) %}{% set ns.s = ns.s ~ ('x' * 1000) %}"
+        "{% endfor %}",
+        1,
+        IN_ALL,
+        id="growing-string",
+    ),
+    pytest.param(
+        "{% set x %}{% for i in range(100000) %}{{ 'x' * 1000 }}{% endfor %}{% endset %}",
+        1,
+        IN_ALL,
+        id="set-block",
+    ),
+    # the output, counted as it streams
+    pytest.param(
+        "{% for i in range(100000) %}{{ 'x' * 100 }}{% endfor %}",
+        None,
+        "template output is larger than 1048576 bytes",
+        id="output",
+    ),
+]
+
+
+@pytest.mark.parametrize(("template", "line", "message"), OVER_BUDGET)
+def test_a_render_keeps_to_its_budget(template: str, line: int | None, message: str) -> None:
+    """Each way to hang or to build gigabytes fails fast, naming the template and line."""
+    file, got_line, got_message, elapsed = _refused(template)
+    assert (file, got_line, got_message) == (T, line, message)
+    assert elapsed < 1.0
+
+
+SLOW = [
+    pytest.param(
+        BIG + "{% for i in range(100000) %}{% if big.count('y') %}{% endif %}{% endfor %}", id="slow-steps"
+    ),
+    pytest.param(
+        "{% macro f(n) %}{% if n %}{{ f(n - 1) }}{{ f(n - 1) }}{% endif %}{% endmacro %}{{ f(60) }}",
+        id="exponential-macro",
+    ),
+    pytest.param("{{ range(100000)|map('string')|map('list')|list|sum(start=[]) }}", id="quadratic-sum"),
+    pytest.param("{% for x in range(30) recursive %}{{ loop(range(x)) }}{% endfor %}", id="recursive-loop"),
+]
+
+
+@pytest.mark.parametrize("template", SLOW)
+def test_a_render_keeps_to_its_time(template: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Steps that are slow in themselves: the clock stops them (checked at every step, not by a thread)."""
+    monkeypatch.setattr(rendering, "RENDER_TIMEOUT", 0.2)
+    file, line, message, elapsed = _refused(template)
+    assert (file, line, message) == (T, 1, "rendering took longer than 0.2 s (the budget of a template)")
+    assert elapsed < 1.0
+
+
+TIMEOUTS = [
+    pytest.param(None, 2.0, id="unset"),
+    pytest.param("0.5", 0.5, id="seconds"),
+    pytest.param("30", 30.0, id="whole-seconds"),
+    pytest.param("0", 2.0, id="zero"),
+    pytest.param("-1", 2.0, id="negative"),
+    pytest.param("inf", 2.0, id="infinite"),
+    pytest.param("soon", 2.0, id="not-a-number"),
+]
+
+
+@pytest.mark.parametrize(("value", "seconds"), TIMEOUTS)
+def test_render_timeout_setting(value: str | None, seconds: float, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`STELLA_RENDER_TIMEOUT` (read once, at import; tests/e2e/test_render_budget.py runs it for real)."""
+    if value is None:
+        monkeypatch.delenv("STELLA_RENDER_TIMEOUT", raising=False)
+    else:
+        monkeypatch.setenv("STELLA_RENDER_TIMEOUT", value)
+    assert rendering._timeout_setting() == seconds
+
+
+# What templates do every day renders exactly as Jinja renders it without the budget.
+FEATURES = """\
+{% set a, b = 1, 2 %}{{ a }} {{ b }} {{ [a, b] }} {{ {'a': a} }} {{ (a, b) }} {{ (a,) }} {{ () }}
+{{ 1 + 2 }} {{ 'a' ~ 'b' ~ 3 }} {{ 7 // 2 }} {{ 7 / 2 }} {{ 7 % 3 }} {{ 2 ** 10 }} {{ 'x' * 3 }} {{ [1] * 3 }}
+{{ '%s-%d' % ('a', 3) }} {{ '%(a)s' % {'a': 1} }} {{ '%5.1f|%-3s|%%' % (2.25, 'x') }}
+{% for k, v in variables|dictsort %}{{ k }}={{ v }} {{ loop.index }}/{{ loop.length }} {{ loop.last }}
+{{ loop.cycle('odd', 'even') }}{% endfor %}
+{% for name, c in components.items() if c.tag %}{{ name }}: {{ c.pinned }}{% else %}none{% endfor %}
+{% for x in [] %}{{ x }}{% else %}empty{% endfor %}
+{{ secrets|join(', ') }} {{ variables.items()|list }} {{ components.keys()|sort|first }} {{ components|length }}
+{{ range(5)|map('string')|join('-') }} {{ range(10)|select('odd')|list }} {{ range(10)|reject('odd')|sum }}
+{{ [3, 1, 2]|sort(reverse=true) }} {{ [1, 1, 2]|unique|list }} {{ [1, 2, 3]|max }} {{ 'abc'|list }}
+{{ [1, 2, 3, 4, 5]|batch(2, 0)|list }} {{ [1, 2, 3, 4, 5]|slice(2)|list }} {{ [[1], [2]]|sum(start=[]) }}
+{{ 'hello world'|title }} [{{ 'x'|center(9) }}] {{ 'a\nb'|indent(2, true) }} {{ 'aaa bbb ccc'|wordwrap(4) }}
+{{ 'aXbX'|replace('X', 'Y') }} {{ '%s=%s'|format('a', 1) }} {{ 'x y.com'|urlize }} {{ 'abcdef'|truncate(5, leeway=0) }}
+{{ '{}-{:>5}-{a}'.format(1, 'x', a=2) }} {{ '{a}'.format_map({'a': 3}) }} {{ 'a\tb'.expandtabs(4) }}
+{{ 'x'.ljust(3) }}| {{ ','.join(['a', 'b']) }} {{ 'ab'.replace('a', 'c') }} {{ (5).to_bytes(2, 'big') }}
+{% macro m(x) %}<{{ x }}{{ varargs }}{{ kwargs }}>{% endmacro %}{{ m(1) }}{{ m(1, 2, y=3) }}
+{% call m(0) %}inner{% endcall %}
+{% set block %}block {{ 1 }}{% endset %}{{ block }} {% filter upper %}up {{ 'x' }}{% endfilter %}
+{% set ns = namespace(n=0) %}{% for i in range(5) %}{% set ns.n = ns.n + i %}{% endfor %}{{ ns.n }} {{ ns }}
+{% for x in [[1, [2]], [3]] recursive %}{% if x is iterable %}[{{ loop(x) }}]{% else %}{{ x }}{% endif %}{% endfor %}
+{% set c = cycler('a', 'b') %}{{ c.next() }}{{ c.next() }}{{ c.next() }} {{ dict(a=1) }}
+{% set j = joiner('|') %}{{ j() }}a{{ j() }}b
+{{ none }} {{ true }} {{ 1.5 }} {{ -3 }} {{ 'a' in 'abc' }} {{ [1] == [1] }} {{ {'a': [1, (2, 3)]} }} {{ 'é'|upper }}
+{{ '<'|e }} {{ 'x'|safe }} {{ [1, 2]|pprint }} {{ 3000|filesizeformat }} {{ 'abc'|reverse }} {{ 'a b c'|wordcount }}
+{% autoescape true %}{{ '<' ~ 'x' }}{{ '<'|safe ~ '>' }}{% endautoescape %}
+{{ [{'a': 1}, {'a': 2}]|map(attribute='a')|list }} {{ [{'a': 1}, {'a': 2}]|selectattr('a', 'gt', 1)|list }}
+{{ [{'a': 1}, {'a': 1}]|groupby('a') }} {{ range(3)|list|reverse|list }} {{ {'b': 1, 'a': 2}|dictsort }}
+{{ 'abc'[1:] }} {{ [1, 2, 3][-1] }} {{ '3'|int + 1 }} {{ 2.5|round }} {{ -2|abs }} {{ [1, 2]|last }}
+{{ {'a': 1}|items|list }} {{ 'x' * 1048576 == 'x' * 1048576 }}
+"""
+
+
+def test_budget_does_not_change_what_a_template_writes() -> None:
+    plain = ImmutableSandboxedEnvironment(
+        undefined=StrictUndefined, keep_trailing_newline=True, trim_blocks=True, lstrip_blocks=True
+    )
+    context = {
+        "components": {
+            name: {"image": c.image, "tag": c.tag, "digest": c.digest, "pinned": c.pinned}
+            for name, c in sorted(RELEASE.components.items())
+        },
+        "variables": {"LOG_LEVEL": "info"},
+        "secrets": ["DB_PASSWORD"],
+    }
+    expected = plain.from_string(FEATURES).render(context)
+    template = "{% set probe %}" + FEATURES + "{% endset %}x-probe: {{ probe | tojson }}\n" + _both()
+    data = render(RELEASE, PROD, template)
+    assert yaml.safe_load(data)["x-probe"] == expected
