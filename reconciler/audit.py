@@ -5,27 +5,38 @@ for history):
 - `hash`: every file under `evidence/`, `inputs/`, `artifacts/` hashes to the name it is stored under;
 - `signature`: every statement has a bundle whose DSSE payload is exactly the statement's bytes, signed
   by a trusted key (`trust/evidence-keys/` of the source branch, or a packet's);
+- `key`: every key file of the source branch (or packet) under `trust/evidence-keys/` reads (a bad one
+  is a finding; the others still verify);
 - `statement`: every statement is a JSON object with a predicate naming its environment;
 - `inputs`, `artifact`: every statement's inputs file and artifacts exist;
 - `lock`: every release lock's id is the hash of its name and digests, and every record's release id is
   its lock's (a lock changed after it was written is also a `history` finding);
 - `chain`: every chain link points to a record of the same environment, no chain forks, and each
   environment's chain has one head (a record nothing names as previous);
-- `pointer`: each environment's pointer names its chain's head and its newest allowed record;
+- `pointer`: each environment's pointer names its chain's head, and its `current` is exactly its newest
+  allowed record (release, id, evidence, decidedAt, artifacts); no pointer for an environment without
+  records;
+- `duplicate`: one decision per promotion id (among records that verify);
 - `history`: no file under `releases/`, `evidence/`, `inputs/`, `artifacts/` was changed or deleted in
   any commit of the branch; `reflog`: the ref only ever moved by fast-forward (where a reflog exists);
-- `layout`: no unexpected file in `evidence/`, `inputs/`, `artifacts/`;
+- `layout`: no file outside the branch's layout (DESIGN §4, §8, §9), anywhere on it;
+- `unreferenced`: every inputs file and artifact is one a record names, every stored policy was ratified
+  on the chain, and every policy file is one a stored policy lists (release locks are written before
+  their decisions: a lock no record names is fine);
 - `checkpoint`: given a signed checkpoint, everything it covered is still there, as a prefix;
 - `packet`: (verifying a packet) every member is the one its manifest lists.
 
 It streams: the work is cut into chunks (records, inputs, artifacts, locks), run by this process and
 worker processes that each open the repository themselves and return findings plus a few small facts
-per record (environment, previous, result, release); file bytes and statements are never all held at
-once. Meanwhile `git log` diffs every commit in a process of its own. Results are merged and sorted, so
-the report does not depend on scheduling.
+per record (environment, previous, result, release, promotion, artifacts, decidedAt), plus the names of
+the inputs and artifact files they checked; file bytes and statements are never all held at once.
+Meanwhile `git log` diffs every commit in a process of its own. Results are merged and sorted, so the
+report does not depend on scheduling.
 
 `export_packet` writes an offline packet (the branch as a Git bundle, the trust material, a manifest
-and a README); `verify_packet` verifies one in a temporary directory, refusing path tricks in the tar.
+and a README); `verify_packet` verifies one in a temporary directory: it reads the tar as a stream,
+refusing path tricks, too many members and members over their size caps before anything is written,
+reads the manifest first and extracts only the members it lists.
 `Checkpoint` is the signed statement of what the branch held at one time.
 
 Read-only: never writes to the repository it verifies. Never prints; errors are `StellaError`s.
@@ -49,11 +60,12 @@ import tempfile
 import threading
 import zlib
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
+from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path, PurePosixPath
 from typing import Any, ClassVar, NamedTuple, cast
 
@@ -68,12 +80,13 @@ from .governance import (
     RATIFICATION,
     Policy,
     PolicyError,
+    policies_path,
     read_pointer,
     stored_policy,
 )
 from .protocols import IN_TOTO_PAYLOAD_TYPE, WITNESS_SUFFIX, BundleVerifier, Signer
 from .repo import GitTree, Repo
-from .sign import BundleError, TrustedKeys, public_pem, verify_bundle
+from .sign import BundleError, TrustedKey, TrustedKeys, public_pem, verify_bundle
 from .sshsig import AllowedSigners
 
 log = logging.getLogger(__name__)
@@ -96,6 +109,9 @@ CHECKS = (
     "packet",
     "policy",
     "identity",
+    "key",
+    "duplicate",
+    "unreferenced",
 )
 """Every `Finding.check` code, stable across versions (documented in docs/audit.md)."""
 
@@ -161,28 +177,57 @@ class Report:
         return not self.findings
 
 
-def trusted_keys(tree: GitTree) -> TrustedKeys:
-    items = [
+def _key_files(tree: Any) -> list[tuple[str, bytes]]:
+    return [
         (f"{KEYS_DIR}/{name}", tree.read(f"{KEYS_DIR}/{name}") or b"")
         for name in tree.listdir(KEYS_DIR)
         if name.endswith(".pub")
     ]
-    return TrustedKeys.from_files(items)
+
+
+def trusted_keys(tree: GitTree) -> TrustedKeys:
+    """The evidence keys under `trust/evidence-keys/` of `tree`; an unreadable one is `InvalidInput`."""
+    return TrustedKeys.from_files(_key_files(tree))
+
+
+class LoadedKeys(TrustedKeys):
+    """Evidence keys read leniently: the ones that read, and a `key` finding for each file that did not
+    (`verify` reports them with its own)."""
+
+    def __init__(self, keys: Iterable[TrustedKey] = (), unreadable: Iterable[Finding] = ()) -> None:
+        super().__init__(keys)
+        self.unreadable: tuple[Finding, ...] = tuple(unreadable)
+
+
+def read_keys(files: Iterable[tuple[str, bytes]], where: str = "") -> LoadedKeys:
+    """The keys of (source, PEM bytes) pairs that read; each one that does not is a `key` finding
+    (`where`: the branch it comes from, for the message)."""
+    good: list[TrustedKey] = []
+    bad: list[Finding] = []
+    for source, data in files:
+        try:
+            good.extend(TrustedKeys.from_files([(source, data)]).values())
+        except InvalidInput as exc:
+            reason = str(exc).removeprefix(f"{source}: ")
+            on = f" on {where}" if where else ""
+            bad.append(
+                Finding(source, f"unreadable evidence key{on}: {reason}; it verifies nothing", None, "key")
+            )
+    return LoadedKeys(good, bad)
 
 
 def load_keys(repo: Repo, branch: str, *, missing_ok: bool = False) -> TrustedKeys:
     """The evidence keys of `branch` (what records written before policies existed verify with).
-    `missing_ok`: an unreadable key is logged and left out instead of failing."""
+
+    `missing_ok`: an unreadable key file is left out instead of failing; the keys returned (a
+    `LoadedKeys`) carry a `key` finding for it, which `verify` reports, and the other keys still count."""
     commit = repo.resolve_ref(f"refs/heads/{branch}")
     if commit is None:
         raise InvalidInput(f"branch {branch!r} not found: cannot read {KEYS_DIR}/")
-    try:
-        return trusted_keys(repo.tree(commit))
-    except InvalidInput:
-        if not missing_ok:
-            raise
-        log.warning("an evidence key on %s is unreadable; it verifies nothing", branch, exc_info=True)
-        return TrustedKeys()
+    files = _key_files(repo.tree(commit))
+    if not missing_ok:
+        return TrustedKeys.from_files(files)
+    return read_keys(files, branch)
 
 
 def branch_keys(repo: Repo, ref: str, legacy: TrustedKeys) -> TrustedKeys:
@@ -211,8 +256,12 @@ def verify(
     checkpoint: Checkpoint | None = None,
     keyless: Sequence[tuple[str, bytes]] = (),
     root: str | None = None,
+    findings: Sequence[Finding] = (),
 ) -> Report:
     """Verify the evidence branch `ref` of `repo` (see the module docstring).
+
+    `findings`: found before (e.g. the `key` findings of unreadable key files), reported with the rest;
+    when `keys` is a `LoadedKeys`, its unreadable files are reported too.
 
     Every record verifies with the evidence keys of the ratified policy it names, every ratification
     with those of the policy before it, from the genesis (`root`: the genesis record id it must be;
@@ -231,7 +280,9 @@ def verify(
     head = repo.resolve_ref(ref)
     report = Report(head=head, ref=ref, keys={k.source: k.hint for k in keys.values()})
     report.root_pinned = root is not None
+    given = [*findings, *(keys.unreadable if isinstance(keys, LoadedKeys) else ())]
     if head is None:
+        report.findings = sorted(set(given), key=Finding.sort_key)
         report.findings.append(Finding(ref, "the evidence ref does not exist", check="layout"))
         if checkpoint is not None:
             report.findings.append(
@@ -250,13 +301,13 @@ def verify(
     try:
         report.commits = sum(1 for _ in git.walk(commit.id, pygit2.enums.SortMode.NONE))
         _keyless_verifier(tuple(keyless))  # an unusable keyless policy is invalid input, before any work
-        findings = _checked(
+        found = _checked(
             repo, ref, head, tree, keys, progress, workers, report, checkpoint, tuple(keyless), root
         )
-        findings += history.findings()
+        found += history.findings()
     finally:
         history.close()
-    report.findings = sorted(set(findings), key=Finding.sort_key)
+    report.findings = sorted({*given, *found}, key=Finding.sort_key)
     return report
 
 
@@ -314,6 +365,9 @@ def _checked(
     findings += _check_locks(merged)
     findings += book.check(repo, head, merged, report, root)
     findings += _check_chains(gtree, merged, report)
+    findings += _check_duplicates(merged, report)
+    findings += _check_layout(tree)
+    findings += _check_unreferenced(merged)
     findings += _check_reflog(repo, ref)
     if checkpoint is not None:
         findings += _check_checkpoint(repo, ref, report, merged, checkpoint)
@@ -462,6 +516,10 @@ class _Fact(NamedTuple):
     """The sha256 of its inputs file."""
     decided: str | None = None
     """Its `decidedAt` (RFC 3339, UTC, `Z`: ordered as text)."""
+    promotion: str | None = None
+    """The promotion id a decision decides."""
+    artifacts: tuple[tuple[str, str], ...] = ()
+    """(name, sha256) of each artifact the predicate lists, in its order."""
 
 
 @dataclass
@@ -470,6 +528,9 @@ class _Result:
     facts: list[_Fact] = field(default_factory=list)
     locks: dict[str, str] = field(default_factory=dict)
     """Release name -> the id its lock file holds."""
+    stored: list[str] = field(default_factory=list)
+    """Every inputs file and artifact checked (`inputs/<hex>.json`, `artifacts/<hex>/<name>`): each must
+    be one a record names."""
     records: int = 0
     bundles: int = 0
     files: int = 0
@@ -482,6 +543,7 @@ class _Merged(_Result):
         self.findings += result.findings
         self.facts += result.facts
         self.locks.update(result.locks)
+        self.stored += result.stored
         self.records += result.records
         self.bundles += result.bundles
         self.files += result.files
@@ -721,10 +783,14 @@ def _record_facts(state: _State, hex_id: str, raw: bytes, add: Callable[[Finding
     elif not _has(state.dir("inputs"), f"{digest}.json"):
         add(Finding(path, f"its inputs file inputs/{digest}.json is missing", check="inputs"))
     artifacts = state.dir("artifacts")
+    listed: list[tuple[str, str]] = []
     for artifact in _list(predicate.get("artifacts")):
         name, sha = artifact.get("name"), artifact.get("sha256")
+        if isinstance(name, str) and isinstance(sha, str):
+            listed.append((name, sha))
         if not (isinstance(name, str) and isinstance(sha, str) and _has(artifacts, f"{sha}/{name}")):
             add(Finding(path, f"artifact {name} ({sha}) is missing", check="artifact"))
+    promotion = _dict_of(predicate.get("promotion")).get("id")
     release = predicate.get("release")
     release_name = release.get("name") if isinstance(release, dict) else None
     release_id = release.get("id") if isinstance(release, dict) else None
@@ -746,6 +812,8 @@ def _record_facts(state: _State, hex_id: str, raw: bytes, add: Callable[[Finding
         previous_policy,
         digest if isinstance(digest, str) else None,
         predicate.get("decidedAt") if isinstance(predicate.get("decidedAt"), str) else None,
+        promotion if isinstance(promotion, str) and kind != RATIFICATION else None,
+        tuple(listed),
     )
 
 
@@ -789,7 +857,7 @@ def _check_identities(state: _State, fact: _Fact, raw: bytes, add: Callable[[Fin
         checked += 1
         try:
             body = base64.b64decode(payload, validate=True)
-            verified = allowed.verify(body, signature.encode("utf-8"), principal=who)
+            verified = allowed.verify(body, signature.encode("utf-8"), principal=who, at=_committed(body))
         except (ValueError, StellaError) as exc:
             add(
                 Finding(
@@ -815,6 +883,18 @@ def _check_identities(state: _State, fact: _Fact, raw: bytes, add: Callable[[Fin
                 )
             )
     return checked
+
+
+def _committed(payload: bytes) -> datetime | None:
+    """The committer time of a commit's signed payload (when keys must have been valid), if it has one."""
+    header = payload.partition(b"\n\n")[0]
+    for line in header.split(b"\n"):
+        if line.startswith(b"committer "):
+            try:
+                return datetime.fromtimestamp(int(line.rsplit(b" ", 2)[1]), UTC)
+            except (ValueError, IndexError, OverflowError):
+                return None
+    return None
 
 
 def signed_commit_id(payload: bytes, signature: bytes) -> str:
@@ -849,6 +929,7 @@ def _check_inputs(state: _State, names: Sequence[str], out: _Result) -> None:
             out.findings.append(Finding(path, "unexpected file in inputs/", check="layout"))
             continue
         out.files += 1
+        out.stored.append(path)
         if hashlib.sha256(raw).hexdigest() != name.removesuffix(".json"):
             out.findings.append(Finding(path, "content hash does not match its name", check="hash"))
 
@@ -866,6 +947,7 @@ def _check_artifacts(state: _State, names: Sequence[str], out: _Result) -> None:
                 out.findings.append(Finding(f"{path}/{blob.name}", "unexpected directory", check="layout"))
                 continue
             out.files += 1
+            out.stored.append(f"{path}/{blob.name}")
             if hashlib.sha256(blob.data).hexdigest() != name:
                 out.findings.append(
                     Finding(
@@ -970,6 +1052,12 @@ class _PolicyBook:
     legacy: TrustedKeys = field(default_factory=TrustedKeys)
     legacy_keyless: tuple[tuple[str, bytes], ...] = ()
     pointer: dict[str, Any] | None = None
+    stored: list[str] = field(default_factory=list)
+    """The id of every policy stored under `policies/` (whether it reads or not)."""
+    listed: set[str] = field(default_factory=set)
+    """The sha256 hex of every file a stored policy lists (`policy-files/<hex>`)."""
+    files: list[str] = field(default_factory=list)
+    """The names under `policy-files/`."""
 
     @classmethod
     def read(
@@ -980,11 +1068,14 @@ class _PolicyBook:
         findings: list[Finding],
     ) -> _PolicyBook:
         book = cls(legacy=legacy, legacy_keyless=legacy_keyless, pointer=read_pointer(tree))
+        book.files = tree.listdir("policy-files")
         for name in tree.listdir("policies"):
             hex_id = name.removesuffix(".json")
             if not name.endswith(".json") or not _HEX.fullmatch(hex_id):
                 findings.append(Finding(f"policies/{name}", "unexpected file in policies/", check="layout"))
                 continue
+            book.stored.append(f"sha256:{hex_id}")
+            book.listed |= _listed_files(tree.read(f"policies/{name}"))
             try:
                 policy = stored_policy(tree, f"sha256:{hex_id}")
             except PolicyError as exc:
@@ -1147,6 +1238,25 @@ class _PolicyBook:
                     )
             self._check_key(evidence_id, fact, signing, found, report)
         found += self._check_pointer(report, ratifications)
+        found += self._check_unreferenced(valid)
+        return found
+
+    def _check_unreferenced(self, ratified: set[str]) -> list[Finding]:
+        """Every stored policy was ratified on the chain, every policy file is listed by a stored one."""
+        found = [
+            Finding(
+                policies_path(policy_id.removeprefix("sha256:")),
+                f"policy {policy_id} was never ratified on the policy chain",
+                check="unreferenced",
+            )
+            for policy_id in self.stored
+            if policy_id not in ratified
+        ]
+        found += [
+            Finding(f"policy-files/{name}", "no stored policy lists this file", check="unreferenced")
+            for name in self.files
+            if _HEX.fullmatch(name) and name not in self.listed
+        ]
         return found
 
     def _check_key(
@@ -1186,6 +1296,17 @@ class _PolicyBook:
                 )
             ]
         return []
+
+
+def _listed_files(raw: bytes | None) -> set[str]:
+    """The sha256 hex of each file a `policies/<hex>.json` lists, as far as it reads."""
+    try:
+        manifest = json.loads(raw or b"")
+    except ValueError:
+        return set()
+    if not isinstance(manifest, dict):
+        return set()
+    return {v.removeprefix("sha256:") for v in manifest.values() if isinstance(v, str)}
 
 
 def _chain_ids(genesis: str | None, ratifications: Mapping[str, _Fact]) -> list[str]:
@@ -1250,8 +1371,9 @@ def _check_chains(tree: GitTree, merged: _Merged, report: Report) -> list[Findin
         if evidence_id not in children and fact.environment is not None:
             heads.setdefault(fact.environment, []).append(evidence_id)
     report.chains = {env: ids[0] for env, ids in sorted(heads.items()) if len(ids) == 1}
-    for env in sorted((set(heads) | set(tree.listdir("environments"))) - {POLICY_CHAIN}):
-        found += _check_pointer(tree, env, heads.get(env, []), facts)
+    for env in sorted((set(heads) - {POLICY_CHAIN}) | set(tree.listdir("environments"))):
+        chain_heads = heads.get(env, []) if env != POLICY_CHAIN else []  # the policy chain has no pointer
+        found += _check_pointer(tree, env, chain_heads, facts)
     return found
 
 
@@ -1275,6 +1397,9 @@ def _check_pointer(tree: GitTree, env: str, heads: list[str], facts: Mapping[str
         except ValueError as exc:
             found.append(Finding(path, f"not JSON: {exc}", check="pointer"))
             pointer = None
+        if not heads:
+            message = f"a pointer for {env}, which has no records: nothing was decided for it"
+            return [*found, Finding(path, message, check="pointer")]
     head = pointer.get("head") if pointer is not None else None
     for other in heads:
         if other != head and len(heads) > 1:
@@ -1285,8 +1410,12 @@ def _check_pointer(tree: GitTree, env: str, heads: list[str], facts: Mapping[str
     if head not in heads:
         message = f"points to {head}, not the head of the chain ({', '.join(heads)})"
         return [*found, Finding(path, message, check="pointer")]
-    if pointer.get("environment", env) != env:
+    if pointer.get("environment") != env:
         return [*found, Finding(path, f"names environment {pointer.get('environment')!r}", check="pointer")]
+    if set(pointer) != _POINTER_FIELDS:
+        fields = ", ".join(sorted(pointer))
+        message = f"has the fields {fields}, not {', '.join(sorted(_POINTER_FIELDS))}"
+        found.append(Finding(path, message, check="pointer"))
     current = pointer.get("current")
     named = current.get("evidence") if isinstance(current, dict) else None
     allowed = _newest_allowed(facts, head)
@@ -1294,9 +1423,37 @@ def _check_pointer(tree: GitTree, env: str, heads: list[str], facts: Mapping[str
     if expected != named:
         message = f"current names {named}, not the newest allowed record of the chain ({expected or 'none'})"
         found.append(Finding(path, message, check="pointer"))
-    elif allowed is not None and isinstance(current, dict) and current.get("releaseId") != allowed.release_id:
-        found.append(Finding(path, f"current releaseId differs from that of {named}", check="pointer"))
+    elif allowed is None:
+        if current is not None:
+            found.append(
+                Finding(path, "current is set, but the chain has no allowed record", check="pointer")
+            )
+    elif current != (want := _current_of(allowed)):
+        have = current if isinstance(current, dict) else {}
+        differ = [
+            f"{key} {have.get(key)!r} is not the record's {want.get(key)!r}"
+            if key in want
+            else f"{key} is not a field of current"
+            for key in sorted(set(want) | set(have))
+            if have.get(key) != want.get(key) or key not in want
+        ]
+        message = f"current differs from the record it names ({named}): {'; '.join(differ)}"
+        found.append(Finding(path, message, check="pointer"))
     return found
+
+
+_POINTER_FIELDS = frozenset({"environment", "head", "current"})
+
+
+def _current_of(fact: _Fact) -> dict[str, Any]:
+    """What a pointer's `current` must be for an allowed record (as the reconciler writes it)."""
+    return {
+        "release": fact.release_name,
+        "releaseId": fact.release_id,
+        "evidence": f"sha256:{fact.hex}",
+        "decidedAt": fact.decided,
+        "artifacts": dict(fact.artifacts),
+    }
 
 
 def _newest_allowed(facts: Mapping[str, _Fact], head: object) -> _Fact | None:
@@ -1309,6 +1466,131 @@ def _newest_allowed(facts: Mapping[str, _Fact], head: object) -> _Fact | None:
             return fact
         current = fact.previous
     return None
+
+
+def _check_duplicates(merged: _Merged, report: Report) -> list[Finding]:
+    """One decision per promotion id: a recorded decision is final (DESIGN §4). Only records that
+    verify count (a record that does not is ignored by the reconciler, which decides again); the first
+    is the earliest in its chain (by `decidedAt` across environments), each later one is a finding."""
+    by_promotion: dict[str, list[_Fact]] = {}
+    for fact in merged.facts:
+        if fact.kind == "release_decision" and fact.promotion and f"sha256:{fact.hex}" in report.verified_by:
+            by_promotion.setdefault(fact.promotion, []).append(fact)
+    doubled = {k: v for k, v in by_promotion.items() if len(v) > 1}
+    if not doubled:
+        return []
+    facts = {f"sha256:{f.hex}": f for f in merged.facts if f.environment is not None}
+    depths: dict[str, int] = {}
+    found: list[Finding] = []
+    for promotion, decisions in sorted(doubled.items()):
+        one_chain = len({f.environment for f in decisions}) == 1
+        keyed = []
+        for fact in decisions:
+            depth = _depth(facts, f"sha256:{fact.hex}", depths)
+            keyed.append(((depth if one_chain else 0, fact.decided or "", depth, fact.hex), fact))
+        first, *later = [fact for _, fact in sorted(keyed)]
+        when = f" at {first.decided}" if first.decided else ""
+        for fact in later:
+            message = (
+                f"a second decision for promotion {promotion}: sha256:{first.hex} decided it first{when}"
+            )
+            found.append(Finding(_path(fact.hex), message, check="duplicate"))
+    return found
+
+
+def _depth(facts: Mapping[str, _Fact], evidence_id: str, depths: dict[str, int]) -> int:
+    """How many records precede `evidence_id` along its `previous` links (memoised in `depths`)."""
+    path: list[str] = []
+    seen: set[str] = set()
+    current: str | None = evidence_id
+    while current is not None and current not in depths and current in facts and current not in seen:
+        path.append(current)
+        seen.add(current)
+        current = facts[current].previous
+    base = depths.get(current, -1) if current is not None else -1
+    for evidence in reversed(path):
+        base += 1
+        depths[evidence] = base
+    return depths.get(evidence_id, 0)
+
+
+_TOP_LEVEL = frozenset(
+    {
+        "releases",
+        "evidence",
+        "inputs",
+        "artifacts",
+        "environments",
+        "targets",
+        "policies",
+        "policy-files",
+        "policy",
+    }
+)
+_POINTER_FILE = "stella.version.json"
+
+
+def _check_layout(tree: Any) -> list[Finding]:
+    """No file outside the layout (DESIGN §4, §8, §9): only the top-level directories of `_TOP_LEVEL`;
+    in `environments/` only `<env>/stella.version.json`, in `targets/` only
+    `<env>/<target>/stella.version.json`, in `policy/` only `stella.policy.json`, in `policy-files/`
+    only `<sha256 hex>` files. The other directories are checked with their contents."""
+    found: list[Finding] = []
+
+    def stray(path: str, obj: Any, why: str) -> None:
+        if isinstance(obj, pygit2.Tree):
+            for entry in obj:
+                stray(f"{path}/{entry.name}", entry, why)
+        else:
+            found.append(Finding(path, why, check="layout"))
+
+    def pointers(path: str, obj: Any, levels: int) -> None:
+        """`obj` must hold, `levels` directories down, only stella.version.json files."""
+        for entry in obj:
+            where = f"{path}/{entry.name}"
+            if levels == 0:
+                if entry.name != _POINTER_FILE or not isinstance(entry, pygit2.Blob):
+                    stray(where, entry, f"unexpected file in {path}/: only {_POINTER_FILE}")
+            elif isinstance(entry, pygit2.Tree):
+                pointers(where, entry, levels - 1)
+            else:
+                stray(where, entry, f"unexpected file in {path.split('/')[0]}/")
+
+    for entry in tree:
+        name = entry.name or ""
+        if name not in _TOP_LEVEL:
+            stray(name, entry, "not part of the evidence branch's layout")
+        elif not isinstance(entry, pygit2.Tree):
+            found.append(Finding(name, "a file where the layout has a directory", check="layout"))
+        elif name == "environments":
+            pointers(name, entry, 1)
+        elif name == "targets":
+            pointers(name, entry, 2)
+        elif name == "policy":
+            for sub in entry:
+                if sub.name != POINTER.split("/")[1] or not isinstance(sub, pygit2.Blob):
+                    stray(f"policy/{sub.name}", sub, "unexpected file in policy/")
+        elif name == "policy-files":
+            for sub in entry:
+                if not _HEX.fullmatch(sub.name or "") or not isinstance(sub, pygit2.Blob):
+                    stray(f"policy-files/{sub.name}", sub, "unexpected file in policy-files/")
+    return found
+
+
+def _check_unreferenced(merged: _Merged) -> list[Finding]:
+    """Every inputs file and artifact on the branch is one a record names."""
+    named = {f"inputs/{f.inputs}.json" for f in merged.facts if f.inputs is not None}
+    named |= {f"artifacts/{sha}/{name}" for f in merged.facts for name, sha in f.artifacts}
+    return [
+        Finding(
+            path,
+            "no record names this inputs file"
+            if path.startswith("inputs/")
+            else "no record lists this artifact",
+            check="unreferenced",
+        )
+        for path in sorted(set(merged.stored) - named)
+    ]
 
 
 def _check_reflog(repo: Repo, ref: str) -> list[Finding]:
@@ -1502,7 +1784,18 @@ BUNDLE_MEMBER = "evidence.bundle"
 MANIFEST_MEMBER = "manifest.json"
 README_MEMBER = "README.md"
 TRUST_FILES = ("trust/allowed_signers", "trust/keyless.yaml")
-MAX_MEMBER_BYTES = 8 << 30
+MAX_MANIFEST_BYTES = 1 << 20
+"""The most `manifest.json` may hold."""
+MAX_MEMBER_BYTES = 16 << 20
+"""The most any member but the Git bundle may hold (README, keys, allowed signers, keyless policy and
+trusted root)."""
+MAX_PACKET_MEMBERS = 10_000
+"""The most members a packet may have (an export writes fewer than ten)."""
+UNPACKED_BASE = 64 << 20
+UNPACKED_RATIO = 4
+"""A packet may unpack to at most `UNPACKED_BASE` + `UNPACKED_RATIO` x its size (`unpacked_cap`)."""
+_HEADROOM = 16 << 20
+"""What tar headers and padding may add to the members' bytes in the stream."""
 
 
 class PacketError(InvalidInput):
@@ -1533,8 +1826,11 @@ def export_packet(repo: Repo, ref: str, branch: str, out: Path) -> Exported:
         if name.endswith(".pub"):
             members[f"{KEYS_DIR}/{name}"] = files.read(f"{KEYS_DIR}/{name}") or b""
     stored = repo.tree(repo.resolve_ref(ref) or "").listdir("policies")
-    if not stored and not any(m.startswith(KEYS_DIR) for m in members):
-        raise InvalidInput(f"{KEYS_DIR}/ on {branch} holds no *.pub key: the packet could not be verified")
+    keys = read_keys(sorted(members.items()), branch)  # an unreadable key goes in as is: the verifier says so
+    if not stored and not keys:
+        raise InvalidInput(
+            f"{KEYS_DIR}/ on {branch} holds no readable *.pub key: the packet could not be verified"
+        )
     for path in TRUST_FILES:
         data = files.read(path)
         if data is not None:
@@ -1557,7 +1853,6 @@ def export_packet(repo: Repo, ref: str, branch: str, out: Path) -> Exported:
         )
         digests = {name: hashlib.sha256(data).hexdigest() for name, data in members.items()}
         digests[BUNDLE_MEMBER] = _file_sha256(bundle)
-        keys = TrustedKeys.from_files((n, d) for n, d in members.items() if n.startswith(f"{KEYS_DIR}/"))
         readme = _readme(ref, head, records, keys, sorted(members), root)
         members[README_MEMBER] = readme
         digests[README_MEMBER] = hashlib.sha256(readme).hexdigest()
@@ -1648,35 +1943,95 @@ def _unsafe(name: str) -> str | None:
     return None
 
 
-def extract_packet(packet: Path, dest: Path) -> dict[str, str]:
-    """Extract the regular files of `packet` into `dest`; returns member -> sha256.
+def unpacked_cap(packet_size: int) -> int:
+    """How many bytes a packet of `packet_size` bytes may unpack to: `UNPACKED_BASE` plus
+    `UNPACKED_RATIO` times its size (a Git bundle is compressed already: gzip barely shrinks it)."""
+    return UNPACKED_BASE + UNPACKED_RATIO * packet_size
 
-    Refuses (`PacketError`) any member that is an absolute path or has a `..` component, any link,
-    device or other special file, and duplicate names, before anything is written.
-    """
+
+def _member_cap(name: str, total: int) -> tuple[int, str]:
+    """The most bytes member `name` may hold, and how the cap is named in a refusal."""
+    if name == MANIFEST_MEMBER:
+        return MAX_MANIFEST_BYTES, f"the cap of {_size(MAX_MANIFEST_BYTES)} for {MANIFEST_MEMBER}"
+    if name == BUNDLE_MEMBER:
+        return total, (
+            f"the cap of {_size(total)} for the packet's contents "
+            f"({_size(UNPACKED_BASE)} plus {UNPACKED_RATIO} times the packet's size)"
+        )
+    return MAX_MEMBER_BYTES, f"the cap of {_size(MAX_MEMBER_BYTES)} for a member other than {BUNDLE_MEMBER}"
+
+
+def _size(count: int) -> str:
+    """`count` bytes for a message: `16 MiB`, `72.4 MiB`."""
+    for unit, shift in (("GiB", 30), ("MiB", 20), ("KiB", 10)):
+        if count >= 1 << shift:
+            return f"{count / (1 << shift):.1f}".removesuffix(".0") + f" {unit}"
+    return f"{count} bytes"
+
+
+class _Capped(io.RawIOBase):
+    """A file object over the decompressed stream that refuses to give more than `cap` bytes: it bounds
+    what tarfile itself reads into memory (long names, PAX headers), whatever the headers declare."""
+
+    def __init__(self, packet: Path, raw: Any, cap: int) -> None:
+        super().__init__()
+        self.packet, self.raw, self.cap, self.count = packet, raw, cap, 0
+
+    def readable(self) -> bool:
+        return True
+
+    def read(self, size: int = -1) -> bytes:
+        data: bytes = self.raw.read(size if size >= 0 else self.cap + 1 - self.count)
+        self.count += len(data)
+        if self.count > self.cap:
+            raise PacketError(
+                f"{self.packet}: unpacks to more than {_size(self.cap)} (the cap: {_size(UNPACKED_BASE)} "
+                f"plus {UNPACKED_RATIO} times the packet's size, and {_size(_HEADROOM)} for tar headers); "
+                "the packet is not safe to open"
+            )
+        return data
+
+
+@contextmanager
+def _opened(packet: Path) -> Iterator[tuple[tarfile.TarFile, int]]:
+    """The packet as a tar stream (read once, front to back), with its unpacked-size cap; the errors of
+    a file that is not a .tar.gz are `PacketError`."""
     if not packet.is_file():
         raise PacketError(f"{packet}: no such file")
     try:
-        with tarfile.open(packet, mode="r:gz") as tar:
-            return _extract(packet, tar, dest)
-    except (tarfile.TarError, EOFError, zlib.error) as exc:
+        cap = unpacked_cap(packet.stat().st_size)
+        with (
+            open(packet, "rb") as raw,
+            gzip.GzipFile(fileobj=raw, mode="rb") as gz,
+            tarfile.open(fileobj=_Capped(packet, gz, cap + _HEADROOM), mode="r|") as tar,
+        ):
+            yield tar, cap
+    except (tarfile.TarError, EOFError, zlib.error, gzip.BadGzipFile) as exc:
         raise PacketError(f"{packet}: not a .tar.gz evidence packet, or a damaged one: {exc}") from exc
     except OSError as exc:
         raise PacketError(f"{packet}: cannot extract the packet: {exc}") from exc
 
 
-def _extract(packet: Path, tar: tarfile.TarFile, dest: Path) -> dict[str, str]:
-    members = tar.getmembers()
+def _members(packet: Path, tar: tarfile.TarFile, cap: int) -> Iterator[tuple[tarfile.TarInfo, str]]:
+    """Each member with its normalised name, refusing (`PacketError`) any absolute path or `..`
+    component, link, device or other special file, duplicate name, member over its size cap, more than
+    `MAX_PACKET_MEMBERS` members and more than `cap` bytes in all, from the headers alone."""
     seen: set[str] = set()
-    for member in members:
+    total = 0
+    for count, member in enumerate(tar, start=1):
+        if count > MAX_PACKET_MEMBERS:
+            raise PacketError(
+                f"{packet}: more than {MAX_PACKET_MEMBERS} members (the cap); the packet is not safe to open"
+            )
         why = _unsafe(member.name)
+        name = str(PurePosixPath(member.name))
+        limit, named = _member_cap(name, cap)
         if why is None and (member.issym() or member.islnk()):
             why = f"a {'symbolic' if member.issym() else 'hard'} link (to {member.linkname!r})"
         elif why is None and not (member.isfile() or member.isdir()):
             why = "a special file (device, FIFO...)"
-        elif why is None and member.size > MAX_MEMBER_BYTES:
-            why = f"too large ({member.size} bytes)"
-        name = str(PurePosixPath(member.name))
+        elif why is None and member.size > limit:
+            why = f"{member.size} bytes, over {named}"
         if why is None and name in seen:
             why = "a duplicate name"
         if why is not None:
@@ -1684,22 +2039,69 @@ def _extract(packet: Path, tar: tarfile.TarFile, dest: Path) -> dict[str, str]:
                 f"{packet}: refusing member {member.name!r}: {why}; the packet is not safe to open"
             )
         seen.add(name)
+        total += member.size
+        if total > cap:
+            raise PacketError(
+                f"{packet}: its members hold more than {_size(cap)} (the cap: {_size(UNPACKED_BASE)} plus "
+                f"{UNPACKED_RATIO} times the packet's size); the packet is not safe to open"
+            )
+        yield member, name
+
+
+@dataclass(frozen=True)
+class _Scan:
+    files: frozenset[str]
+    """Every regular member, by normalised name."""
+    manifest: bytes | None
+
+
+def _scan(packet: Path) -> _Scan:
+    """Check every member's header (see `_members`) and read the manifest; writes nothing."""
+    files: set[str] = set()
+    manifest: bytes | None = None
+    with _opened(packet) as (tar, cap):
+        for member, name in _members(packet, tar, cap):
+            if not member.isfile():
+                continue
+            files.add(name)
+            if name == MANIFEST_MEMBER:
+                source = tar.extractfile(member)
+                if source is None:
+                    raise PacketError(f"{packet}: cannot read member {name!r}")
+                with source:
+                    manifest = source.read(MAX_MANIFEST_BYTES + 1)
+    return _Scan(frozenset(files), manifest)
+
+
+def extract_packet(packet: Path, dest: Path, members: Collection[str] | None = None) -> dict[str, str]:
+    """Extract the regular files of `packet` into `dest` (only those named in `members`, when given);
+    returns member -> sha256 of what was extracted.
+
+    Every header is checked first, before anything is written (`_members`: path tricks, links, special
+    files, duplicates, sizes over their caps, too many members), then the tar is read again and only
+    the wanted members are written. An unusable packet is `PacketError`.
+    """
+    _scan(packet)
+    return _extract(packet, dest, members)
+
+
+def _extract(packet: Path, dest: Path, wanted: Collection[str] | None) -> dict[str, str]:
     digests: dict[str, str] = {}
-    for member in members:
-        if not member.isfile():
-            continue
-        name = str(PurePosixPath(member.name))
-        target = dest.joinpath(*PurePosixPath(name).parts)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        source = tar.extractfile(member)
-        if source is None:
-            raise PacketError(f"{packet}: cannot read member {name!r}")
-        digest = hashlib.sha256()
-        with source, open(target, "xb") as fh:
-            while block := source.read(1 << 20):
-                digest.update(block)
-                fh.write(block)
-        digests[name] = digest.hexdigest()
+    with _opened(packet) as (tar, cap):
+        for member, name in _members(packet, tar, cap):
+            if not member.isfile() or (wanted is not None and name not in wanted):
+                continue
+            target = dest.joinpath(*PurePosixPath(name).parts)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            source = tar.extractfile(member)
+            if source is None:
+                raise PacketError(f"{packet}: cannot read member {name!r}")
+            digest = hashlib.sha256()
+            with source, open(target, "xb") as fh:
+                while block := source.read(1 << 20):
+                    digest.update(block)
+                    fh.write(block)
+            digests[name] = digest.hexdigest()
     return digests
 
 
@@ -1722,17 +2124,19 @@ def verify_packet(
     workers: int | None = None,
     root: str | None = None,
 ) -> tuple[Packet, Report]:
-    """Verify an offline packet with only what it holds: extract it into a temporary directory, check
-    every member against the manifest, clone the Git bundle there, and verify that branch with the
-    packet's keys (and `checkpoint`: the bytes of a checkpoint file and its name). Needs no network and
-    no repository. Member mismatches are `packet` findings; an unusable packet is `PacketError`."""
+    """Verify an offline packet with only what it holds: read its manifest, extract the members it
+    lists into a temporary directory, check each against the manifest, clone the Git bundle there, and
+    verify that branch with the packet's keys (and `checkpoint`: the bytes of a checkpoint file and its
+    name). Needs no network and no repository. Member mismatches are `packet` findings (a member the
+    manifest does not list is never extracted); an unusable packet is `PacketError`."""
+    scan = _scan(packet)  # every header checked, before anything is written
+    manifest = _manifest(packet, scan.manifest)
+    listed: dict[str, str] = manifest["members"]
     with tempfile.TemporaryDirectory(prefix="stella-packet-") as tmp:
         unpacked = Path(tmp) / "packet"
         unpacked.mkdir()
-        digests = extract_packet(packet, unpacked)
-        manifest = _manifest(packet, unpacked)
+        digests = _extract(packet, unpacked, set(listed))
         findings: list[Finding] = []
-        listed = manifest["members"]
         for name, digest in sorted(listed.items()):
             if name not in digests:
                 findings.append(Finding(name, "listed in the manifest but not in the packet", None, "packet"))
@@ -1746,12 +2150,19 @@ def verify_packet(
                         "packet",
                     )
                 )
-        for name in sorted(set(digests) - set(listed) - {MANIFEST_MEMBER}):
-            findings.append(Finding(name, "in the packet but not listed in the manifest", None, "packet"))
+        for name in sorted(scan.files - set(listed) - {MANIFEST_MEMBER}):
+            findings.append(
+                Finding(name, "in the packet but not listed in the manifest (not used)", None, "packet")
+            )
         if BUNDLE_MEMBER not in digests:
-            raise PacketError(f"{packet}: the packet has no {BUNDLE_MEMBER}")
-        key_files = sorted(n for n in digests if n.startswith(f"{KEYS_DIR}/") and n.endswith(".pub"))
-        keys = TrustedKeys.from_files((n, unpacked.joinpath(*n.split("/")).read_bytes()) for n in key_files)
+            where = "its manifest lists" if BUNDLE_MEMBER in scan.files else "the packet has"
+            raise PacketError(f"{packet}: {where} no {BUNDLE_MEMBER}")
+        members = {n: unpacked.joinpath(*n.split("/")) for n in sorted(digests)}
+        keys = read_keys(
+            (n, p.read_bytes())
+            for n, p in members.items()
+            if n.startswith(f"{KEYS_DIR}/") and n.endswith(".pub")
+        )
         clone = Path(tmp) / "evidence.git"
         try:
             _git(
@@ -1771,7 +2182,6 @@ def verify_packet(
             )
         signed_with = branch_keys(repo, ref, keys)
         read = read_checkpoint(checkpoint[0], signed_with, checkpoint[1]) if checkpoint is not None else None
-        members = {n: unpacked.joinpath(*n.split("/")) for n in digests}
         keyless = keyless_files(
             _MemoryFiles([(n, p.read_bytes()) for n, p in members.items() if n.startswith("trust/")])
         )
@@ -1786,12 +2196,11 @@ def verify_packet(
     return info, report
 
 
-def _manifest(packet: Path, root: Path) -> dict[str, Any]:
-    path = root / MANIFEST_MEMBER
-    if not path.is_file():
+def _manifest(packet: Path, raw: bytes | None) -> dict[str, Any]:
+    if raw is None:
         raise PacketError(f"{packet}: the packet has no {MANIFEST_MEMBER}: not a Stella evidence packet")
     try:
-        doc = json.loads(path.read_bytes())
+        doc = json.loads(raw)
         if not isinstance(doc, dict) or doc.get("format") != PACKET_FORMAT:
             raise ValueError(f"format is not {PACKET_FORMAT}")
         if not isinstance(doc.get("ref"), str) or not isinstance(doc.get("head"), str):
@@ -1806,10 +2215,13 @@ def _manifest(packet: Path, root: Path) -> dict[str, Any]:
 
 
 def _readme(
-    ref: str, head: str, records: int, keys: TrustedKeys, members: Sequence[str], trusted_root: str | None
+    ref: str, head: str, records: int, keys: LoadedKeys, members: Sequence[str], trusted_root: str | None
 ) -> bytes:
-    key_lines = "\n".join(f"- `{k.source}`: hint `{k.hint}`" for k in keys.values())
-    first_key = next(iter(keys.values())).source
+    key_lines = "\n".join(
+        [f"- `{k.source}`: hint `{k.hint}`" for k in keys.values()]
+        + [f"- `{f.file}`: unreadable, it verifies nothing" for f in keys.unreadable]
+    )
+    first_key = next((k.source for k in keys.values()), f"{KEYS_DIR}/<key>.pub")
     root_note = (
         f"This packet includes `{trusted_root}` (the trusted root `trust/keyless.yaml` pins): give it to\n"
         "cosign with `--trusted-root`."

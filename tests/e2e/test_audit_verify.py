@@ -6,6 +6,7 @@ is caught. A checkpoint catches a history rewrite that a fresh clone cannot see.
 
 from __future__ import annotations
 
+import gzip
 import io
 import json
 import os
@@ -15,11 +16,12 @@ import subprocess
 import tarfile
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from reconciler import audit
-from reconciler.evidence import canonical, sha256_hex
+from reconciler.evidence import canonical, release_id, sha256_hex
 from reconciler.repo import Repo
 from reconciler.sign import KeySigner, generate_key, key_hint, load_private_key, load_public_key
 from tests.support.cli import STELLA, Run
@@ -178,14 +180,20 @@ CASES: dict[str, tuple[Callable[[Workspace], str], str, str, set[str]]] = {
         {"history", "hash", "signature"},
     ),
     "unknown-key": (_unknown_key, "verifies with none of the", "signature", {"signature", "pointer"}),
-    "record-deleted": (
+    "record-deleted": (  # its inputs and artifact stay, named by no record
         _delete_record,
         "deleted from the evidence branch",
         "history",
-        {"history", "pointer", "signature"},
+        {"history", "pointer", "signature", "unreferenced"},
     ),
-    "chain-link-elsewhere": (_chain_elsewhere, "chain link points to sha256:0000", "chain", {"chain"}),
-    "second-chain-start": (_second_start, "a second head of dev's chain", "chain", {"chain"}),
+    # both copy a record that verifies: a second decision of its promotion
+    "chain-link-elsewhere": (
+        _chain_elsewhere,
+        "chain link points to sha256:0000",
+        "chain",
+        {"chain", "duplicate"},
+    ),
+    "second-chain-start": (_second_start, "a second head of dev's chain", "chain", {"chain", "duplicate"}),
     "branch-rewritten": (_rewrite, "not a fast-forward", "reflog", {"reflog"}),
     "inputs-deleted": (_delete_inputs, "its inputs file inputs/", "inputs", {"history", "inputs"}),
     "artifact-deleted": (
@@ -238,6 +246,286 @@ def test_worker_processes_find_what_one_process_finds(ws: Workspace) -> None:
     total = seen[0][1]
     assert seen[0] == (0, total) and seen[-1] == (total, total)
     assert [done for done, _ in seen] == sorted(done for done, _ in seen)
+
+
+# --- pointers, stray files, duplicates, unreadable keys (each an attack first) ---------------------
+
+POINTER = "environments/dev/stella.version.json"
+PRIVILEGED = (
+    b"services:\n  web:\n    image: registry.example.com/shop/web@sha256:" + b"e" * 64 + b"\n"
+    b"    privileged: true\n    volumes: ['/var/run/docker.sock:/var/run/docker.sock']\n"
+)
+
+
+def _id(path: str) -> str:
+    return "sha256:" + path.removeprefix("evidence/").removesuffix(".json")
+
+
+def _edit_pointer(ws: Workspace, edit: Callable[[dict[str, Any]], None]) -> bytes:
+    """dev's pointer, edited."""
+    pointer = json.loads(ws.show(POINTER))
+    edit(pointer)
+    return canonical(pointer)
+
+
+def _reaim(ws: Workspace) -> dict[str, bytes | None]:
+    """Aim dev's pointer at a lock that runs a privileged container, under another release name."""
+    sha = sha256_hex(PRIVILEGED)
+
+    def edit(pointer: dict[str, Any]) -> None:
+        pointer["current"]["artifacts"] = {"compose.stella.lock.yml": sha}
+        pointer["current"]["release"] = "shop-1.3.0-hotfix"
+
+    return {POINTER: _edit_pointer(ws, edit), f"artifacts/{sha}/compose.stella.lock.yml": PRIVILEGED}
+
+
+def _set(field: str, value: object, top: bool = False) -> Callable[[Workspace], dict[str, bytes | None]]:
+    def tamper(ws: Workspace) -> dict[str, bytes | None]:
+        def edit(pointer: dict[str, Any]) -> None:
+            (pointer if top else pointer["current"])[field] = value
+
+        return {POINTER: _edit_pointer(ws, edit)}
+
+    return tamper
+
+
+def _pointer_without_records(ws: Workspace) -> dict[str, bytes | None]:
+    """A pointer for prod, where nothing was decided: an agent there would run dev's lock."""
+    return {
+        "environments/prod/stella.version.json": _edit_pointer(ws, lambda p: p.update(environment="prod"))
+    }
+
+
+# case: (tamper, [(file, check)] of every finding, a fragment of the pointer finding's message)
+POINTER_CASES: dict[
+    str, tuple[Callable[[Workspace], dict[str, bytes | None]], list[tuple[str, str]], str]
+] = {
+    "artifacts-reaimed-and-release-renamed": (
+        _reaim,
+        [
+            (f"artifacts/{sha256_hex(PRIVILEGED)}/compose.stella.lock.yml", "unreferenced"),
+            (POINTER, "pointer"),
+        ],
+        f"artifacts {{'compose.stella.lock.yml': '{sha256_hex(PRIVILEGED)}'}} is not the record's "
+        "{'compose.stella.lock.yml': '",
+    ),
+    "decided-at": (
+        _set("decidedAt", "2020-01-01T00:00:00Z"),
+        [(POINTER, "pointer")],
+        "decidedAt '2020-01-01T00:00:00Z' is not the record's '",
+    ),
+    "release-id": (
+        _set("releaseId", "sha256:" + "f" * 64),
+        [(POINTER, "pointer")],
+        f"releaseId 'sha256:{'f' * 64}' is not the record's 'sha256:",
+    ),
+    "field-added-to-current": (
+        _set("privileged", True),
+        [(POINTER, "pointer")],
+        "privileged is not a field of current",
+    ),
+    "field-added-to-pointer": (
+        _set("next", {"release": "shop-9.9.9"}, top=True),
+        [(POINTER, "pointer")],
+        "has the fields current, environment, head, next, not current, environment, head",
+    ),
+    "pointer-without-records": (
+        _pointer_without_records,
+        [("environments/prod/stella.version.json", "pointer")],
+        "a pointer for prod, which has no records",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", POINTER_CASES.values(), ids=POINTER_CASES.keys())
+def test_a_pointer_is_checked_whole_against_the_record_it_names(
+    ws: Workspace, case: tuple[Callable[[Workspace], dict[str, bytes | None]], list[tuple[str, str]], str]
+) -> None:
+    tamper, expected, fragment = case
+    change_evidence(ws, tamper(ws), "re-aim a pointer")
+    run = ws.stella("audit", "verify", "-o", "json")
+    assert run.code == 1, run.out
+    findings = run.json()["findings"]
+    assert [(f["file"], f["check"]) for f in findings] == expected, findings
+    (pointer,) = [f for f in findings if f["check"] == "pointer"]
+    assert fragment in pointer["message"], pointer
+
+
+def test_the_reaimed_pointer_names_each_field_that_differs(ws: Workspace) -> None:
+    record = _records(ws)[1]
+    predicate = json.loads(ws.show(record))["predicate"]
+    (artifact,) = predicate["artifacts"]
+    change_evidence(ws, _reaim(ws), "re-aim dev at a privileged lock")
+    findings = ws.stella("audit", "verify", "-o", "json").json()["findings"]
+    assert [f["message"] for f in findings if f["check"] == "pointer"] == [
+        f"current differs from the record it names ({_id(record)}): "
+        f"artifacts {{'compose.stella.lock.yml': '{sha256_hex(PRIVILEGED)}'}} is not the record's "
+        f"{{'compose.stella.lock.yml': '{artifact['sha256']}'}}; "
+        "release 'shop-1.3.0-hotfix' is not the record's 'shop-1.3.0'"
+    ]
+
+
+def _stray_policy(ws: Workspace) -> dict[str, bytes | None]:
+    """A stored policy that was never ratified (its one file is a stored policy file)."""
+    stored = next(p for p in ws.evidence_files() if p.startswith("policy-files/"))
+    manifest = canonical({"stella.yaml": "sha256:" + stored.removeprefix("policy-files/")})
+    return {f"policies/{sha256_hex(manifest)}.json": manifest}
+
+
+STRAY = b"stray\n"
+UNREFERENCED_INPUTS = canonical({"kind": "DecisionInputs", "promotionId": "shop-9.9.9--prod"})
+# case: (files added, [(file, check, message)] of every finding)
+STRAY_CASES: dict[str, tuple[Callable[[Workspace], dict[str, bytes | None]], list[tuple[str, str, str]]]] = {
+    "top-level-file": (
+        lambda ws: {"notes/rewritten.txt": STRAY, "README": STRAY},
+        [
+            ("README", "layout", "not part of the evidence branch's layout"),
+            ("notes/rewritten.txt", "layout", "not part of the evidence branch's layout"),
+        ],
+    ),
+    "file-beside-a-pointer": (
+        lambda ws: {"environments/dev/compose.yml": STRAY, "environments/notes.txt": STRAY},
+        [
+            (
+                "environments/dev/compose.yml",
+                "layout",
+                "unexpected file in environments/dev/: only stella.version.json",
+            ),
+            ("environments/notes.txt", "layout", "unexpected file in environments/"),
+        ],
+    ),
+    "file-in-policy": (
+        lambda ws: {"policy/next.policy.json": STRAY},
+        [("policy/next.policy.json", "layout", "unexpected file in policy/")],
+    ),
+    "misnamed-policy-file": (
+        lambda ws: {"policy-files/keys.pub": STRAY},
+        [("policy-files/keys.pub", "layout", "unexpected file in policy-files/")],
+    ),
+    "unreferenced-inputs": (
+        lambda ws: {f"inputs/{sha256_hex(UNREFERENCED_INPUTS)}.json": UNREFERENCED_INPUTS},
+        [
+            (
+                f"inputs/{sha256_hex(UNREFERENCED_INPUTS)}.json",
+                "unreferenced",
+                "no record names this inputs file",
+            )
+        ],
+    ),
+    "unreferenced-artifact": (
+        lambda ws: {f"artifacts/{sha256_hex(PRIVILEGED)}/compose.stella.lock.yml": PRIVILEGED},
+        [
+            (
+                f"artifacts/{sha256_hex(PRIVILEGED)}/compose.stella.lock.yml",
+                "unreferenced",
+                "no record lists this artifact",
+            )
+        ],
+    ),
+    "unlisted-policy-file": (
+        lambda ws: {f"policy-files/{sha256_hex(STRAY)}": STRAY},
+        [(f"policy-files/{sha256_hex(STRAY)}", "unreferenced", "no stored policy lists this file")],
+    ),
+    "unratified-policy": (
+        _stray_policy,
+        [("policies/", "unreferenced", "was never ratified on the policy chain")],
+    ),
+}
+
+
+@pytest.mark.parametrize("case", STRAY_CASES.values(), ids=STRAY_CASES.keys())
+def test_stray_and_unreferenced_files_are_found(
+    ws: Workspace, case: tuple[Callable[[Workspace], dict[str, bytes | None]], list[tuple[str, str, str]]]
+) -> None:
+    add, expected = case
+    change_evidence(ws, add(ws), "add a file no record names")
+    run = ws.stella("audit", "verify", "-o", "json")
+    assert run.code == 1, run.out
+    findings = [(f["file"], f["check"], f["message"]) for f in run.json()["findings"]]
+    assert len(findings) == len(expected), findings
+    for (file, check, message), (want_file, want_check, want_message) in zip(findings, expected, strict=True):
+        assert (file.startswith(want_file), check) == (True, want_check), findings
+        assert want_message in message, findings
+
+
+def test_a_release_lock_no_record_names_is_fine(ws: Workspace) -> None:
+    """Locks are written when a release is resolved, before (and whether or not) it is decided."""
+    lock = json.loads(ws.show("releases/shop-1.3.0.json"))
+    lock["name"] = "shop-1.3.1"
+    pinned = {c: f"{v['image']}@{v['digest']}" for c, v in lock["components"].items()}
+    lock["id"] = release_id("shop-1.3.1", pinned)
+    change_evidence(ws, {"releases/shop-1.3.1.json": canonical(lock)}, "a lock written before its decision")
+    run = ws.stella("audit", "verify", "-o", "json")
+    assert (run.code, run.json()["findings"]) == (0, [])
+
+
+def test_a_second_decision_for_a_promotion_is_found(ws: Workspace) -> None:
+    """A well-signed second record of dev's last promotion, chained and pointed at properly: only the
+    promotion being decided twice gives it away."""
+    first = _records(ws)[1]
+    data = json.loads(ws.show(first))
+    decided = data["predicate"]["decidedAt"]
+    data["predicate"]["previous"] = _id(first)
+    data["predicate"]["decidedAt"] = "2030-01-01T00:00:00Z"
+    statement = canonical(data)
+    hex_id = sha256_hex(statement)
+
+    def edit(pointer: dict[str, Any]) -> None:
+        pointer["head"] = pointer["current"]["evidence"] = f"sha256:{hex_id}"
+        pointer["current"]["decidedAt"] = "2030-01-01T00:00:00Z"
+
+    change_evidence(
+        ws,
+        {
+            f"evidence/{hex_id}.json": statement,
+            f"evidence/{hex_id}.sigstore.json": KeySigner(load_private_key(ws.key)).sign(statement),
+            POINTER: _edit_pointer(ws, edit),
+        },
+        "decide shop-1.3.0--dev again",
+    )
+    run = ws.stella("audit", "verify", "-o", "json")
+    assert run.code == 1, run.out
+    assert [(f["file"], f["message"], f["check"]) for f in run.json()["findings"]] == [
+        (
+            f"evidence/{hex_id}.json",
+            f"a second decision for promotion shop-1.3.0--dev: {_id(first)} decided it first at {decided}",
+            "duplicate",
+        )
+    ]
+
+
+def test_an_unreadable_key_on_main_is_a_finding_and_the_rest_is_verified(
+    ws: Workspace, tmp_path: Path
+) -> None:
+    """One bad file in trust/evidence-keys/ of main: verify, report, checkpoint and export still run,
+    the file is a `key` finding, and the good key still counts (in the packet too)."""
+    write_files(ws.root, {"trust/evidence-keys/broken.pub": "not a key\n"})
+    commit_all(ws.root, "a broken evidence key")
+    run = ws.stella("audit", "verify", "-o", "json")
+    assert run.code == 1, run.out + run.err
+    report = run.json()
+    assert [(f["file"], f["check"]) for f in report["findings"]] == [
+        ("trust/evidence-keys/broken.pub", "key")
+    ]
+    message = report["findings"][0]["message"]
+    assert message.startswith("unreadable evidence key on main: not a PEM public key") and message.endswith(
+        "; it verifies nothing"
+    )
+    assert (report["records"], report["bundles"]) == (3, 3)
+    assert [k["source"] for k in report["keys"]] == ["trust/evidence-keys/test.pub"]
+
+    written = ws.stella("audit", "report", tmp_path / "report", "-o", "json")
+    assert (written.code, written.json()["findings"]) == (1, 1), written.err
+    refused = ws.stella("audit", "checkpoint")
+    assert refused.code == 1 and "FAIL trust/evidence-keys/broken.pub: unreadable evidence key" in refused.err
+
+    packet = tmp_path / "evidence.tar.gz"
+    assert "trust/evidence-keys/broken.pub" in _export(ws, packet)["members"]  # as is
+    offline = _offline([STELLA, "audit", "verify", "--packet", str(packet), "-o", "json"], tmp_path)
+    assert offline.code == 1, offline.out + offline.err
+    findings = offline.json()["findings"]
+    assert [(f["file"], f["check"]) for f in findings] == [("trust/evidence-keys/broken.pub", "key")]
+    assert [k["source"] for k in offline.json()["keys"]] == ["trust/evidence-keys/test.pub"]
 
 
 # --- the offline packet ----------------------------------------------------------------------------
@@ -429,6 +717,73 @@ def test_a_changed_packet_is_caught(
         assert [(f["file"], f["check"]) for f in findings] == [(member, "packet")]
 
 
+def _with_zeros(packet: Path, out: Path, name: str, size: int) -> Path:
+    """`packet` with one more member, `name`, of `size` zero bytes (a multiple of 1 MiB), compressed as
+    a bomb is: the gzip of one MiB of zeros repeated (concatenated gzip members are one stream), so
+    that a 2 GiB member makes a 2 MB packet and costs no time to build."""
+    prefix = io.BytesIO()
+    with (
+        tarfile.open(packet) as source,
+        tarfile.open(fileobj=prefix, mode="w", format=tarfile.PAX_FORMAT) as tar,
+    ):
+        for info in source.getmembers():
+            tar.addfile(info, source.extractfile(info))
+        end = tar.offset
+    info = tarfile.TarInfo(name)
+    info.size = size
+    one = gzip.compress(bytes(1 << 20))
+    with open(out, "wb") as fh:
+        fh.write(gzip.compress(prefix.getvalue()[:end] + info.tobuf(tarfile.PAX_FORMAT)))
+        for _ in range(size >> 20):
+            fh.write(one)
+        fh.write(gzip.compress(bytes(2 * tarfile.BLOCKSIZE)))
+    return out
+
+
+def test_a_compression_bomb_in_a_packet_is_refused_before_anything_is_written(
+    ws: Workspace, tmp_path: Path
+) -> None:
+    """2 MB of packet that would unpack to 2 GiB: refused from the member's header, in no time."""
+    packet = tmp_path / "evidence.tar.gz"
+    _export(ws, packet)
+    bomb = _with_zeros(packet, tmp_path / "bomb.tar.gz", "junk.bin", 2 << 30)
+    assert bomb.stat().st_size < 3 << 20
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    run = _offline([STELLA, "audit", "verify", "--packet", str(bomb)], scratch)
+    assert run.code == 2, run.out + run.err
+    assert run.err.strip() == (
+        f"error: {bomb}: refusing member 'junk.bin': 2147483648 bytes, over the cap of 16 MiB for a "
+        "member other than evidence.bundle; the packet is not safe to open"
+    )
+    assert list(scratch.iterdir()) == []
+
+
+def test_a_member_the_manifest_does_not_list_is_reported_and_not_used(ws: Workspace, tmp_path: Path) -> None:
+    packet = tmp_path / "evidence.tar.gz"
+    _export(ws, packet)
+    attacker = tmp_path / "attacker.pem"
+    generate_key(attacker)
+    added = tmp_path / "added.tar.gz"
+    with tarfile.open(packet) as source, tarfile.open(added, "w:gz") as target:
+        for info in source.getmembers():
+            target.addfile(info, source.extractfile(info))
+        data = attacker.with_name("attacker.pem.pub").read_bytes()
+        info = tarfile.TarInfo("trust/evidence-keys/attacker.pub")
+        info.size = len(data)
+        target.addfile(info, io.BytesIO(data))
+    run = _offline([STELLA, "audit", "verify", "--packet", str(added), "-o", "json"], tmp_path)
+    assert run.code == 1, run.out + run.err
+    assert [(f["file"], f["message"], f["check"]) for f in run.json()["findings"]] == [
+        (
+            "trust/evidence-keys/attacker.pub",
+            "in the packet but not listed in the manifest (not used)",
+            "packet",
+        )
+    ]
+    assert [k["source"] for k in run.json()["keys"]] == ["trust/evidence-keys/test.pub"]
+
+
 # --- checkpoints -----------------------------------------------------------------------------------
 
 
@@ -449,9 +804,11 @@ def test_checkpoint_catches_a_rewrite_that_a_fresh_clone_cannot_see(ws: Workspac
     }
     assert ws.stella("audit", "verify", "--checkpoint", checkpoint).code == 0
 
-    # history rewritten: back one commit, and a different commit on top
+    # history rewritten: back one commit, and a different commit on top (consistent in itself)
+    ws.tampered = True
     ws.git("update-ref", "-m", "rewrite", REF, ws.git("rev-parse", f"{REF}~1"))
-    change_evidence(ws, {"notes/rewritten.txt": b"another history\n"}, "a different commit on top")
+    other = ws.git("commit-tree", f"{REF}^{{tree}}", "-p", REF, "-m", "a different commit on top")
+    ws.git("update-ref", "-m", "rewrite", REF, other)
 
     run = ws.stella("audit", "verify", "--checkpoint", checkpoint, "-o", "json")
     assert run.code == 1

@@ -26,13 +26,14 @@ def _legacy_branch(tmp_path: Path) -> tuple[Workspace, str]:
     donor = example_workspace(tmp_path / "donor")
     assert donor.stella("reconcile", "--once").code == 0
     files: dict[str, bytes] = {}
-    record = ""
+    record = genesis_inputs = ""
     for path in donor.evidence_files():
         if path.startswith(LEGACY):
             files[path] = donor.show(path)
         elif path.startswith("evidence/") and not path.endswith(".sigstore.json"):
             statement = json.loads(donor.show(path))
             if statement["predicate"]["type"] != "release_decision":
+                genesis_inputs = f"inputs/{statement['predicate']['inputs']['sha256']}.json"
                 continue
             del statement["predicate"]["policy"]  # what an older Stella wrote
             raw = canonical(statement)
@@ -41,6 +42,7 @@ def _legacy_branch(tmp_path: Path) -> tuple[Workspace, str]:
             files[f"evidence/{sha256_hex(raw)}.sigstore.json"] = KeySigner(load_private_key(donor.key)).sign(
                 raw
             )
+    del files[genesis_inputs]  # an older Stella wrote no ratification, nor its inputs
     pointer = json.loads(files["environments/dev/stella.version.json"])
     pointer["head"] = pointer["current"]["evidence"] = record
     files["environments/dev/stella.version.json"] = canonical(pointer)

@@ -1,11 +1,15 @@
 """reconciler.audit: an evidence packet's tar is opened safely, and checkpoints are signed and read back.
 
 Every path trick a tar can play (absolute paths, `..`, links, special files, duplicates) is refused
-before anything is written, with a message naming the member; the archives are real gzip'd tars.
+before anything is written, with a message naming the member; so are members over their size caps, more
+than 10,000 members and compression bombs, and only the members asked for are extracted. The archives
+are real gzip'd tars (the bombs built streaming, so that the tests stay small and fast).
 """
 
 from __future__ import annotations
 
+import gzip
+import hashlib
 import io
 import json
 import os
@@ -125,6 +129,117 @@ def test_a_packet_without_a_manifest_is_refused(tmp_path: Path) -> None:
     packet = _tar(tmp_path / "packet.tar.gz", [_file("README.md")])
     with pytest.raises(audit.PacketError, match=r"has no manifest.json: not a Stella evidence packet"):
         audit.verify_packet(packet)
+
+
+# --- sizes and counts: read the headers, the manifest first, extract only what it lists -------------
+
+_MIB_OF_ZEROS = gzip.compress(bytes(1 << 20))
+
+
+def _stream_tar(path: Path, members: list[tuple[str, bytes | int]], kind: bytes = tarfile.REGTYPE) -> Path:
+    """A .tar.gz of members given as bytes, or as a number of zero bytes (a multiple of 1 MiB) written
+    as the gzip of one MiB of zeros repeated: concatenated gzip members are one stream, so a 2 GiB
+    member costs about 2 MB and no time. `kind`: the type of the members given as a size."""
+    with open(path, "wb") as fh:
+        for name, content in members:
+            info = tarfile.TarInfo(name)
+            if isinstance(content, bytes):
+                info.size = len(content)
+                pad = bytes(-len(content) % tarfile.BLOCKSIZE)
+                fh.write(gzip.compress(info.tobuf(tarfile.PAX_FORMAT) + content + pad))
+                continue
+            info.size, info.type = content, kind
+            fh.write(gzip.compress(info.tobuf(tarfile.GNU_FORMAT)))
+            for _ in range(content >> 20):
+                fh.write(_MIB_OF_ZEROS)
+        fh.write(gzip.compress(bytes(2 * tarfile.BLOCKSIZE)))
+    return path
+
+
+MANIFEST = b'{"format": "stella-evidence-packet/v1"}'
+BOMBS: dict[str, tuple[list[tuple[str, bytes | int]], bytes, str]] = {
+    "bundle-bomb": (
+        [("manifest.json", MANIFEST), ("evidence.bundle", 2 << 30)],
+        tarfile.REGTYPE,
+        r"refusing member 'evidence\.bundle': 2147483648 bytes, over the cap of 72\.\d MiB for the "
+        r"packet's contents \(64 MiB plus 4 times the packet's size\); the packet is not safe to open$",
+    ),
+    "readme-over-its-cap": (
+        [("manifest.json", MANIFEST), ("README.md", 17 << 20)],
+        tarfile.REGTYPE,
+        r"refusing member 'README\.md': 17825792 bytes, over the cap of 16 MiB for a member other than "
+        r"evidence\.bundle; the packet is not safe to open$",
+    ),
+    "manifest-over-its-cap": (
+        [("manifest.json", 2 << 20)],
+        tarfile.REGTYPE,
+        r"refusing member 'manifest\.json': 2097152 bytes, over the cap of 1 MiB for manifest\.json; ",
+    ),
+    "pax-header-bomb": (  # tarfile reads an extended header whole, before we see any member
+        [("manifest.json", MANIFEST), ("././@PaxHeader", 2 << 30)],
+        tarfile.XHDTYPE,
+        r"unpacks to more than 88\.\d MiB \(the cap: 64 MiB plus 4 times the packet's size, and 16 MiB "
+        r"for tar headers\); the packet is not safe to open$",
+    ),
+}
+
+
+@pytest.mark.parametrize("members, kind, expected", BOMBS.values(), ids=BOMBS.keys())
+def test_a_member_over_its_cap_is_refused_before_anything_is_written(
+    tmp_path: Path, members: list[tuple[str, bytes | int]], kind: bytes, expected: str
+) -> None:
+    packet = _stream_tar(tmp_path / "packet.tar.gz", members, kind)
+    assert packet.stat().st_size < 3 << 20
+    dest = tmp_path / "out"
+    dest.mkdir()
+    with pytest.raises(audit.PacketError, match=expected) as caught:
+        audit.extract_packet(packet, dest)
+    assert str(caught.value).startswith(f"{packet}: ")
+    assert list(dest.iterdir()) == []
+    with pytest.raises(audit.PacketError, match=expected):
+        audit.verify_packet(packet)
+
+
+def test_too_many_members_are_refused(tmp_path: Path) -> None:
+    members = [_file("manifest.json", MANIFEST)]
+    members += [_file(f"trust/evidence-keys/{i}.pub", b"") for i in range(audit.MAX_PACKET_MEMBERS)]
+    packet = _tar(tmp_path / "packet.tar.gz", members)
+    dest = tmp_path / "out"
+    dest.mkdir()
+    with pytest.raises(audit.PacketError) as caught:
+        audit.extract_packet(packet, dest)
+    assert str(caught.value) == (
+        f"{packet}: more than 10000 members (the cap); the packet is not safe to open"
+    )
+    assert list(dest.iterdir()) == []
+    exactly = _tar(tmp_path / "exactly.tar.gz", members[:-1])  # at the cap: fine
+    assert audit.extract_packet(exactly, dest, {"manifest.json"}) == {
+        "manifest.json": hashlib.sha256(MANIFEST).hexdigest()
+    }
+
+
+def test_only_the_members_asked_for_are_extracted(tmp_path: Path) -> None:
+    packet = _stream_tar(
+        tmp_path / "packet.tar.gz",
+        [("README.md", b"hi"), ("manifest.json", MANIFEST), ("junk.bin", 8 << 20)],
+    )
+    dest = tmp_path / "out"
+    dest.mkdir()
+    assert audit.extract_packet(packet, dest, {"README.md", "manifest.json"}) == {
+        "README.md": "8f434346648f6b96df89dda901c5176b10a6d83961dd3c1ac88b59b2dc327aa4",
+        "manifest.json": hashlib.sha256(MANIFEST).hexdigest(),
+    }
+    assert sorted(p.name for p in dest.iterdir()) == ["README.md", "manifest.json"]
+
+
+def test_the_caps_grow_with_the_packet() -> None:
+    assert audit.unpacked_cap(0) == 64 << 20
+    assert audit.unpacked_cap(1 << 30) == (64 << 20) + (4 << 30)
+    assert (audit.MAX_MANIFEST_BYTES, audit.MAX_MEMBER_BYTES, audit.MAX_PACKET_MEMBERS) == (
+        1 << 20,
+        16 << 20,
+        10_000,
+    )
 
 
 # --- checkpoints -----------------------------------------------------------------------------------
