@@ -1,0 +1,100 @@
+"""The public API for plugin authors: the one module a plugin imports from Stella.
+
+Everything a gate, registry, signer, verifier, agent or doctor check needs is here: the plugin
+Protocols and the value types they exchange, the error hierarchy, image references, the release-lock
+models a gate reads, the bundle helpers a verifier uses, and the one time format of evidence.
+Every other module of the `reconciler` package is private: it may change in any release.
+
+`API_VERSION` is the version of this module's contract. A plugin states the version it targets in its
+`PluginManifest.api_version`; Stella loads a plugin only when it equals `API_VERSION`. A change that
+removes or changes a name here bumps it; adding a name does not.
+"""
+
+from __future__ import annotations
+
+from ..errors import (
+    InvalidInput,
+    PluginError,
+    Problem,
+    RegistryUnavailable,
+    StellaError,
+    Transient,
+    ValidationFailed,
+    Waiting,
+)
+from ..gates import as_utc, rfc3339
+from ..models import Environment, LockedComponent, Promotion, ReleaseLock, RepoPath
+from ..protocols import (
+    IN_TOTO_PAYLOAD_TYPE,
+    PLUGIN_API_VERSION,
+    Actor,
+    ApprovalRecord,
+    BundleVerifier,
+    FileSource,
+    Gate,
+    GateContext,
+    GateResult,
+    PluginManifest,
+    PriorDecision,
+    Registry,
+    RegistryOptions,
+    RegistryPlugin,
+    Signer,
+    SignerPlugin,
+)
+from ..reference import DIGEST_RE, ImageRef, ReferenceError, parse
+from ..sign import (
+    ACCEPTED_BUNDLE_MEDIA_TYPES,
+    BUNDLE_MEDIA_TYPE,
+    BundleError,
+    TrustedKey,
+    TrustedKeys,
+    verify_bundle,
+)
+
+API_VERSION = PLUGIN_API_VERSION
+
+__all__ = [
+    "ACCEPTED_BUNDLE_MEDIA_TYPES",
+    "API_VERSION",
+    "BUNDLE_MEDIA_TYPE",
+    "DIGEST_RE",
+    "IN_TOTO_PAYLOAD_TYPE",
+    "PLUGIN_API_VERSION",
+    "Actor",
+    "ApprovalRecord",
+    "BundleError",
+    "BundleVerifier",
+    "Environment",
+    "FileSource",
+    "Gate",
+    "GateContext",
+    "GateResult",
+    "ImageRef",
+    "InvalidInput",
+    "LockedComponent",
+    "PluginError",
+    "PluginManifest",
+    "PriorDecision",
+    "Problem",
+    "Promotion",
+    "ReferenceError",
+    "Registry",
+    "RegistryOptions",
+    "RegistryPlugin",
+    "RegistryUnavailable",
+    "ReleaseLock",
+    "RepoPath",
+    "Signer",
+    "SignerPlugin",
+    "StellaError",
+    "Transient",
+    "TrustedKey",
+    "TrustedKeys",
+    "ValidationFailed",
+    "Waiting",
+    "as_utc",
+    "parse",
+    "rfc3339",
+    "verify_bundle",
+]
