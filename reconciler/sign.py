@@ -29,9 +29,9 @@ from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from . import __version__
 from .errors import InvalidInput, StellaError
 from .protocols import IN_TOTO_PAYLOAD_TYPE, PluginManifest
+from .version import __version__
 
 
 def key_hint(public_key: ec.EllipticCurvePublicKey) -> str:

@@ -12,8 +12,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .. import __version__
 from ..protocols import ApprovalRecord, GateContext, GateResult, PluginManifest
+from ..version import __version__
 
 GATE = "approvals"
 

@@ -26,9 +26,9 @@ from datetime import datetime, timedelta
 
 from croniter import croniter  # type: ignore[import-untyped]
 
-from reconciler import __version__
 from reconciler.models import AbsoluteWindow, RecurringWindow, parse_duration
 from reconciler.protocols import Actor, GateContext, GateResult, PluginManifest
+from reconciler.version import __version__
 
 from . import as_utc, rfc3339, validate_cron
 

@@ -14,8 +14,8 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from reconciler import __version__
 from reconciler.protocols import GateContext, GateResult, PluginManifest, PriorDecision
+from reconciler.version import __version__
 
 from . import as_utc, rfc3339
 

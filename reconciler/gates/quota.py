@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta
 
-from .. import __version__
 from ..protocols import GateContext, GateResult, PluginManifest
+from ..version import __version__
 from . import rfc3339
 
 GATE = "quota"
