@@ -23,9 +23,11 @@ from typing import Any, Final
 from . import audit
 from .discover import Plugins, discover
 from .errors import InvalidInput
-from .loop import PassResult, dry_run, reconcile
+from .loop import reconcile
 from .manifests import load_repository
+from .passes import dry_run
 from .repo import Repo, WorkTree
+from .results import PassResult
 from .sign import KeySigner, generate_key, load_private_key
 from .workflow import approve, approve_policy, promote
 

@@ -1,6 +1,7 @@
 """Canonical bytes and content ids of what goes on the evidence branch.
 
-PURE: values in, bytes and ids out; no disk, network, clock or Git. Everything stored is serialised
+Paths and the time format come from `ledger` (re-exported here for older callers). PURE: values in,
+bytes and ids out; no disk, network, clock or Git. Everything stored is serialised
 once, as RFC 8785 canonical JSON, and identified by the sha256 of exactly those bytes; nothing here
 ever re-serialises bytes that were already stored or signed.
 """
@@ -9,12 +10,21 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Mapping, Sequence
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 import rfc8785
 
 from . import reference
+from .ledger import (  # noqa: F401  (paths re-exported until every reader imports them from ledger)
+    artifact_path,
+    bundle_path,
+    evidence_path,
+    inputs_path,
+    pointer_path,
+    release_lock_path,
+    rfc3339,
+)
 from .models import ReleaseLock
 from .protocols import GateResult
 
@@ -34,20 +44,11 @@ def release_id(name: str, pinned: Mapping[str, str]) -> str:
     return "sha256:" + sha256_hex(canonical({"name": name, "components": dict(pinned)}))
 
 
-def release_lock_path(name: str) -> str:
-    return f"releases/{name}.json"
-
-
 # --- decision records ----------------------------------------------------------------------------
 
 STATEMENT_TYPE = "https://in-toto.io/Statement/v1"
 PREDICATE_TYPE = "https://stella.dev/attestations/evidence/v1"
 GENERATOR = "stella"
-
-
-def rfc3339(moment: datetime) -> str:
-    """UTC, second precision, with a `Z` (the only time format in evidence)."""
-    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def gate_json(result: GateResult) -> dict[str, Any]:
@@ -131,26 +132,6 @@ def decision_statement(
             "previous": previous,
         },
     }
-
-
-def evidence_path(hex_id: str) -> str:
-    return f"evidence/{hex_id}.json"
-
-
-def bundle_path(hex_id: str) -> str:
-    return f"evidence/{hex_id}.sigstore.json"
-
-
-def inputs_path(hex_id: str) -> str:
-    return f"inputs/{hex_id}.json"
-
-
-def artifact_path(hex_id: str, name: str) -> str:
-    return f"artifacts/{hex_id}/{name}"
-
-
-def pointer_path(environment: str) -> str:
-    return f"environments/{environment}/stella.version.json"
 
 
 def pointer(

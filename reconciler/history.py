@@ -23,6 +23,7 @@ from typing import Any, Literal
 
 from .errors import InvalidInput
 from .governance import POLICY_CHAIN, RATIFICATION, Keyring, RecordRejected
+from .ledger import BUNDLE_SUFFIX, EVIDENCE, bundle_path, evidence_path
 from .protocols import PriorDecision
 from .repo import GitTree, Repo
 
@@ -355,19 +356,19 @@ class _Read:
 def _read_records(tree: GitTree, names: Iterable[str], rejected: list[tuple[str, str, str]]) -> list[_Read]:
     out = []
     for name in names:
-        if not name.endswith(".json") or name.endswith(".sigstore.json"):
+        if not name.endswith(".json") or name.endswith(BUNDLE_SUFFIX):
             continue
-        path = f"evidence/{name}"
+        hex_id = name.removesuffix(".json")
+        path = evidence_path(hex_id)
         raw = tree.read(path)
         if raw is None:
             continue
-        hex_id = name.removesuffix(".json")
         try:
             record = parse_record(f"sha256:{hex_id}", raw, path)
         except InvalidInput as exc:
             rejected.append((path, "statement", str(exc)))
             continue
-        out.append(_Read(record, raw, tree.read(f"evidence/{hex_id}.sigstore.json"), path))
+        out.append(_Read(record, raw, tree.read(bundle_path(hex_id)), path))
     return out
 
 
@@ -418,7 +419,7 @@ def _sync(repo: Repo, ref: str, head: str | None, index: EvidenceIndex, keyring:
     rejected: list[tuple[str, str, str]] = []
     with index._transaction():
         if same and head is not None and known and repo.is_ancestor(known, head):
-            added = [p.split("/", 1)[1] for p in repo.added_paths(known, head, "evidence/")]
+            added = [p.split("/", 1)[1] for p in repo.added_paths(known, head, f"{EVIDENCE}/")]
             reads = _read_records(repo.tree(head), added, rejected)
         else:
             if known is not None:
@@ -426,7 +427,7 @@ def _sync(repo: Repo, ref: str, head: str | None, index: EvidenceIndex, keyring:
             for table in ("records", "heads", "meta", "rejected"):
                 index._db.execute(f"DELETE FROM {table}")
             tree = repo.tree(head) if head is not None else None
-            reads = _read_records(tree, tree.listdir("evidence"), rejected) if tree is not None else []
+            reads = _read_records(tree, tree.listdir(EVIDENCE), rejected) if tree is not None else []
         _index_verified(repo, head, index, keyring, reads, rejected)
         index._db.executemany("INSERT OR REPLACE INTO rejected VALUES (?, ?, ?)", rejected)
         index._db.executemany(

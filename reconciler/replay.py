@@ -1,8 +1,9 @@
 """`stella replay`: recompute a recorded decision from its inputs and compare.
 
-A record's `inputs/<hex>.json` holds everything its gates saw. Replay loads it, rebuilds the gate
-context (the repository at the recorded source commit supplies offline data such as scan reports),
-runs the same gates in the same order with the installed plugins, and compares the decision and every
+A record's `inputs/<hex>.json` holds everything its gates saw. Replay loads it and decides from it
+through the same seam the reconcile pass uses (`decision.decide_inputs`: the gate context and plan are
+built from the inputs, with the repository at the recorded source commit under the recorded policy
+supplying offline data such as scan reports), with the installed plugins, and compares the decision and every
 gate's status, reason and message with the statement. A gate whose installed version differs from the
 recorded one is reported too. Reads Git; writes nothing.
 """
@@ -16,14 +17,14 @@ from typing import Any, TypeVar
 
 from pydantic import ValidationError
 
+from .decision import decide_inputs
 from .discover import Plugins
 from .errors import InvalidInput
 from .evidence import gate_json, sha256_hex
 from .governance import RATIFICATION, PolicyError, PolicyView, stored_policy
+from .ledger import Ledger, evidence_path, hex_of
 from .manifests import load_settings
-from .models import DecisionInputs, InputActor, RatificationInputs
-from .policy import PlannedGate, decide
-from .protocols import Actor, ApprovalRecord, GateContext, PriorDecision
+from .models import DecisionInputs, RatificationInputs
 from .repo import GitTree, Repo
 
 M = TypeVar("M", DecisionInputs, RatificationInputs)
@@ -40,29 +41,10 @@ class Replayed:
     replayed: dict[str, Any] = field(default_factory=dict)
 
 
-def _actor(value: InputActor) -> Actor:
-    return Actor(
-        value.identity,
-        commit=value.commit,
-        key=value.key,
-        verified=value.verified,
-        reason=value.reason,
-        code=value.code,
-        time=value.time,
-    )
-
-
-def _normalise(evidence_id: str) -> str:
-    hex_id = evidence_id.removeprefix("sha256:")
-    if len(hex_id) != 64 or any(c not in "0123456789abcdef" for c in hex_id):
-        raise InvalidInput(f"{evidence_id!r} is not an evidence id (sha256:<64 hex>)")
-    return hex_id
-
-
 def replay_one(repo: Repo, tree: GitTree, plugins: Plugins, evidence_id: str) -> Replayed:
-    hex_id = _normalise(evidence_id)
-    path = f"evidence/{hex_id}.json"
-    raw = tree.read(path)
+    hex_id = hex_of(evidence_id)
+    path = evidence_path(hex_id)
+    raw = Ledger(tree).statement_raw(hex_id)
     if raw is None:
         raise InvalidInput(f"no record {path} on the evidence branch")
     result = Replayed(f"sha256:{hex_id}", identical=False)
@@ -87,58 +69,10 @@ def replay_one(repo: Repo, tree: GitTree, plugins: Plugins, evidence_id: str) ->
             files = PolicyView(stored_policy(tree, inputs.policy), source)
         except PolicyError as exc:
             raise InvalidInput(f"{path}: the policy it was made under is unreadable: {exc}") from exc
-    plan = []
-    for recorded_gate in inputs.gates:
-        gate = plugins.gates.get(recorded_gate.name)
-        if gate is None:
-            plan.append(
-                PlannedGate(
-                    recorded_gate.name,
-                    None,
-                    recorded_gate.options,
-                    plugins.unavailable("gates", recorded_gate.name),
-                )
-            )
-            continue
-        if gate.manifest.version != recorded_gate.version:
-            result.differences.append(
-                f"gate {recorded_gate.name}: recorded with version {recorded_gate.version}, "
-                f"installed version is {gate.manifest.version}"
-            )
-        plan.append(
-            PlannedGate(recorded_gate.name, gate, recorded_gate.options, version=gate.manifest.version)
-        )
-    ctx = GateContext(
-        now=inputs.decidedAt,
-        promotion_id=inputs.promotionId,
-        promotion=inputs.promotion,
-        release=inputs.release,
-        environment=inputs.environment,
-        options={},
-        requester=_actor(inputs.requester),
-        history=tuple(
-            PriorDecision(p.evidence, p.environment, p.releaseId, p.result, p.decidedAt)
-            for p in inputs.history
-        ),
-        approvals=tuple(
-            ApprovalRecord(
-                identity=a.identity,
-                decision=a.decision,
-                release=a.release,
-                comment=a.comment,
-                signer=_actor(a.signer),
-                earlier_signers=tuple(a.earlierSigners),
-                environment=a.environment,
-                stale=a.stale,
-            )
-            for a in inputs.approvals
-        ),
-        groups={name: tuple(members) for name, members in inputs.groups.items()},
-        files=files,
-        mirror=load_settings(files).mirror,
-        offline=plugins.offline,
+    decision, differences = decide_inputs(
+        inputs, files, plugins, mirror=load_settings(files).mirror, offline=plugins.offline
     )
-    decision = decide(ctx, plan)
+    result.differences += differences
     gates: list[dict[str, Any]] = json.loads(json.dumps([gate_json(g) for g in decision.gates]))
     result.replayed = {"result": decision.result, "gates": gates, "reasons": decision.reasons}
     if decision.result != recorded_decision.get("result"):
@@ -166,7 +100,7 @@ def replay_one(repo: Repo, tree: GitTree, plugins: Plugins, evidence_id: str) ->
 def _inputs(tree: GitTree, result: Replayed, predicate: dict[str, Any], model: type[M], what: str) -> M:
     """The record's inputs file, parsed; a file that does not hash to its name is a difference."""
     inputs_hex = (predicate.get("inputs") or {}).get("sha256", "")
-    inputs_raw = tree.read(f"inputs/{inputs_hex}.json")
+    inputs_raw = Ledger(tree).inputs(inputs_hex)
     if inputs_raw is None:
         raise InvalidInput(f"{result.evidence}: its inputs file inputs/{inputs_hex}.json is missing")
     if sha256_hex(inputs_raw) != inputs_hex:
@@ -202,20 +136,16 @@ def _replay_ratification(tree: GitTree, result: Replayed, predicate: dict[str, A
 
 def genesis(repo: Repo, tree: GitTree, head: str) -> str | None:
     """The genesis ratification of the branch (the first added, if there are several)."""
-    starts = []
-    for evidence_id in records(tree):
-        raw = tree.read(f"evidence/{evidence_id.removeprefix('sha256:')}.json") or b""
-        if b'"policy_ratification"' not in raw:
-            continue
-        predicate = json.loads(raw).get("predicate", {})
-        if predicate.get("type") == RATIFICATION and predicate.get("previous") is None:
-            starts.append(f"evidence/{evidence_id.removeprefix('sha256:')}.json")
+    starts = [
+        evidence_path(statement.hex)
+        for statement in Ledger(tree).statements(needle=b'"policy_ratification"')
+        if statement.type == RATIFICATION and statement.predicate.get("previous") is None
+    ]
     first = repo.first_added(head, starts) if len(starts) > 1 else (starts[0] if starts else None)
     return f"sha256:{first.removeprefix('evidence/').removesuffix('.json')}" if first else None
 
 
 def records(tree: GitTree) -> Iterator[str]:
     """Every evidence id on the branch, sorted."""
-    for name in tree.listdir("evidence"):
-        if name.endswith(".json") and not name.endswith(".sigstore.json"):
-            yield f"sha256:{name.removesuffix('.json')}"
+    for hex_id in Ledger(tree).statement_ids():
+        yield f"sha256:{hex_id}"

@@ -18,10 +18,11 @@ from pathlib import Path
 import yaml
 from pydantic import TypeAdapter
 
+from .chain import evidence_ref
 from .discover import Plugins
 from .errors import InvalidInput
 from .governance import Policy, approvals_dir, governed_files
-from .loop import evidence_ref, read_lock
+from .locking import read_lock
 from .manifests import load_repository, load_settings
 from .models import Approval, Identity, PolicyApproval, Promotion
 from .repo import Repo

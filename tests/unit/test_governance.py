@@ -14,14 +14,13 @@ from reconciler.governance import (
     Policy,
     PolicyError,
     PolicyView,
-    PolicyVote,
     governed_files,
     is_governed,
-    judge_change,
     signing_policy,
     stored_policy,
 )
 from reconciler.models import Governance, Groups, PolicyApproval, Settings
+from reconciler.policy_change import PolicyVote, judge_change
 from reconciler.protocols import Actor
 from reconciler.repo import Repo
 from tests.support.repos import make_repo
