@@ -14,7 +14,8 @@ from pathlib import Path
 
 from .errors import InvalidInput, ValidationFailed
 from .governance import Keyring, PolicyError, PolicyView, read_pointer, stored_policy
-from .history import EvidenceIndex, open_index
+from .history import EvidenceIndex
+from .indexing import open_index
 from .manifests import load_settings
 from .models import EvidenceSettings, Settings
 from .repo import GitTree, Repo

@@ -29,7 +29,8 @@ from .discover import Plugins
 from .errors import InvalidInput, Problem, StellaError
 from .gates.quota import day_start
 from .governance import Keyring, PolicyView
-from .history import EvidenceIndex, open_index
+from .history import EvidenceIndex
+from .indexing import open_index
 from .locking import DigestBudget, digests_locked_since, lock_releases
 from .manifests import held_promotion, load_repository, load_settings, manifest_of
 from .models import Environment, ReleaseLock, Repository
