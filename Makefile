@@ -20,6 +20,7 @@ lint: $(VENV)/.installed
 	$(BIN)/ruff check $(SOURCES)
 	$(BIN)/ruff format --check $(SOURCES)
 	$(BIN)/mypy reconciler $(filter-out %.egg-info,$(wildcard plugins/*/stella_*))
+	$(BIN)/lint-imports --no-cache
 
 unit: $(VENV)/.installed
 	$(BIN)/pytest tests/unit

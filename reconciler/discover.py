@@ -4,7 +4,9 @@ Each entry point of a Stella group must load to an object with a `manifest` (`Pl
 `api_version` equals `PLUGIN_API_VERSION`, and that satisfies the Protocol of its kind. Offline mode
 refuses plugins that declare `network: True`. A plugin that fails any check is not used; the reason is
 kept in `Plugins.broken` so that only what needs it is affected, and `stella doctor` can show it.
-There is no global state: `discover()` returns a `Plugins` value that callers pass on.
+There is no global state: `discover()` returns a `Plugins` value that callers pass on. An optional
+capability of a kind is a Protocol of its own, checked where it is used (`Plugins.verifiers()`: the
+signers that are also a `VerifierPlugin`).
 """
 
 from __future__ import annotations
@@ -16,7 +18,14 @@ from importlib.metadata import EntryPoint, entry_points
 from typing import Any
 
 from .errors import PluginError
-from .protocols import PLUGIN_API_VERSION, Gate, PluginManifest, RegistryPlugin, SignerPlugin
+from .protocols import (
+    PLUGIN_API_VERSION,
+    Gate,
+    PluginManifest,
+    RegistryPlugin,
+    SignerPlugin,
+    VerifierPlugin,
+)
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +63,14 @@ class Plugins:
         if name in self.registries:
             return self.registries[name]
         raise PluginError(self.unavailable("registries", name))
+
+    def verifiers(self) -> dict[str, VerifierPlugin]:
+        """The usable signer plugins that also verify their bundles offline, in name order."""
+        return {
+            name: plugin
+            for name, plugin in sorted(self.signers.items())
+            if isinstance(plugin, VerifierPlugin)
+        }
 
 
 def check(obj: Any, protocol: type, *, offline: bool) -> str | None:

@@ -2,15 +2,20 @@
 
 A plugin is an object found through an entry point (`stella.registries`, `stella.gates`, `stella.signers`,
 `stella.agents`, `stella.doctor`). It carries a `manifest` and satisfies the Protocol of its kind; the
-loader (`discover.py`) checks both. Plugins take and return value objects; they never print or exit.
-This module holds only interfaces and value types: no I/O.
+loader (`discover.py`) checks both. Some kinds have optional capabilities, each a Protocol of its own
+that a caller checks with `isinstance` before using it: `RegistryAttachments` and `RegistryProbe` of a
+`Registry`, `VerifierPlugin` of a signer plugin. Plugins take and return value objects; they never print
+or exit. This module holds only interfaces and value types: no I/O.
+
+Plugin authors import these names from `reconciler.api`, never from here.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
+from pathlib import Path
 from typing import Any, Literal, Protocol, runtime_checkable
 
 from .models import Environment, Promotion, ReleaseLock
@@ -58,7 +63,11 @@ class RegistryOptions:
 
 @runtime_checkable
 class Registry(Protocol):
-    """Resolves image references to manifest digests. Must be safe to call from several threads."""
+    """Resolves image references to manifest digests. Must be safe to call from several threads.
+
+    A registry may also offer `RegistryAttachments` (what is attached to an image, for gates) and
+    `RegistryProbe` (a health probe, for `stella doctor`); callers check with `isinstance`.
+    """
 
     def resolve(self, ref: ImageRef) -> str:
         """The `sha256:` digest the tag (or digest) of `ref` names now.
@@ -81,6 +90,63 @@ class RegistryPlugin(Protocol):
 
     def open(self, options: RegistryOptions, files: FileSource) -> Registry:
         """A Registry for one configured host; `files` reads the user's repository (for mirrors)."""
+        ...
+
+
+@dataclass(frozen=True)
+class Descriptor:
+    """An OCI content descriptor, as an image index lists it (e.g. one referrer of an image)."""
+
+    media_type: str
+    digest: str
+    size: int
+    artifact_type: str | None = None
+    annotations: Mapping[str, str] = field(default_factory=dict, hash=False)
+
+
+@runtime_checkable
+class RegistryAttachments(Protocol):
+    """What a `Registry` may offer gates: the artifacts attached to an image (signatures, SBOMs),
+    read by digest. Small reads only: never image layers.
+    """
+
+    def referrers(self, ref: ImageRef, artifact_type: str | None = None) -> Sequence[Descriptor]:
+        """The manifests whose `subject` is `ref`'s digest (OCI 1.1 referrers), only those of
+        `artifact_type` when it is given. `ref` must have a digest."""
+        ...
+
+    def manifest(self, ref: ImageRef) -> tuple[bytes, str]:
+        """The exact bytes and the media type of the manifest `ref` names, checked against its digest.
+        A missing manifest is `InvalidInput`."""
+        ...
+
+    def blob(self, repository: str, digest: str) -> bytes:
+        """The bytes of a small blob of `repository`, checked to hash to `digest`. A missing blob is
+        `InvalidInput`; an oversized one or bytes that do not match are `RegistryUnavailable`."""
+        ...
+
+
+@dataclass(frozen=True)
+class RegistryPing:
+    """What a registry answered to a health probe (`stella doctor`'s `registries` check)."""
+
+    request: str
+    """What was asked, for people: `GET https://registry.example.com/v2/`."""
+    healthy: bool
+    """The answer is one a working registry gives (for the distribution API: 200, or 401 before login)."""
+    status: int | None = None
+    """The status it answered with (HTTP for the distribution API); None when it did not answer."""
+    error: str = ""
+    """Why it did not answer (`ConnectError: …`), when it did not."""
+
+
+@runtime_checkable
+class RegistryProbe(Protocol):
+    """What a `Registry` may offer `stella doctor`: one cheap request that tells whether it is up."""
+
+    def ping(self, timeout: float) -> RegistryPing:
+        """Ask once, waiting at most `timeout` seconds, without retries. Never raises for what the
+        registry answers or for a failed connection: both are in the `RegistryPing`."""
         ...
 
 
@@ -176,6 +242,12 @@ class GateContext:
     mirror: str = "mirror"
     """The offline data directory in `files` (stella.yaml `mirror:`)."""
     offline: bool = False
+    registries: Callable[[ImageRef], Registry] | None = None
+    """The registry serving an image, as the core opened it from `stella.yaml`'s `registries:` entry
+    for the image's host (credentials, `insecure`, options; in offline mode the mirror). The core owns
+    and closes it: a gate never does. It may raise a `StellaError` (no usable registry plugin for the
+    host). Whether it offers more than `Registry` (e.g. `RegistryAttachments`) is checked with
+    `isinstance`. None when the core offers no registries (a gate run on its own, in a test)."""
 
 
 @runtime_checkable
@@ -220,6 +292,47 @@ class SignerPlugin(Protocol):
 
     def open(self, key: str, environ: Mapping[str, str]) -> Signer:
         """`key` is the settings' reference (`env:NAME`, `file:/path`); `environ` the process env."""
+        ...
+
+
+@runtime_checkable
+class VerifierPlugin(Protocol):
+    """What a signer plugin may offer besides signing: verifying the bundles it makes, offline."""
+
+    def open_verifier(self, files: FileSource) -> BundleVerifier | None:
+        """A verifier under the trust material in `files` (the repository, or the part of it an audit
+        keeps), or None when `files` configures none for this plugin."""
+        ...
+
+
+# --- doctor checks -------------------------------------------------------------------------------
+
+DoctorStatus = Literal["ok", "warn", "fail"]
+
+
+@dataclass(frozen=True)
+class DoctorCheck:
+    """One check a doctor plugin reports; `stella doctor` shows it as `PLUGIN/NAME`."""
+
+    name: str
+    status: DoctorStatus
+    message: str
+    details: tuple[str, ...] = ()
+
+
+@runtime_checkable
+class DoctorPlugin(Protocol):
+    """Entry point object of group `stella.doctor`: extra checks of a repository.
+
+    `check` returns a list of `DoctorCheck`s, or of objects or dicts with `name`, `status` (ok, warn or
+    fail), `message` and optionally `details` (a list of strings). It runs with a time limit; one that
+    raises, hangs or returns anything else is a `fail` named after the plugin.
+    """
+
+    manifest: PluginManifest
+
+    def check(self, repo_path: Path) -> Sequence[object]:
+        """The checks of the repository at `repo_path` (read it; never write)."""
         ...
 
 

@@ -1,13 +1,18 @@
 """The public API for plugin authors: the one module a plugin imports from Stella.
 
 Everything a gate, registry, signer, verifier, agent or doctor check needs is here: the plugin
-Protocols and the value types they exchange, the error hierarchy, image references, the release-lock
-models a gate reads, the bundle helpers a verifier uses, and the one time format of evidence.
-Every other module of the `reconciler` package is private: it may change in any release.
+Protocols (and the optional capabilities a plugin may add to its kind) with the value types they
+exchange, the error hierarchy, image references, the release-lock models a gate reads, the bundle
+helpers a verifier uses, and the one time format of evidence. `reconciler.api.testing` holds fakes
+of these interfaces for plugins' tests.
+
+Every other module of the `reconciler` package is private: it may change in any release, and a plugin
+that imports one is refused by the project's import contracts (`lint-imports`).
 
 `API_VERSION` is the version of this module's contract. A plugin states the version it targets in its
 `PluginManifest.api_version`; Stella loads a plugin only when it equals `API_VERSION`. A change that
-removes or changes a name here bumps it; adding a name does not.
+removes or changes a name here bumps it; adding a name (or an optional field with a default, like
+`GateContext.registries`) does not.
 """
 
 from __future__ import annotations
@@ -22,7 +27,6 @@ from ..errors import (
     ValidationFailed,
     Waiting,
 )
-from ..gates import as_utc, rfc3339
 from ..models import Environment, LockedComponent, Promotion, ReleaseLock, RepoPath
 from ..protocols import (
     IN_TOTO_PAYLOAD_TYPE,
@@ -30,17 +34,26 @@ from ..protocols import (
     Actor,
     ApprovalRecord,
     BundleVerifier,
+    Descriptor,
+    DoctorCheck,
+    DoctorPlugin,
+    DoctorStatus,
     FileSource,
     Gate,
     GateContext,
     GateResult,
+    GateStatus,
     PluginManifest,
     PriorDecision,
     Registry,
+    RegistryAttachments,
     RegistryOptions,
+    RegistryPing,
     RegistryPlugin,
+    RegistryProbe,
     Signer,
     SignerPlugin,
+    VerifierPlugin,
 )
 from ..reference import DIGEST_RE, ImageRef, ReferenceError, parse
 from ..sign import (
@@ -51,6 +64,7 @@ from ..sign import (
     TrustedKeys,
     verify_bundle,
 )
+from ..timefmt import as_utc, rfc3339
 
 API_VERSION = PLUGIN_API_VERSION
 
@@ -65,11 +79,16 @@ __all__ = [
     "ApprovalRecord",
     "BundleError",
     "BundleVerifier",
+    "Descriptor",
+    "DoctorCheck",
+    "DoctorPlugin",
+    "DoctorStatus",
     "Environment",
     "FileSource",
     "Gate",
     "GateContext",
     "GateResult",
+    "GateStatus",
     "ImageRef",
     "InvalidInput",
     "LockedComponent",
@@ -80,8 +99,11 @@ __all__ = [
     "Promotion",
     "ReferenceError",
     "Registry",
+    "RegistryAttachments",
     "RegistryOptions",
+    "RegistryPing",
     "RegistryPlugin",
+    "RegistryProbe",
     "RegistryUnavailable",
     "ReleaseLock",
     "RepoPath",
@@ -92,6 +114,7 @@ __all__ = [
     "TrustedKey",
     "TrustedKeys",
     "ValidationFailed",
+    "VerifierPlugin",
     "Waiting",
     "as_utc",
     "parse",

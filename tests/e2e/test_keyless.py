@@ -35,9 +35,15 @@ from stella_sigstore.keyless import (
     witness_path,
 )
 
-from reconciler.errors import InvalidInput, Transient
-from reconciler.protocols import IN_TOTO_PAYLOAD_TYPE
-from reconciler.sign import BundleError, KeySigner, TrustedKeys, public_pem, verify_bundle
+from reconciler.api import (
+    IN_TOTO_PAYLOAD_TYPE,
+    BundleError,
+    InvalidInput,
+    Transient,
+    TrustedKeys,
+    verify_bundle,
+)
+from reconciler.sign import KeySigner, public_pem
 from tests.support.sigstore_mock import (
     JS,
     MockSigstore,

@@ -23,9 +23,7 @@ import httpx
 import pytest
 from stella_oci.distribution import MANIFEST_MEDIA_TYPES, Descriptor, DistributionRegistry, plugin
 
-from reconciler.errors import InvalidInput, PluginError, RegistryUnavailable
-from reconciler.protocols import Registry, RegistryOptions
-from reconciler.reference import parse
+from reconciler.api import InvalidInput, PluginError, Registry, RegistryOptions, RegistryUnavailable, parse
 from tests.support.oci import OCI_INDEX, OCI_MANIFEST, DirFiles
 from tests.support.registry import (
     ImagePusher,

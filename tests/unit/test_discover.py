@@ -12,7 +12,14 @@ import pytest
 
 from reconciler import doctor
 from reconciler.discover import check, discover
-from reconciler.protocols import PLUGIN_API_VERSION, Gate, PluginManifest, RegistryPlugin, SignerPlugin
+from reconciler.protocols import (
+    PLUGIN_API_VERSION,
+    Gate,
+    PluginManifest,
+    RegistryPlugin,
+    SignerPlugin,
+    VerifierPlugin,
+)
 from tests.support.plugins import IMPORT_ERROR, MODULE_PREFIX, write_distribution, write_gate
 
 OFFLINE = "(`offline: true` in stella.yaml, or --offline)"
@@ -151,6 +158,40 @@ def test_discover_refuses_what_breaks_its_contract(
     plugins = discover(kinds=(kind,))
     assert plugins.broken == {(kind, "broken"): reason}
     assert "broken" not in getattr(plugins, kind)
+
+
+_VERIFYING_SIGNER = """\
+from reconciler.api import PluginManifest
+
+
+class _Verifying:
+    manifest = PluginManifest(name="verifying", version="0.1", kinds=("signer",), network=False)
+
+    def open(self, key, environ):
+        raise NotImplementedError
+
+    def open_verifier(self, files):
+        return None
+
+
+plugin = _Verifying()
+"""
+
+
+def test_signers_that_also_verify_are_found_by_their_protocol(site: Path) -> None:
+    write_distribution(
+        site,
+        "stella-testplugin-verifying",
+        entry_points={"stella.signers": {"verifying": "stella_testplugin_verifying:plugin"}},
+        module="stella_testplugin_verifying",
+        source=_VERIFYING_SIGNER,
+    )
+    plugins = discover(kinds=("signers",))
+    verifiers = plugins.verifiers()
+    assert list(verifiers) == ["keyless", "verifying"]  # the key signer verifies through the core
+    assert verifiers["keyless"] is plugins.signers["keyless"]
+    assert all(isinstance(v, VerifierPlugin) for v in verifiers.values())
+    assert not isinstance(plugins.signers["key"], VerifierPlugin)
 
 
 class _Gate:

@@ -32,10 +32,15 @@ from stella_sigstore.keyless import (
     witness_path,
 )
 
+from reconciler.api import (
+    IN_TOTO_PAYLOAD_TYPE,
+    BundleError,
+    InvalidInput,
+    SignerPlugin,
+    Transient,
+    ValidationFailed,
+)
 from reconciler.discover import check
-from reconciler.errors import InvalidInput, Transient, ValidationFailed
-from reconciler.protocols import IN_TOTO_PAYLOAD_TYPE, SignerPlugin
-from reconciler.sign import BundleError
 from tests.support.oci import DirFiles
 from tests.support.sigstore_mock import dummy_token
 

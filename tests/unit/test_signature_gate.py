@@ -1,16 +1,19 @@
-"""The `signature` gate: bundles from the offline mirror, verified with allowed keys, bound to digests.
+"""The signature gates: bundles from the offline mirror, verified with allowed keys, bound to digests;
+and, for `signature-registry`, OCI referrers read through the registries the core hands in.
 
 Bundles are real: `reconciler.sign.KeySigner` over in-toto statements, written into a repository
 directory read through `DirFiles`. The real-world check uses the npm publish attestation from
 ../shared/testdata/sigstore/, copied byte for byte (never edited): its signature verifies with the npm
-key, but its statement is about an npm package, so it must not count for an image digest.
+key, but its statement is about an npm package, so it must not count for an image digest. Registries
+are `reconciler.api.testing.MemoryRegistry` fakes given as `GateContext.registries` (tests/e2e has the
+real registry).
 """
 
 from __future__ import annotations
 
 import base64
 import json
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from importlib.metadata import entry_points
@@ -24,8 +27,21 @@ from stella_sigstore import __version__
 from stella_sigstore import gate as gate_module
 from stella_sigstore.gate import SignatureGate, signature, signature_registry
 
+from reconciler.api import (
+    Actor,
+    Gate,
+    GateContext,
+    GateResult,
+    GateStatus,
+    ImageRef,
+    PluginError,
+    Registry,
+    RegistryUnavailable,
+    StellaError,
+    parse,
+)
+from reconciler.api.testing import MemoryRegistry, by_host, gate_context
 from reconciler.models import Environment, Promotion, ReleaseLock
-from reconciler.protocols import Actor, Gate, GateContext, GateResult, GateStatus
 from reconciler.sign import KeySigner, key_hint, load_public_key, public_pem
 from tests.support.oci import DirFiles, sha256_digest
 
@@ -564,3 +580,154 @@ def test_gates_are_plugins_registered_by_entry_point() -> None:
         "signature",
         "signature_registry",
     ]
+
+
+# -- signature-registry: referrers through the registries of the context ----------------------------
+
+WEB_REF = parse(f"{WEB_IMAGE}:1.4.0@{WEB}")
+
+
+def registry_context(
+    registries: Callable[[ImageRef], Registry], files: Mapping[str, bytes] | None = None
+) -> GateContext:
+    return gate_context(
+        components={"web": str(WEB_REF)},
+        options={"keys": [CI_PUB]},
+        files={**KEY_FILES, **(files or {})},
+        registries=registries,
+    )
+
+
+def from_registry(where: str, data: bytes) -> dict[str, object]:
+    return {**signed(WEB, where, data), "origin": "registry"}
+
+
+def test_signature_registry_reads_referrers_through_the_registries_of_the_context() -> None:
+    registry = MemoryRegistry()
+    referrer = registry.attach(WEB_REF, WEB_BY_A)
+
+    got = signature_registry.evaluate(registry_context(by_host(registry)))
+
+    where = f"{WEB_IMAGE}@{referrer}"
+    assert got == GateResult(
+        "signature-registry",
+        "pass",
+        "signed",
+        f"all 1 component(s) signed by an allowed key: web ({where}, key {CI_PUB})",
+        facts={"keys": KEYS_A, "components": {"web": from_registry(where, WEB_BY_A)}},
+    )
+    assert registry.asked == [
+        f"referrers {WEB_PINNED}",
+        f"manifest {where}",
+        f"blob {WEB_IMAGE}@sha256:{sha(WEB_BY_A)}",
+    ]
+    assert not registry.closed, "the core's registries are the core's to close"
+
+
+def test_signature_registry_takes_referrers_in_digest_order_and_explains_the_rejected() -> None:
+    registry = MemoryRegistry()
+    by_b = registry.attach(WEB_REF, WEB_BY_B)
+    about_other = registry.attach(WEB_REF, OTHER_BY_A)
+    registry.attach(WEB_REF, b"not a bundle", artifact_type="application/spdx+json")  # not a signature
+
+    got = signature_registry.evaluate(registry_context(by_host(registry)))
+
+    bundles = sorted(
+        [
+            (f"{WEB_IMAGE}@{by_b}", WEB_BY_B, "unknown-key"),
+            (f"{WEB_IMAGE}@{about_other}", OTHER_BY_A, "subject-mismatch"),
+        ]
+    )
+    why = {
+        "unknown-key": unknown_key(f"{WEB_IMAGE}@{by_b}", HINT_B),
+        "subject-mismatch": (
+            f"{WEB_IMAGE}@{about_other}: subject mismatch: the signed statement is about image-0 "
+            f"(sha256:{OTHER.removeprefix('sha256:')[:12]}…), not {WEB}"
+        ),
+    }
+    assert got == GateResult(
+        "signature-registry",
+        "fail",
+        "invalid-signature",
+        f"1 of 1 component(s) not signed by an allowed key: web ({WEB_PINNED}): none of 2 signature "
+        "bundle(s) is valid: " + " | ".join(why[reason] for _, _, reason in bundles),
+        facts={"keys": KEYS_A, "components": {"web": rejected(WEB, *bundles)}},
+    )
+
+
+def test_a_valid_mirror_bundle_is_enough_without_asking_the_registry() -> None:
+    registry = MemoryRegistry()
+
+    got = signature_registry.evaluate(registry_context(by_host(registry), {WEB_OK: WEB_BY_A}))
+
+    assert (got.status, got.facts["components"]) == ("pass", {"web": signed(WEB, WEB_OK, WEB_BY_A)})
+    assert registry.asked == []
+
+
+class _ResolveOnly:
+    """A registry plugin's registry that resolves tags and offers nothing attached to images."""
+
+    def resolve(self, ref: ImageRef) -> str:
+        raise AssertionError("the gate resolves nothing")
+
+    def close(self) -> None:
+        raise AssertionError("the gate closes nothing of the core's")
+
+
+def _down() -> Callable[[ImageRef], Registry]:
+    registry = MemoryRegistry()
+    registry.outage = RegistryUnavailable("registry registry.example.com is unavailable: a test outage")
+    return by_host(registry)
+
+
+# the registries the context offers, and the reason and the error the gate reports
+REGISTRY_ERRORS: dict[str, tuple[Callable[[], Callable[[ImageRef], Registry]], str, StellaError]] = {
+    "registry-down": (
+        _down,
+        "registry-unavailable",
+        RegistryUnavailable("registry registry.example.com is unavailable: a test outage"),
+    ),
+    "no-registry-for-the-host": (
+        lambda: by_host(MemoryRegistry("other.example.com")),
+        "registry-error",
+        PluginError("no registry serves registry.example.com in this test"),
+    ),
+    "registry-without-attachments": (
+        lambda: lambda ref: _ResolveOnly(),
+        "registry-error",
+        PluginError(
+            "the registry plugin serving registry.example.com (_ResolveOnly) cannot list the signatures "
+            "attached to an image (it does not offer RegistryAttachments)"
+        ),
+    ),
+}
+
+
+@pytest.mark.parametrize(
+    ("registries", "reason", "error"), list(REGISTRY_ERRORS.values()), ids=list(REGISTRY_ERRORS)
+)
+def test_a_registry_that_cannot_answer_is_an_error(
+    registries: Callable[[], Callable[[ImageRef], Registry]], reason: str, error: StellaError
+) -> None:
+    got = signature_registry.evaluate(registry_context(registries()))
+
+    assert got == GateResult(
+        "signature-registry",
+        "error",
+        reason,
+        f"1 of 1 component(s) could not be checked: web ({WEB_PINNED}): {error}",
+        facts={
+            "keys": KEYS_A,
+            "components": {"web": {"digest": WEB, "status": "error", "error": str(error)}},
+        },
+    )
+
+
+def test_the_offline_gate_never_asks_a_registry() -> None:
+    registry = MemoryRegistry()
+    registry.attach(WEB_REF, WEB_BY_A)
+
+    got = signature.evaluate(registry_context(by_host(registry)))
+
+    assert (got.status, got.reason) == ("fail", "unsigned")
+    assert registry.asked == []

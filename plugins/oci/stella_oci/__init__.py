@@ -7,7 +7,9 @@ Two plugins, each an entry point of group `stella.registries`:
 - `oci-layout` (`stella_oci.layout:plugin`): OCI image layout directories in the user's
   repository (`mirror/oci/...`), read through the core's `FileSource`. Never touches the network.
 
-This package only resolves references; it never pulls blobs, prints, or exits.
+Besides resolving references, `oci` offers gates the artifacts attached to an image
+(`reconciler.api.RegistryAttachments`: referrers, manifests, small blobs). This package never pulls
+image layers, prints, or exits, and reaches Stella only through `reconciler.api`.
 """
 
 from __future__ import annotations

@@ -29,9 +29,7 @@ from pathlib import PurePosixPath
 from types import TracebackType
 from typing import Final
 
-from reconciler.errors import InvalidInput
-from reconciler.protocols import FileSource, PluginManifest, RegistryOptions
-from reconciler.reference import ImageRef
+from reconciler.api import FileSource, ImageRef, InvalidInput, PluginManifest, RegistryOptions
 
 DEFAULT_ROOT: Final = "mirror/oci"
 REF_NAME: Final = "org.opencontainers.image.ref.name"

@@ -43,8 +43,7 @@ from datetime import date, datetime
 from pathlib import PurePosixPath
 from typing import Any, Final
 
-from reconciler.gates import as_utc, rfc3339
-from reconciler.protocols import FileSource, GateContext, GateResult, PluginManifest
+from reconciler.api import FileSource, GateContext, GateResult, PluginManifest, as_utc, rfc3339
 
 from .reports import SEVERITIES, Report, ReportError, Severity, Vulnerability, parse_report, vulnerabilities
 

@@ -40,7 +40,7 @@ from typing import Any, Final, Literal, cast
 from cvss import CVSS3, CVSS4  # type: ignore[import-untyped]
 from cvss.exceptions import CVSSError  # type: ignore[import-untyped]
 
-from reconciler.errors import InvalidInput
+from reconciler.api import InvalidInput
 
 __all__ = [
     "SEVERITIES",

@@ -16,19 +16,27 @@ Two gates, entry points of group `stella.gates`:
   schema `sha256-<hex>` where the registry has none) whose artifactType is the bundle media type,
   each an OCI manifest whose single layer is the bundle.
 
+Registries: the gate reads referrers through the registry the core opened for the image's host
+(`ctx.registries`, configured by `stella.yaml`'s `registries:` entry, credentials included), which
+must offer `RegistryAttachments`; the core closes it. When the context offers none (the gate run on its
+own), it opens the host itself with the `oci` registry plugin (found by its `stella.registries` entry
+point) and the defaults of a host `stella.yaml` does not list, and closes it when done.
+
 Options: `keys` (required): paths in the repository of PEM ECDSA P-256 public keys
 (e.g. `trust/image-keys/ci.pub`). Anything else is an error.
 
 Reason codes (stable): `signed` (pass); `unsigned` (no bundle at all for some component) and
 `invalid-signature` (bundles found, none valid) (fail); `invalid-options`, `invalid-key`,
-`no-repository`, `registry-unavailable`, `registry-error` (error: the promotion stays pending).
+`no-repository`, `registry-unavailable`, `registry-error` (error: the promotion stays pending;
+`registry-error` also when the registry plugin of a host cannot list referrers).
 A definite failure of one component wins over a registry error of another. Bundles are tried in a
 fixed order (mirror files by name, then referrers by manifest digest), and the first valid one is
 recorded in `facts`: so the result depends only on the keys, the mirror and the registry's content.
 
-What it must not do: read the clock (no key or bundle has a validity time here), print, or crash the
+What it must not do: read the clock (no key or bundle has a validity time here), print, import
+another plugin (registries are reached only through the `reconciler.api` Protocols), or crash the
 pass: registry failures are `error` results. Transparency-log entries and timestamps that bundles may
-carry are not checked (see `reconciler.sign.verify_bundle`).
+carry are not checked (see `reconciler.api.verify_bundle`).
 """
 
 from __future__ import annotations
@@ -36,30 +44,35 @@ from __future__ import annotations
 import hashlib
 import json
 import posixpath
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from importlib.metadata import entry_points
 from typing import Any, Final, Literal
 
-from stella_oci.distribution import DistributionRegistry
-from stella_oci.distribution import plugin as distribution
-
-from reconciler.errors import InvalidInput, RegistryUnavailable, StellaError
-from reconciler.models import LockedComponent
-from reconciler.protocols import (
+from reconciler.api import (
+    ACCEPTED_BUNDLE_MEDIA_TYPES,
+    BUNDLE_MEDIA_TYPE,
+    DIGEST_RE,
     IN_TOTO_PAYLOAD_TYPE,
+    BundleError,
     FileSource,
     GateContext,
     GateResult,
+    ImageRef,
+    InvalidInput,
+    LockedComponent,
+    PluginError,
     PluginManifest,
+    ReferenceError,
+    Registry,
+    RegistryAttachments,
     RegistryOptions,
-)
-from reconciler.reference import DIGEST_RE, ImageRef, ReferenceError, parse
-from reconciler.sign import (
-    ACCEPTED_BUNDLE_MEDIA_TYPES,
-    BUNDLE_MEDIA_TYPE,
-    BundleError,
+    RegistryPlugin,
+    RegistryUnavailable,
+    StellaError,
     TrustedKey,
     TrustedKeys,
+    parse,
     verify_bundle,
 )
 
@@ -85,6 +98,8 @@ _EXPLAINED: Final = 3
 """How many rejected bundles a message explains per component (the rest are counted)."""
 _FACT_REJECTED: Final = 10
 """How many rejected bundles `facts` lists per component."""
+_DEFAULT_REGISTRY_PLUGIN: Final = "oci"
+"""The registry plugin the core uses for a host `stella.yaml` does not list."""
 
 Status = Literal["signed", "unsigned", "invalid-signature", "error"]
 
@@ -169,14 +184,13 @@ class SignatureGate:
         mirror = ctx.mirror.strip("/") or "."
         components = sorted(ctx.release.components.items())
         by_digest: dict[str, _Finding] = {}
-        registries: dict[str, DistributionRegistry] = {}
+        registries = _Registries(ctx.registries, files)
         try:
             for _, component in components:
                 if component.digest not in by_digest:
                     by_digest[component.digest] = self._check(component, keys, files, mirror, registries)
         finally:
-            for opened in registries.values():
-                opened.close()
+            registries.close()
         return self._result(components, by_digest, keys, mirror)
 
     # -- finding bundles ---------------------------------------------------------------------------
@@ -187,7 +201,7 @@ class SignatureGate:
         keys: TrustedKeys,
         files: FileSource,
         mirror: str,
-        registries: dict[str, DistributionRegistry],
+        registries: _Registries,
     ) -> _Finding:
         digest = component.digest
         finding = _Finding()
@@ -208,7 +222,7 @@ class SignatureGate:
                 return finding
         if self._use_registry:
             try:
-                self._check_registry(finding, component, keys, files, registries)
+                self._check_registry(finding, component, keys, registries)
             except (StellaError, ReferenceError) as exc:
                 finding.error = exc if isinstance(exc, StellaError) else InvalidInput(str(exc))
         return finding
@@ -218,8 +232,7 @@ class SignatureGate:
         finding: _Finding,
         component: LockedComponent,
         keys: TrustedKeys,
-        files: FileSource,
-        registries: dict[str, DistributionRegistry],
+        registries: _Registries,
     ) -> None:
         """Look for a valid bundle among the digest's signature referrers, by manifest digest.
 
@@ -229,12 +242,7 @@ class SignatureGate:
         digest = component.digest
         ref = parse(f"{component.image}@{digest}")
         finding.registry = ref.registry
-        registry = registries.get(ref.registry)
-        if registry is None:
-            # stella.yaml's registry settings (credentials, insecure, options) are not in GateContext:
-            # the registry is opened with defaults (Docker credentials, loopback over HTTP).
-            registry = distribution.open(RegistryOptions(host=ref.registry), files)
-            registries[ref.registry] = registry
+        registry = registries.attachments(ref)
         referrers = registry.referrers(ref, BUNDLE_MEDIA_TYPE)
         for descriptor in sorted(referrers, key=lambda d: d.digest):
             where = f"{ref.written}@{descriptor.digest}"
@@ -315,6 +323,59 @@ class SignatureGate:
             others = f" (and none of the {count} bundle(s) read is valid: {shown}{more})" if count else ""
             return f"{what}: {finding.error}{others}"
         return f"{what}: none of {count} signature bundle(s) is valid: {shown}{more}"
+
+
+# --- registries ------------------------------------------------------------------------------------
+
+
+class _Registries:
+    """Where one evaluation reads referrers: the registries the core offers, or ones opened here.
+
+    With the core's (`GateContext.registries`) nothing is opened or closed here. Without them, each
+    host is opened once with the default registry plugin and the options of a host `stella.yaml`
+    does not list (Docker credentials, loopback over HTTP), and `close()` closes it.
+    """
+
+    def __init__(self, offered: Callable[[ImageRef], Registry] | None, files: FileSource) -> None:
+        self._offered = offered
+        self._files = files
+        self._opened: dict[str, Registry] = {}
+
+    def attachments(self, ref: ImageRef) -> RegistryAttachments:
+        """The registry of `ref`'s host, as one that can list what is attached to images."""
+        registry = self._offered(ref) if self._offered is not None else self._own(ref.registry)
+        if not isinstance(registry, RegistryAttachments):
+            raise PluginError(
+                f"the registry plugin serving {ref.registry} ({type(registry).__name__}) cannot list "
+                "the signatures attached to an image (it does not offer RegistryAttachments)"
+            )
+        return registry
+
+    def _own(self, host: str) -> Registry:
+        """The registry of `host` opened here, opening it on first use."""
+        if host not in self._opened:
+            self._opened[host] = _default_registry_plugin().open(RegistryOptions(host=host), self._files)
+        return self._opened[host]
+
+    def close(self) -> None:
+        """Close what was opened here (never the core's registries)."""
+        for registry in self._opened.values():
+            registry.close()
+        self._opened.clear()
+
+
+def _default_registry_plugin() -> RegistryPlugin:
+    """The `oci` registry plugin, found by its entry point as the core finds it."""
+    name = _DEFAULT_REGISTRY_PLUGIN
+    for ep in entry_points(group="stella.registries", name=name):
+        try:
+            plugin = ep.load()
+        except Exception as exc:  # a broken plugin is this gate's error result, not a crash
+            raise PluginError(f"registry plugin {name!r} failed to import {ep.value}: {exc}") from exc
+        if isinstance(plugin, RegistryPlugin):
+            return plugin
+        raise PluginError(f"registry plugin {name!r} does not implement the RegistryPlugin interface")
+    raise PluginError(f"registry plugin {name!r} is not installed (no stella.registries entry point)")
 
 
 # --- options and keys --------------------------------------------------------------------------------
