@@ -11,6 +11,7 @@ lock and builds the statement and inputs files. Reads Git through `repo.py`; wri
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -26,7 +27,8 @@ from .identity import Verifier
 from .ledger import artifact_path, evidence_path, inputs_path, rfc3339
 from .models import Environment, InputActor, InputGate, ReleaseLock, Repository
 from .policy import CORE_GATES, Decision
-from .protocols import Actor, ApprovalRecord, GateResult
+from .protocols import Actor, ApprovalRecord, GateResult, Registry
+from .reference import ImageRef
 from .repo import CommitInfo, Repo
 from .results import Outcome
 from .sign import TrustedKeys
@@ -62,6 +64,8 @@ class Decider:
     pointers: dict[str, dict[str, Any]] = field(default_factory=dict)
     infos: dict[str, CommitInfo] = field(default_factory=dict)
     """Signed commits seen, by id: their payload and signature go into the inputs."""
+    registries: Callable[[ImageRef], Registry] | None = None
+    """The registries the pass opened from `stella.yaml`, for gates that read them (`ctx.registries`)."""
     verifier: Verifier = field(init=False)
 
     def __post_init__(self) -> None:
@@ -186,6 +190,7 @@ class Decider:
             self.plugins,
             mirror=self.repository.settings.mirror,
             offline=self.offline,
+            extra={"registries": self.registries},
         )
         if outcome.decision.result != "pending":
             outcome.evidence = self.record(outcome, environment, lock, requester, approvals, requested_at)

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Mapping, Sequence
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
@@ -82,6 +83,10 @@ class PassState:
     new_locks: dict[str, ReleaseLock] = field(default_factory=dict)
     decider: Decider | None = None
     recheck: dict[str, list[str]] = field(default_factory=dict)
+    resolver: Resolver | None = None
+    """The registries opened from `stella.yaml` (resolving tags, and the gates that read registries)."""
+    resources: ExitStack = field(default_factory=ExitStack)
+    """What the steps opened; closed when the steps end (`run_steps`)."""
 
     @property
     def now(self) -> datetime:
@@ -180,10 +185,11 @@ def lock_step(state: PassState) -> None:
     if digest_limit is not None:
         used = digests_locked_since(state.repo, state.evidence_head, day_start(state.now))
         state.budget = DigestBudget(digest_limit.hard, digest_limit.soft, used)
-    with Resolver(repository.settings, state.plugins, state.view, offline=state.offline) as resolver:
-        state.locks, state.new_locks = lock_releases(
-            repository, state.evidence, resolver, state.result, state.options.progress, state.budget
-        )
+    resolver = Resolver(repository.settings, state.plugins, state.view, offline=state.offline)
+    state.resolver = state.resources.enter_context(resolver)
+    state.locks, state.new_locks = lock_releases(
+        repository, state.evidence, resolver, state.result, state.options.progress, state.budget
+    )
 
 
 def decide_promotions(state: PassState) -> None:
@@ -195,6 +201,7 @@ def decide_promotions(state: PassState) -> None:
         state.repo, state.plugins, repository, state.view, state.now, index, state.locks, state.offline
     )
     decider.policy, decider.policy_record = state.governed.policy, state.governed.record
+    decider.registries = state.resolver.registry if state.resolver is not None else None
     decider.deferred = state.budget.deferred if state.budget is not None else {}
     ratification = state.ratification
     decider.files.update(ratification.files)
@@ -294,13 +301,15 @@ def discard(state: PassState) -> None:
 
 
 def run_steps(state: PassState, steps: Sequence[Step]) -> None:
-    """Run `steps` in order on `state`; on any failure the index is discarded before re-raising."""
-    try:
-        for step in steps:
-            step(state)
-    except BaseException:
-        discard(state)
-        raise
+    """Run `steps` in order on `state`; on any failure the index is discarded before re-raising.
+    What the steps opened (the registries) is closed when they end."""
+    with state.resources:
+        try:
+            for step in steps:
+                step(state)
+        except BaseException:
+            discard(state)
+            raise
 
 
 def evaluate(

@@ -26,6 +26,7 @@ from .ledger import Ledger, evidence_path, hex_of
 from .manifests import load_settings
 from .models import DecisionInputs, RatificationInputs
 from .repo import GitTree, Repo
+from .resolve import Resolver
 
 M = TypeVar("M", DecisionInputs, RatificationInputs)
 
@@ -69,9 +70,16 @@ def replay_one(repo: Repo, tree: GitTree, plugins: Plugins, evidence_id: str) ->
             files = PolicyView(stored_policy(tree, inputs.policy), source)
         except PolicyError as exc:
             raise InvalidInput(f"{path}: the policy it was made under is unreadable: {exc}") from exc
-    decision, differences = decide_inputs(
-        inputs, files, plugins, mirror=load_settings(files).mirror, offline=plugins.offline
-    )
+    settings = load_settings(files)
+    with Resolver(settings, plugins, files, offline=plugins.offline) as registries:
+        decision, differences = decide_inputs(
+            inputs,
+            files,
+            plugins,
+            mirror=settings.mirror,
+            offline=plugins.offline,
+            extra={"registries": registries.registry},
+        )
     result.differences += differences
     gates: list[dict[str, Any]] = json.loads(json.dumps([gate_json(g) for g in decision.gates]))
     result.replayed = {"result": decision.result, "gates": gates, "reasons": decision.reasons}
