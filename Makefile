@@ -32,6 +32,7 @@ bench: $(VENV)/.installed-test
 	$(BIN)/python bench/bench_resolve.py
 	$(BIN)/python bench/bench_reconcile.py
 	$(BIN)/python bench/bench_audit.py
+	$(BIN)/python bench/bench_startup.py
 
 schemas: $(VENV)/.installed
 	$(BIN)/python -m reconciler.schemas
