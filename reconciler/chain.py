@@ -4,22 +4,25 @@ The evidence ref is where the policy chain is (DESIGN §8), never where an unrat
 the branch moved it: the ref this repository pinned, else a ref whose chain's ratified `stella.yaml`
 names it. `open_evidence` opens that ref's index of verified records with the keyring of its policies;
 `ratified_settings` reads the `stella.yaml` ratified there. Reads Git; writes only the pin file
-`.git/stella/evidence-ref`.
+`.git/stella/evidence-ref`. The policy machinery is imported only where a chain exists: the pre-receive
+hook asks for the evidence ref on every push, and a push to a repository without one must stay cheap.
 """
 
 from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .errors import InvalidInput, ValidationFailed
-from .governance import Keyring, PolicyError, PolicyView, read_pointer, stored_policy
-from .history import EvidenceIndex
-from .indexing import open_index
 from .manifests import load_settings
 from .models import EvidenceSettings, Settings
-from .repo import GitTree, Repo
-from .sign import TrustedKeys
+from .repo import Repo
+
+if TYPE_CHECKING:
+    from .governance import Keyring
+    from .history import EvidenceIndex
+    from .repo import GitTree
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +55,10 @@ def evidence_ref(repo: Repo, settings: Settings) -> str:
 def _chain_names(repo: Repo, ref: str) -> str | None:
     """The evidence ref the ratified `stella.yaml` of the chain on `ref` names (None: no chain)."""
     head = repo.resolve_ref(ref)
+    if head is None:
+        return None
+    from .governance import PolicyError, PolicyView, read_pointer, stored_policy
+
     tree = repo.tree(head) if head else None
     pointer = read_pointer(tree) if tree is not None else None
     if tree is None or pointer is None or not isinstance(pointer.get("id"), str):
@@ -88,6 +95,8 @@ def pin_ref(repo: Repo, ref: str) -> None:
 
 def open_evidence(repo: Repo, source: GitTree) -> tuple[str, str | None, EvidenceIndex]:
     """(evidence ref, its head, its index) as a pass of `source` reads them: only verified records."""
+    from .indexing import open_index
+
     ref = evidence_ref(repo, load_settings(source))
     head = repo.resolve_ref(ref)
     keyring = keyring_of(repo.tree(head) if head else None, source)
@@ -97,6 +106,8 @@ def open_evidence(repo: Repo, source: GitTree) -> tuple[str, str | None, Evidenc
 def ratified_settings(repo: Repo, settings: Settings) -> Settings:
     """The `stella.yaml` of the policy ratified on the evidence branch (`settings`, the branch's own,
     before any genesis)."""
+    from .governance import PolicyError, PolicyView, read_pointer, stored_policy
+
     ref = evidence_ref(repo, settings)
     head = repo.resolve_ref(ref)
     pointer = read_pointer(repo.tree(head)) if head else None
@@ -113,6 +124,8 @@ def ratified_settings(repo: Repo, settings: Settings) -> Settings:
 def keyring_of(tree: GitTree | None, source: GitTree) -> Keyring:
     """Evidence keys per policy from the branch; before any genesis, the source's evidence keys."""
     from .audit import _keyless_verifier, keyless_files, trusted_keys
+    from .governance import Keyring
+    from .sign import TrustedKeys
 
     try:
         legacy = trusted_keys(source)

@@ -11,8 +11,6 @@ from __future__ import annotations
 import re
 from datetime import UTC, datetime
 
-from croniter import croniter  # type: ignore[import-untyped]
-
 __all__ = ["validate_cron"]
 
 _MONTH_NAMES = ("jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec")
@@ -55,6 +53,8 @@ def validate_cron(text: str) -> None:
             problem = _item_problem(item, low, high, names)
             if problem:
                 raise ValueError(f"cron {text!r}: {name} field {value!r}: {problem}")
+    from croniter import croniter  # type: ignore[import-untyped]  # (40 ms of import: only when needed)
+
     if not croniter.is_valid(text):
         raise ValueError(f"cron {text!r} is not a valid cron expression")
     try:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Mapping, Sequence
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import rfc8785
 
@@ -25,8 +25,10 @@ from .ledger import (  # noqa: F401  (paths re-exported until every reader impor
     release_lock_path,
     rfc3339,
 )
-from .models import ReleaseLock
-from .protocols import GateResult
+
+if TYPE_CHECKING:
+    from .models import ReleaseLock
+    from .protocols import GateResult
 
 
 def canonical(value: Any) -> bytes:

@@ -16,11 +16,13 @@ import json
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .errors import InvalidInput
-from .protocols import FileSource
 from .timefmt import evidence_time
+
+if TYPE_CHECKING:
+    from .protocols import FileSource
 
 EVIDENCE = "evidence"
 INPUTS = "inputs"

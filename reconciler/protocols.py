@@ -16,10 +16,11 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Literal, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
 
-from .models import Environment, Promotion, ReleaseLock
-from .reference import ImageRef
+if TYPE_CHECKING:  # annotations only: importing the Protocols must not load pydantic (CLI start-up)
+    from .models import Environment, Promotion, ReleaseLock
+    from .reference import ImageRef
 
 PLUGIN_API_VERSION = 1
 """Bumped on every incompatible change of a Protocol below; plugins declare the version they target."""

@@ -43,10 +43,12 @@ def add_validate(sub: Subcommands, common: Parser) -> None:
 
 def cmd_validate(args: argparse.Namespace) -> int:
     from ..manifests import load_repository
-    from ..repo import Repo, WorkTree
+    from ..repo import WorkTree
 
     root = repo_root(args)
     if args.rev:
+        from ..repo import Repo  # pygit2 only when a commit is read
+
         repo = Repo(root)
         commit = repo.resolve_ref(args.rev)
         if commit is None:

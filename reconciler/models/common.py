@@ -96,7 +96,9 @@ def parse_duration(value: str) -> timedelta:
 
 
 class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, strict=True, populate_by_name=False)
+    model_config = ConfigDict(
+        extra="forbid", frozen=True, strict=True, populate_by_name=False, defer_build=True
+    )
 
 
 class _Manifest(_Model):

@@ -67,7 +67,7 @@ FreezeWindow = Annotated[
 class GateConfig(BaseModel):
     """One plugin gate; options beyond `plugin` belong to the plugin and are checked by it."""
 
-    model_config = ConfigDict(extra="allow", frozen=True)
+    model_config = ConfigDict(extra="allow", frozen=True, defer_build=True)
     plugin: Annotated[str, StringConstraints(pattern=r"^[a-z0-9][a-z0-9-]*$")]
 
     @property

@@ -19,7 +19,7 @@ from .settings import Settings
 class Repository(BaseModel):
     """Every manifest of a repository at one commit (or work tree), validated and cross-checked."""
 
-    model_config = ConfigDict(frozen=True, arbitrary_types_allowed=True)
+    model_config = ConfigDict(frozen=True, arbitrary_types_allowed=True, defer_build=True)
 
     settings: Settings
     environments: dict[str, Environment]

@@ -1,56 +1,11 @@
-"""Files at a commit or in a work tree, as `FileSource`s: what the loaders and gates read.
+"""The files of a commit, as a `FileSource` read through pygit2: what the loaders and gates read.
 
-`WorkTree` reads a directory (for commands a person runs before committing) and refuses paths that
-leave it; `GitTree` reads a tree of a commit through pygit2. Both cap what they hand out at the size
-the caller asks for. Read-only: nothing here writes.
+Read-only: nothing here writes. (A directory on disk is `worktree.WorkTree`.)
 """
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pygit2
-
-MAX_FILE_BYTES = 1 << 20
-"""Files larger than this are not read by the loaders (a manifest is a few KiB)."""
-
-
-class WorkTree:
-    """A `FileSource` over a directory on disk; refuses paths that leave it (`..`, symlinks out)."""
-
-    def __init__(self, root: Path) -> None:
-        self.root = root.resolve()
-
-    def _path(self, path: str) -> Path | None:
-        full = (self.root / path).resolve()
-        if full != self.root and self.root not in full.parents:
-            return None
-        return full
-
-    def read(self, path: str) -> bytes | None:
-        full = self._path(path)
-        if full is None or not full.is_file():
-            return None
-        return full.read_bytes()
-
-    def size(self, path: str) -> int | None:
-        full = self._path(path)
-        if full is None or not full.is_file():
-            return None
-        return full.stat().st_size
-
-    def listdir(self, path: str) -> list[str]:
-        full = self._path(path) if path else self.root
-        if full is None or not full.is_dir():
-            return []
-        return sorted(p.name for p in full.iterdir())
-
-    def isdir(self, path: str) -> bool:
-        full = self._path(path)
-        return bool(full and full.is_dir())
-
-    def describe(self) -> str:
-        return f"work tree {self.root}"
 
 
 class GitTree:
