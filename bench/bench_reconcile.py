@@ -30,8 +30,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from reconciler.discover import discover
 from reconciler.history import cache_path
-from reconciler.loop import PassResult, reconcile
+from reconciler.loop import reconcile
 from reconciler.repo import Repo
+from reconciler.results import PassResult
 from reconciler.sign import KeySigner, generate_key, load_private_key
 
 ENVIRONMENTS = ("dev", "test", "perf", "uat", "edge")

@@ -23,45 +23,27 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
-from .chain import evidence_ref, open_evidence, pin_ref, ratified_settings
+from .chain import pin_ref
 from .discover import Plugins
 from .errors import InvalidInput, StellaError, Transient
 from .evidence import canonical
 from .governance import RecordRejected
 from .history import cache_path
 from .ledger import Ledger, bundle_path, pointer_path, release_lock_path
-from .locking import digests_locked_since, read_lock
 from .passes import (
     EVALUATE,
     Evaluation,
     PassOptions,
     PassState,
     Step,
-    dry_run,
-    evaluate,
     run_steps,
-    source_commit,
 )
 from .protocols import Signer
 from .repo import RaceLost, Repo
-from .results import Outcome, PassResult
+from .results import PassResult
 from .sign import TrustedKeys
 
-__all__ = [
-    "MAX_RACES",
-    "Outcome",
-    "PassResult",
-    "digests_locked_since",
-    "dry_run",
-    "evaluate",
-    "evidence_ref",
-    "open_evidence",
-    "ratified_settings",
-    "read_lock",
-    "reconcile",
-    "run",
-    "source_commit",
-]
+__all__ = ["MAX_RACES", "check_branch", "reconcile", "run", "write_steps"]
 
 log = logging.getLogger(__name__)
 

@@ -242,5 +242,3 @@ def change_authors(
         else:
             unverified.append(commit_id)
     return sorted(signers), unverified
-
-

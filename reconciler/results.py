@@ -8,9 +8,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from .errors import Problem
-from .policy_change import PolicyChange
 from .models import DecisionInputs, ReleaseLock
 from .policy import Decision
+from .policy_change import PolicyChange
 
 
 @dataclass

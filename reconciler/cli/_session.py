@@ -34,7 +34,7 @@ class Session:
 
     def signer(self) -> Signer:
         """The evidence signer the ratified `stella.yaml` names (the branch's before any genesis)."""
-        from ..loop import ratified_settings
+        from ..chain import ratified_settings
 
         settings = ratified_settings(self.repo, self.settings)
         return self.plugins.signer(settings.signer.plugin).open(settings.signer.key, os.environ)
@@ -50,8 +50,8 @@ def open_session(args: argparse.Namespace) -> Session:
 
 def open_repository(args: argparse.Namespace) -> tuple[Repo, Settings]:
     """The repository and its settings, as `open_session` reads them, without loading plugins."""
-    from ..loop import source_commit
     from ..manifests import load_settings
+    from ..passes import source_commit
     from ..repo import Repo
 
     repo = Repo(repo_root(args))

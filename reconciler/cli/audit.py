@@ -63,7 +63,7 @@ def add_replay(sub: Subcommands, common: Parser) -> None:
 
 def cmd_replay(args: argparse.Namespace) -> int:
     from .. import replay
-    from ..loop import evidence_ref
+    from ..chain import evidence_ref
 
     session = open_session(args)
     root = _root_arg(args.root)
@@ -130,7 +130,7 @@ def add_audit(sub: Subcommands, common: Parser) -> None:
 
 
 def cmd_audit_witness(args: argparse.Namespace) -> int:
-    from ..loop import evidence_ref
+    from ..chain import evidence_ref
     from ..witness import witness
 
     session = open_session(args)
@@ -158,8 +158,8 @@ def cmd_audit_witness(args: argparse.Namespace) -> int:
 
 def cmd_audit_verify(args: argparse.Namespace) -> int:
     from .. import audit
+    from ..chain import evidence_ref
     from ..governance import KEYS_DIR
-    from ..loop import evidence_ref
 
     root = _root_arg(args.root)
     checkpoint = (read_input(args.checkpoint, "checkpoint"), args.checkpoint) if args.checkpoint else None
@@ -240,7 +240,7 @@ def cmd_audit_verify(args: argparse.Namespace) -> int:
 
 def cmd_audit_export(args: argparse.Namespace) -> int:
     from .. import audit
-    from ..loop import evidence_ref
+    from ..chain import evidence_ref
 
     repo, settings = open_repository(args)
     done = audit.export_packet(repo, evidence_ref(repo, settings), settings.branch, Path(args.out))
@@ -267,7 +267,7 @@ def cmd_audit_export(args: argparse.Namespace) -> int:
 def cmd_audit_checkpoint(args: argparse.Namespace) -> int:
     """Verify the branch, then sign a checkpoint of it with the evidence key (refused on findings)."""
     from .. import audit
-    from ..loop import evidence_ref
+    from ..chain import evidence_ref
     from ..sign import key_signer_plugin
 
     repo, settings = open_repository(args)
@@ -307,7 +307,7 @@ def cmd_audit_checkpoint(args: argparse.Namespace) -> int:
 def cmd_audit_report(args: argparse.Namespace) -> int:
     """Verify the evidence branch, then write the HTML report; exit 1 when there are findings."""
     from .. import audit
-    from ..loop import evidence_ref
+    from ..chain import evidence_ref
     from ..report import write_report
 
     session = open_session(args)

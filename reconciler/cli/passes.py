@@ -17,7 +17,7 @@ from ._session import Session, now, open_session, progress
 from .workflow import print_policy_change
 
 if TYPE_CHECKING:
-    from ..loop import Outcome, PassResult
+    from ..results import Outcome, PassResult
 
 
 # --- reconcile -----------------------------------------------------------------------------------
@@ -142,8 +142,8 @@ def add_plan(sub: Subcommands, common: Parser) -> None:
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
-    from ..loop import dry_run
     from ..manifests import manifest_of
+    from ..passes import dry_run
 
     session = open_session(args)
     repo = session.repo
@@ -263,8 +263,9 @@ def add_why(sub: Subcommands, common: Parser) -> None:
 
 
 def cmd_why(args: argparse.Namespace) -> int:
-    from ..loop import dry_run, open_evidence, source_commit
+    from ..chain import open_evidence
     from ..manifests import held_promotion
+    from ..passes import dry_run, source_commit
 
     session = open_session(args)
     repo = session.repo
@@ -319,8 +320,10 @@ def add_usage(sub: Subcommands, common: Parser) -> None:
 
 
 def cmd_usage(args: argparse.Namespace) -> int:
+    from ..chain import open_evidence
     from ..gates.quota import day_start
-    from ..loop import digests_locked_since, open_evidence, source_commit
+    from ..locking import digests_locked_since
+    from ..passes import source_commit
 
     session = open_session(args)
     repo, settings = session.repo, session.settings

@@ -149,7 +149,7 @@ def add_policy(sub: Subcommands, common: Parser) -> None:
 
 def cmd_policy_status(args: argparse.Namespace) -> int:
     """The ratified policy, the branch's (or --rev's), the files that differ, and the approvals."""
-    from ..loop import dry_run
+    from ..passes import dry_run
 
     session = open_session(args)
     repo = session.repo

@@ -74,7 +74,7 @@ def diagnose(
     if repo is not None:
         checks.append(_safely("git-access", lambda: git_access_check(repo, settings)))
     if repo is not None and settings is not None and tree is not None:
-        from ..loop import evidence_ref
+        from ..chain import evidence_ref
 
         ref = evidence_ref(repo, settings)
         try:

@@ -14,9 +14,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import StellaError, ValidationFailed
-from ..loop import source_commit
 from ..manifests import load_repository, load_settings
 from ..models import Repository, Settings
+from ..passes import source_commit
 from ..repo import GitTree, Repo
 from .result import Check, named
 

@@ -29,8 +29,8 @@ KEYS_DIR = "trust/evidence-keys"
 def ratified_view(repo: Repo, settings: Settings | None, tree: GitTree) -> Any:
     """The branch as decisions read it (governed files from the ratified policy), or None before any
     genesis (or when the branch's settings cannot be read)."""
+    from ..chain import evidence_ref
     from ..governance import PolicyView, read_pointer, stored_policy
-    from ..loop import evidence_ref
 
     if settings is None:
         return None

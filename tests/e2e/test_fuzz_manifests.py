@@ -14,8 +14,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from reconciler.discover import discover
-from reconciler.loop import dry_run
 from reconciler.manifests import held_promotion
+from reconciler.passes import dry_run
 from reconciler.repo import Repo
 from tests.support.pipeline import RELEASE_130, Workspace, example_workspace, promotion
 from tests.support.repos import commit_all, git, write_files

@@ -61,10 +61,14 @@ def _evidence(repo: Path) -> dict[str, str]:
         return subprocess.run(["git", *argv], cwd=repo, check=True, capture_output=True).stdout
 
     names = git("ls-tree", "-r", "--name-only", "refs/heads/stella/evidence").decode().splitlines()
-    return {name: _masked(name, git("cat-file", "blob", f"refs/heads/stella/evidence:{name}")) for name in names}
+    return {
+        name: _masked(name, git("cat-file", "blob", f"refs/heads/stella/evidence:{name}")) for name in names
+    }
 
 
-def test_the_demo_story_writes_the_same_evidence_bytes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_demo_story_writes_the_same_evidence_bytes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     _fixed_keys(tmp_path, monkeypatch)
     for variable in ("GIT_AUTHOR_DATE", "GIT_COMMITTER_DATE"):
         monkeypatch.setenv(variable, DATE)
