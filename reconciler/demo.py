@@ -23,9 +23,11 @@ from typing import Any, Final
 from . import audit
 from .discover import Plugins, discover
 from .errors import InvalidInput
+from .ledger import artifact_path, evidence_path
 from .loop import reconcile
 from .manifests import load_repository
 from .passes import dry_run
+from .render import LOCK_FILE
 from .repo import Repo, WorkTree
 from .results import PassResult
 from .sign import KeySigner, generate_key, load_private_key
@@ -281,7 +283,7 @@ def steps(example: Path, workdir: Path, now: datetime = DEMO_NOW) -> Iterator[St
     if tree is not None and recorded is not None and recorded.evidence:
         hex_id = recorded.evidence.removeprefix("sha256:")
         lock_name = next(p for p in tree.listdir("artifacts"))
-        lock = (tree.read(f"artifacts/{lock_name}/compose.stella.lock.yml") or b"").decode()
+        lock = (tree.read(artifact_path(lock_name, LOCK_FILE)) or b"").decode()
         yield Step(
             "What an auditor finds on the evidence branch",
             "Every file is named by the sha256 of its bytes; the statement is RFC 8785 canonical JSON.",
@@ -359,7 +361,7 @@ def steps(example: Path, workdir: Path, now: datetime = DEMO_NOW) -> Iterator[St
     )
 
     if recorded is not None and recorded.evidence:
-        path = f"evidence/{recorded.evidence.removeprefix('sha256:')}.json"
+        path = evidence_path(recorded.evidence.removeprefix("sha256:"))
         head = repo.resolve_ref("refs/heads/stella/evidence")
         forged = (repo.tree(head or "").read(path) or b"").replace(b'"result":"allow"', b'"result":"deny"')
         # on a copy of the branch: the real one stays as the passes wrote it, for `--keep` to show

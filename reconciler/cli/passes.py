@@ -264,6 +264,7 @@ def add_why(sub: Subcommands, common: Parser) -> None:
 
 def cmd_why(args: argparse.Namespace) -> int:
     from ..chain import open_evidence
+    from ..ledger import Ledger
     from ..manifests import held_promotion
     from ..passes import dry_run, source_commit
 
@@ -274,7 +275,7 @@ def cmd_why(args: argparse.Namespace) -> int:
     record = index.record(recorded) if recorded else None
     index.close()
     if recorded and record:
-        raw = repo.tree(head).read(f"evidence/{recorded.removeprefix('sha256:')}.json") if head else None
+        raw = Ledger(repo.tree(head)).statement_raw(recorded.removeprefix("sha256:")) if head else None
         statement = json.loads(raw) if raw else {}
         decision = statement.get("predicate", {}).get("decision", {})
         payload = {"promotion": args.promotion, "recorded": True, "evidence": recorded, **decision}

@@ -17,6 +17,7 @@ from datetime import UTC, datetime
 from ..errors import StellaError
 from ..ledger import bundle_path, evidence_path, pointer_path
 from ..repo import Repo
+from ..timefmt import evidence_time
 from .result import Check, error_text
 
 
@@ -90,7 +91,7 @@ def clock_check(evidence: EvidenceState, now: datetime) -> Check:
 
 
 def _utc(moment: datetime) -> str:
-    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return evidence_time(moment)
 
 
 def evidence_check(evidence: EvidenceState, ref: str) -> Check:

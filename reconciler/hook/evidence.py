@@ -20,6 +20,7 @@ import pygit2
 from ..audit import IMMUTABLE, trusted_keys
 from ..evidence import sha256_hex
 from ..governance import POINTER, RATIFICATION, Keyring, PolicyError, RecordRejected, read_pointer
+from ..ledger import BUNDLE_SUFFIX, EVIDENCE, Ledger, bundle_path, evidence_path
 from ..repo import GitTree, Repo
 from .guard import EVIDENCE_REFS, Guarded, RefUpdate, Rejection, peel_commit, ref_target
 
@@ -151,10 +152,10 @@ def _check_added(
     keyring.genesis = chain[0][1] if chain else None
     on_chain = {record for record, _ in chain}
     for path in added:
-        if not (path.startswith("evidence/") and path.endswith(".json")) or path.endswith(".sigstore.json"):
+        if not (path.startswith(f"{EVIDENCE}/") and path.endswith(".json")) or path.endswith(BUNDLE_SUFFIX):
             continue
         raw = new.read(path) or b""
-        hex_id = path.removeprefix("evidence/").removesuffix(".json")
+        hex_id = path.removeprefix(f"{EVIDENCE}/").removesuffix(".json")
         if sha256_hex(raw) != hex_id:
             rejections.append(Rejection(ref, "does not hash to its name", file=path, commit=commit))
             continue
@@ -192,7 +193,7 @@ def _check_added(
                 )
             )
             continue
-        bundle = new.read(path.removesuffix(".json") + ".sigstore.json")
+        bundle = new.read(bundle_path(hex_id))
         try:
             keyring.verify(raw, bundle, source=path)
         except RecordRejected as exc:
@@ -222,21 +223,21 @@ def _ratified_chain(tree: GitTree | None, keyring: Keyring) -> list[tuple[str, s
     seen: set[str] = set()
     while isinstance(current, str) and current not in seen:
         seen.add(current)
-        path = f"evidence/{current.removeprefix('sha256:')}.json"
+        path = evidence_path(current.removeprefix("sha256:"))
         raw = tree.read(path)
         if raw is None:
             raise PolicyError(f"{path}: the ratification the policy pointer leads to is missing")
         predicate = json.loads(raw)["predicate"]
         if predicate.get("type") != RATIFICATION:
             raise PolicyError(f"{path}: not a ratification")
-        keyring.verify(raw, tree.read(path.removesuffix(".json") + ".sigstore.json"), source=path)
+        keyring.verify(raw, Ledger(tree).bundle(current.removeprefix("sha256:")), source=path)
         chain.append((current, predicate["policy"]["id"]))
         current = predicate.get("previous")
     chain.reverse()
     if chain and pointer.get("id") != chain[-1][1]:
         raise PolicyError(f"{POINTER}: names policy {pointer.get('id')}, not the one its record ratified")
     for (_, before), (record, _) in itertools.pairwise(chain):
-        raw = tree.read(f"evidence/{record.removeprefix('sha256:')}.json") or b"{}"
+        raw = Ledger(tree).statement_raw(record.removeprefix("sha256:")) or b"{}"
         if json.loads(raw)["predicate"]["policy"].get("previous") != before:
             raise PolicyError(f"{record}: names a previous policy that the chain did not ratify before it")
     return chain

@@ -15,6 +15,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from ..ledger import Ledger, pointer_path
 from .values import EVIDENCE_ID, as_dict, dicts, hex_of, href, text
 
 if TYPE_CHECKING:
@@ -47,7 +48,7 @@ def read_index(tree: GitTree) -> dict[str, Entry]:
         if not match:
             continue  # bundles, and files audit.verify already reports as unexpected
         hex_id = match.group(1)
-        predicate = _predicate(tree.read(f"evidence/{name}"))
+        predicate = _predicate(Ledger(tree).statement_raw(hex_id))
         if predicate.get("type") == "policy_ratification":
             continue  # the policy chain is not an environment's timeline (`stella policy status`)
         env = text(predicate.get("environment")) or UNKNOWN_ENVIRONMENT
@@ -115,7 +116,7 @@ def children(entries: Mapping[str, Entry]) -> dict[str, list[str]]:
 
 def pointer(tree: GitTree, env: str, entries: Mapping[str, Entry]) -> dict[str, Any] | None:
     """`environments/<env>/stella.version.json` as the page shows it (None: no pointer)."""
-    raw = tree.read(f"environments/{env}/stella.version.json")
+    raw = tree.read(pointer_path(env))
     if raw is None:
         return None
     try:

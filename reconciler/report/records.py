@@ -15,6 +15,7 @@ import json
 from collections.abc import Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
+from ..ledger import Ledger
 from .findings import Attached, finding_view
 from .values import as_dict, dicts, href, short, text
 
@@ -39,14 +40,14 @@ def read_records(
 ) -> Iterator[dict[str, Any]]:
     """The records of one page, read one at a time (the template consumes them as they come)."""
     for position, hex_id in enumerate(hexes, start=1):
-        raw = tree.read(f"evidence/{hex_id}.json")
+        raw = Ledger(tree).statement_raw(hex_id)
         statement: Any = None
         with contextlib.suppress(ValueError):
             statement = json.loads(raw or b"")
         del raw
         view = record_view(hex_id, statement if isinstance(statement, dict) else {}, env)
         view["position"] = position
-        view["hint"] = key_hint(tree.read(f"evidence/{hex_id}.sigstore.json"))
+        view["hint"] = key_hint(Ledger(tree).bundle(hex_id))
         previous = entries[hex_id].previous
         if previous is None:
             view["previous"] = None
