@@ -306,6 +306,26 @@ class VerifierPlugin(Protocol):
         ...
 
 
+@dataclass(frozen=True)
+class TrustFile:
+    """One file of a verifier plugin's trust material in the repository."""
+
+    path: str
+    trusted_root: bool = False
+    """A Sigstore trusted root (what `cosign --trusted-root` takes): an evidence packet says so."""
+
+
+@runtime_checkable
+class TrustMaterial(Protocol):
+    """What a verifier plugin may say about the trust material it reads, so that the core carries
+    exactly those files to where it verifies (audit worker processes, evidence packets) without knowing
+    what they mean. Without it, the core carries every file under `trust/`."""
+
+    def trust_files(self, files: FileSource) -> Sequence[TrustFile]:
+        """The files `open_verifier(files)` would read, in order (empty: `files` configures none)."""
+        ...
+
+
 # --- doctor checks -------------------------------------------------------------------------------
 
 DoctorStatus = Literal["ok", "warn", "fail"]

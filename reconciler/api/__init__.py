@@ -53,6 +53,8 @@ from ..protocols import (
     RegistryProbe,
     Signer,
     SignerPlugin,
+    TrustFile,
+    TrustMaterial,
     VerifierPlugin,
 )
 from ..reference import DIGEST_RE, ImageRef, ReferenceError, parse
@@ -111,6 +113,8 @@ __all__ = [
     "SignerPlugin",
     "StellaError",
     "Transient",
+    "TrustFile",
+    "TrustMaterial",
     "TrustedKey",
     "TrustedKeys",
     "ValidationFailed",

@@ -70,7 +70,6 @@ from .layout import IMMUTABLE, KEYS_DIR
 from .packet import (
     PACKET_FORMAT,
     README_MEMBER,
-    TRUST_FILES,
     Exported,
     Packet,
     export_packet,
@@ -105,7 +104,6 @@ __all__ = [
     "PACKET_FORMAT",
     "PARALLEL_MIN",
     "README_MEMBER",
-    "TRUST_FILES",
     "UNPACKED_BASE",
     "UNPACKED_RATIO",
     "Checkpoint",

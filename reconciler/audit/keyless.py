@@ -1,23 +1,28 @@
-"""Keyless trust material: `trust/keyless.yaml` and the trusted root it pins, read from a tree or
-held in memory, and the verifier a signer plugin offers for it.
+"""Verifier trust material: the repository files the installed verifier plugins read, held in memory,
+and the verifier a plugin offers for them (keyless bundles and witnesses, with `stella-sigstore`).
 
-Verifies no bundle itself (the plugin's verifier does). Reads only what it is given; never writes.
+The core does not know what the files mean: each verifier plugin names its own (`TrustMaterial`), or,
+if it does not say, every file under `trust/` is carried. Verifies no bundle itself (the plugin's
+verifier does). Reads only what it is given; never writes.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from pathlib import PurePosixPath
-from typing import Any, cast
+from functools import cache
+from typing import TYPE_CHECKING
 
 from ..discover import discover
-from ..protocols import BundleVerifier
-from ..repo import Repo
-from .unpack import _unsafe
+from ..protocols import BundleVerifier, FileSource, TrustFile, TrustMaterial, VerifierPlugin
+
+if TYPE_CHECKING:
+    from ..repo import Repo
+
+TRUST_DIR = "trust"
 
 
 class _MemoryFiles:
-    """A `FileSource` over a few files held in memory (the keyless trust material)."""
+    """A `FileSource` over a few files held in memory (the trust material)."""
 
     def __init__(self, files: Sequence[tuple[str, bytes]]) -> None:
         self._files = dict(files)
@@ -30,52 +35,58 @@ class _MemoryFiles:
         return sorted({p[len(prefix) :].split("/")[0] for p in self._files if p.startswith(prefix)})
 
 
+@cache
+def _verifier_plugins() -> tuple[VerifierPlugin, ...]:
+    plugins = discover(kinds=("signers",))
+    return tuple(plugin for _, plugin in sorted(plugins.verifiers().items()))
+
+
 def _keyless_verifier(files: tuple[tuple[str, bytes], ...]) -> BundleVerifier | None:
-    """A verifier of keyless bundles from a signer plugin that offers one, or None (no policy/plugin)."""
+    """A verifier from the first verifier plugin that `files` configure, or None (none configured)."""
     if not files:
         return None
-    plugins = discover(kinds=("signers",))
-    for name in sorted(plugins.signers):
-        opener = getattr(plugins.signers[name], "open_verifier", None)
-        if callable(opener):
-            verifier = opener(_MemoryFiles(files))
-            if verifier is not None:
-                return cast(BundleVerifier, verifier)
+    memory = _MemoryFiles(files)
+    for plugin in _verifier_plugins():
+        verifier = plugin.open_verifier(memory)
+        if verifier is not None:
+            return verifier
     return None
 
 
+def trust_files(files: FileSource) -> list[TrustFile]:
+    """The trust material the installed verifier plugins read from `files`, in their order."""
+    out: dict[str, TrustFile] = {}
+    for plugin in _verifier_plugins():
+        named = plugin.trust_files(files) if isinstance(plugin, TrustMaterial) else _every_trust_file(files)
+        for item in named:
+            out.setdefault(item.path, item)
+    return list(out.values())
+
+
+def keyless_files(files: FileSource) -> tuple[tuple[str, bytes], ...]:
+    """The verifier trust material in `files` with its bytes (empty when nothing configures a verifier)."""
+    out = []
+    for item in trust_files(files):
+        data = files.read(item.path)
+        if data is not None:
+            out.append((item.path, data))
+    return tuple(out)
+
+
 def load_keyless(repo: Repo, branch: str) -> tuple[tuple[str, bytes], ...]:
-    """`trust/keyless.yaml` and the trusted root it pins, from the branch head (empty when absent)."""
+    """`keyless_files` of the branch head (empty when the branch does not exist)."""
     commit = repo.resolve_ref(f"refs/heads/{branch}")
     if commit is None:
         return ()
     return keyless_files(repo.tree(commit))
 
 
-def keyless_files(files: Any) -> tuple[tuple[str, bytes], ...]:
-    """`trust/keyless.yaml` and the trusted root it pins, from a `FileSource` (empty when absent)."""
-    policy = files.read("trust/keyless.yaml")
-    if policy is None:
-        return ()
-    out = [("trust/keyless.yaml", policy)]
-    root = _trusted_root_path(policy)
-    data = files.read(root) if root else None
-    if root and data is not None:
-        out.append((root, data))
-    return tuple(out)
-
-
-def _trusted_root_path(keyless: bytes | None) -> str | None:
-    """The trusted root `trust/keyless.yaml` pins, when it names a plain path inside the repository."""
-    if keyless is None:
-        return None
-    import yaml
-
-    try:
-        doc = yaml.safe_load(keyless)
-    except yaml.YAMLError:
-        return None
-    path = doc.get("trustedRoot") if isinstance(doc, dict) else None
-    if not isinstance(path, str) or _unsafe(path):
-        return None
-    return str(PurePosixPath(path))
+def _every_trust_file(files: FileSource, directory: str = TRUST_DIR, depth: int = 0) -> list[TrustFile]:
+    out = []
+    for name in files.listdir(directory):
+        path = f"{directory}/{name}"
+        if files.read(path) is not None:
+            out.append(TrustFile(path))
+        elif depth < 8:
+            out += _every_trust_file(files, path, depth + 1)
+    return out

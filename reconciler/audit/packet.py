@@ -28,7 +28,7 @@ from ..repo import Repo
 from ..sign import TrustedKeys
 from .checkpoint import read_checkpoint
 from .findings import Finding, Report
-from .keyless import _MemoryFiles, _trusted_root_path, keyless_files
+from .keyless import _MemoryFiles, keyless_files, trust_files
 from .keys import LoadedKeys, branch_keys, read_keys
 from .layout import KEYS_DIR
 from .unpack import BUNDLE_MEMBER, MANIFEST_MEMBER, PacketError, _extract, _scan
@@ -36,7 +36,7 @@ from .verifier import Progress, _names, verify
 
 PACKET_FORMAT = "stella-evidence-packet/v1"
 README_MEMBER = "README.md"
-TRUST_FILES = ("trust/allowed_signers", "trust/keyless.yaml")
+ALLOWED_SIGNERS = "trust/allowed_signers"
 
 
 @dataclass(frozen=True)
@@ -68,13 +68,14 @@ def export_packet(repo: Repo, ref: str, branch: str, out: Path) -> Exported:
         raise InvalidInput(
             f"{KEYS_DIR}/ on {branch} holds no readable *.pub key: the packet could not be verified"
         )
-    for path in TRUST_FILES:
-        data = files.read(path)
-        if data is not None:
-            members[path] = data
-    root = _trusted_root_path(members.get("trust/keyless.yaml"))
-    if root is not None and (data := files.read(root)) is not None:
-        members[root] = data
+    if (data := files.read(ALLOWED_SIGNERS)) is not None:
+        members[ALLOWED_SIGNERS] = data
+    material = trust_files(files)  # what the installed verifier plugins read (keyless: policy, root)
+    for item in material:
+        if (data := files.read(item.path)) is not None:
+            members.setdefault(item.path, data)
+    root = next((item.path for item in material if item.trusted_root), None)
+    pinned_by = next((item.path for item in material if not item.trusted_root), None)
     with tempfile.TemporaryDirectory(prefix="stella-export-") as tmp:
         bundle = Path(tmp) / BUNDLE_MEMBER
         # one thread: the same objects give the same pack, so the same branch gives the same packet
@@ -90,7 +91,7 @@ def export_packet(repo: Repo, ref: str, branch: str, out: Path) -> Exported:
         )
         digests = {name: hashlib.sha256(data).hexdigest() for name, data in members.items()}
         digests[BUNDLE_MEMBER] = _file_sha256(bundle)
-        readme = _readme(ref, head, records, keys, sorted(members), root)
+        readme = _readme(ref, head, records, keys, sorted(members), root, pinned_by)
         members[README_MEMBER] = readme
         digests[README_MEMBER] = hashlib.sha256(readme).hexdigest()
         manifest = {
@@ -261,7 +262,13 @@ def _manifest(packet: Path, raw: bytes | None) -> dict[str, Any]:
 
 
 def _readme(
-    ref: str, head: str, records: int, keys: LoadedKeys, members: Sequence[str], trusted_root: str | None
+    ref: str,
+    head: str,
+    records: int,
+    keys: LoadedKeys,
+    members: Sequence[str],
+    trusted_root: str | None,
+    pinned_by: str | None,
 ) -> bytes:
     key_lines = "\n".join(
         [f"- `{k.source}`: hint `{k.hint}`" for k in keys.values()]
@@ -269,7 +276,7 @@ def _readme(
     )
     first_key = next((k.source for k in keys.values()), f"{KEYS_DIR}/<key>.pub")
     root_note = (
-        f"This packet includes `{trusted_root}` (the trusted root `trust/keyless.yaml` pins): give it to\n"
+        f"This packet includes `{trusted_root}` (the trusted root `{pinned_by}` pins): give it to\n"
         "cosign with `--trusted-root`."
         if trusted_root
         else "Give cosign any trusted root file it accepts (e.g. the `trusted_root.json` of your Sigstore\n"

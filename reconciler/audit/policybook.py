@@ -110,8 +110,8 @@ class _PolicyBook:
             index = key.removeprefix("keyless:")
             if index == "legacy" or not index.isdigit():
                 return None
-            ids, _ = self.keyless_groups()[int(index)]
-            return "trust/keyless.yaml" if policy_id in ids else None
+            ids, files = self.keyless_groups()[int(index)]
+            return files[0][0] if policy_id in ids else None  # the verifier's own configuration file
         return self.hints.get(policy_id, {}).get(key)
 
     def check(

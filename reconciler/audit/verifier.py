@@ -65,8 +65,8 @@ def verify(
     None: the one found, trusted on first use). `keys` (and `keyless`) verify what was written before
     the branch had a policy chain: records naming no policy when there is no genesis.
 
-    `keyless`: `trust/keyless.yaml` and its trusted root (`load_keyless`), to verify keyless bundles and
-    witnesses with a signer plugin that can (the sigstore plugin's `keyless`).
+    `keyless`: the trust material the installed verifier plugins read (`load_keyless`; with
+    `stella-sigstore`, `trust/keyless.yaml` and its trusted root), to verify keyless bundles and witnesses.
 
     `workers`: how many processes share the work, this one included (default: one per available CPU
     when the branch is large enough to gain from it, else this process alone). Worker processes start

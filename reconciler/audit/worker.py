@@ -27,7 +27,7 @@ class _Job:
     head: str
     keys: tuple[tuple[str, bytes], ...]
     keyless: tuple[tuple[str, bytes], ...] = ()
-    """trust/keyless.yaml and the trusted root it pins (from the source branch), when present."""
+    """The verifier plugins' trust material (from the source branch; keyless: its policy and root)."""
     signers: tuple[tuple[str, bytes], ...] = ()
     """Policy id -> its trust/allowed_signers: identities in inputs are re-verified against them."""
     keyless_groups: tuple[tuple[tuple[str, ...], tuple[tuple[str, bytes], ...]], ...] = ()

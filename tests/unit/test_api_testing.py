@@ -89,6 +89,8 @@ def test_the_public_api_is_pinned() -> None:
             "SignerPlugin",
             "StellaError",
             "Transient",
+            "TrustFile",
+            "TrustMaterial",
             "TrustedKey",
             "TrustedKeys",
             "ValidationFailed",

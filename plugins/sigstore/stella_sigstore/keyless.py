@@ -33,7 +33,15 @@ import logging
 import re
 from collections.abc import Mapping
 
-from reconciler.api import IN_TOTO_PAYLOAD_TYPE, FileSource, InvalidInput, PluginError, PluginManifest, Signer
+from reconciler.api import (
+    IN_TOTO_PAYLOAD_TYPE,
+    FileSource,
+    InvalidInput,
+    PluginError,
+    PluginManifest,
+    Signer,
+    TrustFile,
+)
 
 from . import __version__
 from .keyless_signer import DEFAULT_TOKEN_REF, SIGSTORE_TIMEOUT, KeylessSigner, bounded, identity_token
@@ -45,6 +53,7 @@ from .keyless_trust import (
     KeylessPolicy,
     load_keyless_policy,
     parse_keyless_policy,
+    pinned_root_path,
     read_trusted_root,
     trust_config,
 )
@@ -99,6 +108,15 @@ class _KeylessSignerPlugin:
         config = trust_config(environ)
         log.debug("keyless signer for %s (issuer %s)", token.identity, token.issuer)
         return KeylessSigner(token, config)
+
+    def trust_files(self, files: FileSource) -> list[TrustFile]:
+        """`trust/keyless.yaml`, and the trusted root it pins when it names a plain repository path
+        (an unreadable policy still counts: `open_verifier` then says what is wrong with it)."""
+        raw = files.read(KEYLESS_POLICY_PATH)
+        if raw is None:
+            return []
+        root = pinned_root_path(raw)
+        return [TrustFile(KEYLESS_POLICY_PATH)] + ([TrustFile(root, trusted_root=True)] if root else [])
 
     def open_verifier(self, files: FileSource) -> _PolicyVerifier | None:
         """A verifier of keyless evidence bundles under the repository's `trust/keyless.yaml` (None

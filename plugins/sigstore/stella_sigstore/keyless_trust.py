@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Annotated, Any, Literal
 
 import yaml
@@ -212,3 +212,19 @@ def read_trusted_root(files: FileSource, keyless_policy: KeylessPolicy) -> bytes
             f"{keyless_policy.trustedRoot}: trusted root not found (named by {KEYLESS_POLICY_PATH})"
         )
     return data
+
+
+def pinned_root_path(data: bytes) -> str | None:
+    """The trusted root a `trust/keyless.yaml` pins, when it names a plain path inside the repository
+    (None: the file is not YAML, names none, or names a path that could leave the repository). What the
+    core carries beside the policy to audit workers and evidence packets; `open_verifier` judges the rest."""
+    try:
+        doc = yaml.safe_load(data)
+    except yaml.YAMLError:
+        return None
+    path = doc.get("trustedRoot") if isinstance(doc, dict) else None
+    if not isinstance(path, str) or not path or "\x00" in path or "\\" in path:
+        return None
+    if path.startswith("/") or re.match(r"^[A-Za-z]:", path) or ".." in PurePosixPath(path).parts:
+        return None
+    return str(PurePosixPath(path))
