@@ -111,6 +111,9 @@ def add_audit(sub: Subcommands, common: Parser) -> None:
     p = asub.add_parser("witness", parents=[common], help="add keyless signatures to key-signed records")
     p.add_argument("evidence", nargs="*", metavar="EVIDENCE_ID", help="default: every record not witnessed")
     p.add_argument("--token", default="env:SIGSTORE_ID_TOKEN", help="the OIDC token reference (env:NAME)")
+    p.add_argument(
+        "--signer", metavar="NAME", help="the signer plugin (default: the one installed that signs online)"
+    )
     p.set_defaults(func=cmd_audit_witness)
 
     p = asub.add_parser("verify", parents=[common], help="hashes, signatures, chains and history")
@@ -143,6 +146,7 @@ def cmd_audit_witness(args: argparse.Namespace) -> int:
         token=args.token,
         environ=os.environ,
         progress=progress(),
+        signer_name=args.signer,
     )
     emit(
         args,
