@@ -44,13 +44,11 @@ from __future__ import annotations
 import hashlib
 import json
 import posixpath
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from importlib.metadata import entry_points
 from typing import Any, Final, Literal
 
 from reconciler.api import (
-    ACCEPTED_BUNDLE_MEDIA_TYPES,
     BUNDLE_MEDIA_TYPE,
     DIGEST_RE,
     IN_TOTO_PAYLOAD_TYPE,
@@ -61,13 +59,8 @@ from reconciler.api import (
     ImageRef,
     InvalidInput,
     LockedComponent,
-    PluginError,
     PluginManifest,
     ReferenceError,
-    Registry,
-    RegistryAttachments,
-    RegistryOptions,
-    RegistryPlugin,
     RegistryUnavailable,
     StellaError,
     TrustedKey,
@@ -77,6 +70,7 @@ from reconciler.api import (
 )
 
 from . import __version__
+from .registries import Registries, bundle_layer
 
 __all__ = [
     "GATE",
@@ -98,7 +92,6 @@ _EXPLAINED: Final = 3
 """How many rejected bundles a message explains per component (the rest are counted)."""
 _FACT_REJECTED: Final = 10
 """How many rejected bundles `facts` lists per component."""
-_DEFAULT_REGISTRY_PLUGIN: Final = "oci"
 """The registry plugin the core uses for a host `stella.yaml` does not list."""
 
 Status = Literal["signed", "unsigned", "invalid-signature", "error"]
@@ -184,7 +177,7 @@ class SignatureGate:
         mirror = ctx.mirror.strip("/") or "."
         components = sorted(ctx.release.components.items())
         by_digest: dict[str, _Finding] = {}
-        registries = _Registries(ctx.registries, files)
+        registries = Registries(ctx.registries, files)
         try:
             for _, component in components:
                 if component.digest not in by_digest:
@@ -201,7 +194,7 @@ class SignatureGate:
         keys: TrustedKeys,
         files: FileSource,
         mirror: str,
-        registries: _Registries,
+        registries: Registries,
     ) -> _Finding:
         digest = component.digest
         finding = _Finding()
@@ -232,7 +225,7 @@ class SignatureGate:
         finding: _Finding,
         component: LockedComponent,
         keys: TrustedKeys,
-        registries: _Registries,
+        registries: Registries,
     ) -> None:
         """Look for a valid bundle among the digest's signature referrers, by manifest digest.
 
@@ -249,7 +242,7 @@ class SignatureGate:
             manifest_ref = ImageRef(ref.registry, ref.repository, None, descriptor.digest, ref.written)
             try:
                 body, _ = registry.manifest(manifest_ref)
-                layer, problem = _bundle_layer(body, digest)
+                layer, problem = bundle_layer(body, digest)
                 if layer is None:
                     message = f"referrer {where}: {problem[1]}"
                     finding.rejected.append(_Rejected(where, _sha256(body), problem[0], message))
@@ -323,59 +316,6 @@ class SignatureGate:
             others = f" (and none of the {count} bundle(s) read is valid: {shown}{more})" if count else ""
             return f"{what}: {finding.error}{others}"
         return f"{what}: none of {count} signature bundle(s) is valid: {shown}{more}"
-
-
-# --- registries ------------------------------------------------------------------------------------
-
-
-class _Registries:
-    """Where one evaluation reads referrers: the registries the core offers, or ones opened here.
-
-    With the core's (`GateContext.registries`) nothing is opened or closed here. Without them, each
-    host is opened once with the default registry plugin and the options of a host `stella.yaml`
-    does not list (Docker credentials, loopback over HTTP), and `close()` closes it.
-    """
-
-    def __init__(self, offered: Callable[[ImageRef], Registry] | None, files: FileSource) -> None:
-        self._offered = offered
-        self._files = files
-        self._opened: dict[str, Registry] = {}
-
-    def attachments(self, ref: ImageRef) -> RegistryAttachments:
-        """The registry of `ref`'s host, as one that can list what is attached to images."""
-        registry = self._offered(ref) if self._offered is not None else self._own(ref.registry)
-        if not isinstance(registry, RegistryAttachments):
-            raise PluginError(
-                f"the registry plugin serving {ref.registry} ({type(registry).__name__}) cannot list "
-                "the signatures attached to an image (it does not offer RegistryAttachments)"
-            )
-        return registry
-
-    def _own(self, host: str) -> Registry:
-        """The registry of `host` opened here, opening it on first use."""
-        if host not in self._opened:
-            self._opened[host] = _default_registry_plugin().open(RegistryOptions(host=host), self._files)
-        return self._opened[host]
-
-    def close(self) -> None:
-        """Close what was opened here (never the core's registries)."""
-        for registry in self._opened.values():
-            registry.close()
-        self._opened.clear()
-
-
-def _default_registry_plugin() -> RegistryPlugin:
-    """The `oci` registry plugin, found by its entry point as the core finds it."""
-    name = _DEFAULT_REGISTRY_PLUGIN
-    for ep in entry_points(group="stella.registries", name=name):
-        try:
-            plugin = ep.load()
-        except Exception as exc:  # a broken plugin is this gate's error result, not a crash
-            raise PluginError(f"registry plugin {name!r} failed to import {ep.value}: {exc}") from exc
-        if isinstance(plugin, RegistryPlugin):
-            return plugin
-        raise PluginError(f"registry plugin {name!r} does not implement the RegistryPlugin interface")
-    raise PluginError(f"registry plugin {name!r} is not installed (no stella.registries entry point)")
 
 
 # --- options and keys --------------------------------------------------------------------------------
@@ -483,34 +423,6 @@ def _describe(subjects: list[Any]) -> str:
         parts.append(f"{label} ({', '.join(pairs) or 'no digest'})")
     more = f" and {len(subjects) - _EXPLAINED} more" if len(subjects) > _EXPLAINED else ""
     return ", ".join(parts) + more
-
-
-def _bundle_layer(manifest: bytes, digest: str) -> tuple[str | None, tuple[str, str]]:
-    """The digest of a referrer manifest's bundle layer, or None and (reason code, why)."""
-    try:
-        doc = json.loads(manifest.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError, RecursionError):
-        return None, ("not-a-bundle-manifest", "the manifest is not JSON")
-    if not isinstance(doc, dict):
-        return None, ("not-a-bundle-manifest", "the manifest is not a JSON object")
-    subject = doc.get("subject")
-    named = subject.get("digest") if isinstance(subject, dict) else None
-    if named != digest:
-        return None, ("subject-mismatch", f"its subject is {named!r}, not {digest}")
-    layers = doc.get("layers")
-    if not isinstance(layers, list) or len(layers) != 1 or not isinstance(layers[0], dict):
-        count = len(layers) if isinstance(layers, list) else 0
-        return None, ("not-a-bundle-manifest", f"expected exactly 1 layer (the bundle), found {count}")
-    layer = layers[0]
-    media_type, layer_digest = layer.get("mediaType"), layer.get("digest")
-    if media_type not in ACCEPTED_BUNDLE_MEDIA_TYPES:
-        return None, (
-            "not-a-bundle-manifest",
-            f"its layer has mediaType {media_type!r}, not a Sigstore bundle",
-        )
-    if not isinstance(layer_digest, str) or not DIGEST_RE.match(layer_digest):
-        return None, ("not-a-bundle-manifest", f"its layer digest {layer_digest!r} is not sha256:<hex>")
-    return layer_digest, ("", "")
 
 
 # --- small helpers --------------------------------------------------------------------------------
