@@ -13,6 +13,7 @@ from functools import cache
 from typing import TYPE_CHECKING
 
 from ..discover import discover
+from ..governance import ALLOWED_SIGNERS, GROUPS_FILE, KEYS_DIR
 from ..protocols import BundleVerifier, FileSource, TrustFile, TrustMaterial, VerifierPlugin
 
 if TYPE_CHECKING:
@@ -54,7 +55,11 @@ def _keyless_verifier(files: tuple[tuple[str, bytes], ...]) -> BundleVerifier | 
 
 
 def trust_files(files: FileSource) -> list[TrustFile]:
-    """The trust material the installed verifier plugins read from `files`, in their order."""
+    """The trust material the installed verifier plugins read from `files`, in their order. Plugins are
+    asked only when `trust/` holds a file the core does not read itself (a repository without one has no
+    verifier material, and auditing it loads no verifier plugin)."""
+    if all(_read_by_the_core(item.path) for item in _every_trust_file(files)):
+        return []
     out: dict[str, TrustFile] = {}
     for plugin in _verifier_plugins():
         named = plugin.trust_files(files) if isinstance(plugin, TrustMaterial) else _every_trust_file(files)
@@ -81,10 +86,17 @@ def load_keyless(repo: Repo, branch: str) -> tuple[tuple[str, bytes], ...]:
     return keyless_files(repo.tree(commit))
 
 
+def _read_by_the_core(path: str) -> bool:
+    """A file under `trust/` the core reads itself (allowed signers, groups, evidence keys)."""
+    return path in (ALLOWED_SIGNERS, GROUPS_FILE) or path.startswith(f"{KEYS_DIR}/")
+
+
 def _every_trust_file(files: FileSource, directory: str = TRUST_DIR, depth: int = 0) -> list[TrustFile]:
     out = []
     for name in files.listdir(directory):
         path = f"{directory}/{name}"
+        if path.startswith(f"{KEYS_DIR}/") or path == KEYS_DIR:
+            continue  # the evidence keys are the core's, and never a verifier plugin's
         if files.read(path) is not None:
             out.append(TrustFile(path))
         elif depth < 8:
