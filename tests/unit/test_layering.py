@@ -25,7 +25,7 @@ PACKAGES = {
 }
 PUBLIC_API = "Plugins import only the public API, reconciler.api"
 INDEPENDENT = "Plugins are independent of each other"
-PURE = "The pure middle (policy, render, evidence) does no I/O"
+PURE = "The pure middle (policy, render, evidence, decision, ledger) does no I/O"
 
 
 def lint_imports(cwd: Path, pythonpath: Path | None = None) -> subprocess.CompletedProcess[str]:
