@@ -20,6 +20,7 @@ from typing import Any
 from .errors import PluginError
 from .protocols import (
     PLUGIN_API_VERSION,
+    AgentPlugin,
     Gate,
     PluginManifest,
     RegistryPlugin,
@@ -29,12 +30,15 @@ from .protocols import (
 
 log = logging.getLogger(__name__)
 
-KIND_NOUNS = {"registries": "registry", "gates": "gate", "signers": "signer"}
+KIND_NOUNS = {"registries": "registry", "gates": "gate", "signers": "signer", "agents": "agent"}
 GROUPS: dict[str, tuple[str, type]] = {
     "registries": ("stella.registries", RegistryPlugin),
     "gates": ("stella.gates", Gate),
     "signers": ("stella.signers", SignerPlugin),
+    "agents": ("stella.agents", AgentPlugin),
 }
+DECIDING = ("registries", "gates", "signers")
+"""What a pass, `plan` or an audit loads by default; deployment agents only `stella agent` (and doctor)."""
 
 
 @dataclass(frozen=True)
@@ -44,6 +48,7 @@ class Plugins:
     registries: dict[str, RegistryPlugin] = field(default_factory=dict)
     gates: dict[str, Gate] = field(default_factory=dict)
     signers: dict[str, SignerPlugin] = field(default_factory=dict)
+    agents: dict[str, AgentPlugin] = field(default_factory=dict)
     broken: dict[tuple[str, str], str] = field(default_factory=dict)
     offline: bool = False
 
@@ -53,6 +58,11 @@ class Plugins:
         if reason:
             return f"{KIND_NOUNS[kind]} plugin {name!r} is not usable: {reason}"
         return f"{KIND_NOUNS[kind]} plugin {name!r} is not installed (no {GROUPS[kind][0]} entry point)"
+
+    def agent(self, name: str) -> AgentPlugin:
+        if name in self.agents:
+            return self.agents[name]
+        raise PluginError(self.unavailable("agents", name))
 
     def signer(self, name: str) -> SignerPlugin:
         if name in self.signers:
@@ -116,7 +126,7 @@ def _load(ep: EntryPoint) -> tuple[Any, str | None]:
     return outcome[0]
 
 
-def discover(*, offline: bool = False, kinds: tuple[str, ...] = tuple(GROUPS)) -> Plugins:
+def discover(*, offline: bool = False, kinds: tuple[str, ...] = DECIDING) -> Plugins:
     """Load every installed plugin of `kinds` through its entry point group."""
     found: dict[str, dict[str, Any]] = {kind: {} for kind in GROUPS}
     broken: dict[tuple[str, str], str] = {}
@@ -141,6 +151,7 @@ def discover(*, offline: bool = False, kinds: tuple[str, ...] = tuple(GROUPS)) -
         registries=found["registries"],
         gates=found["gates"],
         signers=found["signers"],
+        agents=found["agents"],
         broken=broken,
         offline=offline,
     )

@@ -33,8 +33,8 @@ from typing import Any, Literal
 
 from .errors import InvalidInput, StellaError
 from .evidence import GENERATOR, PREDICATE_TYPE, STATEMENT_TYPE, canonical, sha256_hex
+from .ledger import DEPLOYMENT_TYPES, Ledger, policies_path, policy_file_path, rfc3339
 from .ledger import POINTER as POINTER
-from .ledger import Ledger, policies_path, policy_file_path, rfc3339
 from .protocols import IN_TOTO_PAYLOAD_TYPE, BundleVerifier, FileSource
 from .repo import MAX_FILE_BYTES, GitTree
 from .sign import BundleError, TrustedKeys, verify_bundle
@@ -48,6 +48,8 @@ POLICY_CHAIN = "@policy"
 RATIFICATION = "policy_ratification"
 APPROVALS_PREFIX = "policy-"
 KEYS_DIR = "trust/evidence-keys"
+AGENT_KEYS_DIR = "trust/agent-keys"
+"""`trust/agent-keys/<target>.pub`: the key a target's agent signs its deployment records with."""
 ALLOWED_SIGNERS = "trust/allowed_signers"
 GROUPS_FILE = "trust/groups.yaml"
 MAX_DATA_BYTES = 64 << 20
@@ -248,6 +250,32 @@ def policy_keys(policy: Policy) -> TrustedKeys:
         raise PolicyError(f"policy {policy.id}: {exc}") from exc
 
 
+def agent_key_path(target: str) -> str:
+    return f"{AGENT_KEYS_DIR}/{target}.pub"
+
+
+def agent_keys(policy: Policy, target: str) -> TrustedKeys:
+    """The one key of `target`'s agent in a policy (empty when the policy holds none for it)."""
+    path = agent_key_path(target)
+    data = policy.files.get(path)
+    try:
+        return TrustedKeys.from_files([(path, data)] if data is not None else [])
+    except InvalidInput as exc:
+        raise PolicyError(f"policy {policy.id}: {exc}") from exc
+
+
+def signed_by_agent(statement: bytes) -> str | None:
+    """The target whose agent must sign `statement` (a deployment or rollback record), else None."""
+    try:
+        predicate = json.loads(statement)["predicate"]
+        if predicate.get("type") not in DEPLOYMENT_TYPES:
+            return None
+        target = predicate["target"]["name"]
+    except (ValueError, KeyError, TypeError, AttributeError):
+        return None
+    return target if isinstance(target, str) else None
+
+
 class _PolicyFiles:
     """A policy's files as a plain file source (for plugins that read trust material)."""
 
@@ -333,8 +361,16 @@ class Keyring:
         if signing is _BAD:
             raise RecordRejected(f"{source}: not a Stella statement", code="statement")
         policy_id = signing if isinstance(signing, str) else None
+        target = signed_by_agent(statement)
         try:
-            keys = self.keys(policy_id)
+            if target is not None:
+                if policy_id is None:
+                    raise PolicyError("a deployment record must name the policy it was made under")
+                keys = agent_keys(self.policy(policy_id), target)
+                if not keys:
+                    raise PolicyError(f"policy {policy_id} holds no {agent_key_path(target)}")
+            else:
+                keys = self.keys(policy_id)
         except PolicyError as exc:
             raise RecordRejected(f"{source}: {exc}", code="policy") from exc
         bundle_source = source.removesuffix(".json") + ".sigstore.json"

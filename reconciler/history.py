@@ -23,6 +23,7 @@ from typing import Any, Literal
 
 from .errors import InvalidInput
 from .governance import POLICY_CHAIN, RATIFICATION
+from .ledger import DEPLOYMENT_TYPES, target_chain
 from .protocols import PriorDecision
 from .repo import Repo
 
@@ -60,7 +61,8 @@ class Record:
     policy: str | None = None
     """The policy the record was made under (for a ratification: the policy it ratifies)."""
     source: str | None = None
-    """The source commit a ratification read (None for other records)."""
+    """The source commit a ratification read; the decision a deployment record carried out (None for
+    other records)."""
 
     def prior(self) -> PriorDecision:
         result: Literal["allow", "deny"] = "allow" if self.result == "allow" else "deny"
@@ -85,6 +87,21 @@ def parse_record(evidence_id: str, raw: bytes, source: str) -> Record:
                 artifacts={},
                 policy=p["policy"]["id"],
                 source=p.get("sourceCommit"),
+            )
+        if p["type"] in DEPLOYMENT_TYPES:  # an agent's record: chained per target, not per environment
+            return Record(
+                evidence=evidence_id,
+                record_type=p["type"],
+                environment=target_chain(p["environment"], p["target"]["name"]),
+                promotion=None,
+                release_id=p["release"]["id"],
+                release_name=p["release"]["name"],
+                result=p["result"],
+                decided_at=datetime.fromisoformat(p["completedAt"]),
+                previous=p.get("previous"),
+                artifacts={a["name"]: a["sha256"] for a in p.get("artifacts", [])},
+                policy=(p.get("policy") or {}).get("id"),
+                source=p.get("decision"),
             )
         decision = p.get("decision") or {}
         return Record(

@@ -34,7 +34,13 @@ POLICY_FILES = "policy-files"
 POINTER = "policy/stella.policy.json"
 """The policy in force: `{"id": "sha256:…", "record": "sha256:…"}` (the last ratification)."""
 POINTER_FILE = "stella.version.json"
-"""An environment's pointer file name, under `environments/<env>/`."""
+"""An environment's pointer file name, under `environments/<env>/` (and a target's, under
+`targets/<env>/<target>/`: the mirror of its sticker)."""
+TARGETS = "targets"
+DEPLOYMENT = "deployment"
+ROLLBACK = "rollback"
+DEPLOYMENT_TYPES = (DEPLOYMENT, ROLLBACK)
+"""Record types an agent signs (with its own key), chained per target."""
 BUNDLE_SUFFIX = ".sigstore.json"
 WITNESS_SUFFIX = ".keyless.sigstore.json"
 """`evidence/<hex>.keyless.sigstore.json`: a keyless bundle over a record first signed with a key."""
@@ -81,6 +87,19 @@ def release_lock_path(name: str) -> str:
 
 def pointer_path(environment: str) -> str:
     return f"{ENVIRONMENTS}/{environment}/{POINTER_FILE}"
+
+
+def target_pointer_path(environment: str, target: str) -> str:
+    return f"{TARGETS}/{environment}/{target}/{POINTER_FILE}"
+
+
+TARGET_CHAIN = "@target:"
+
+
+def target_chain(environment: str, target: str) -> str:
+    """The chain name of a target's deployment records in indexes and reports (`@` never starts an
+    environment's name, so it cannot collide with one)."""
+    return f"{TARGET_CHAIN}{environment}/{target}"
 
 
 def policies_path(hex_id: str) -> str:

@@ -22,6 +22,7 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import TypeVar
 
 from .chain import pin_ref
 from .discover import Plugins
@@ -46,6 +47,8 @@ from .sign import TrustedKeys
 __all__ = ["MAX_RACES", "check_branch", "reconcile", "run", "write_steps"]
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 MAX_RACES = 10
 
@@ -207,10 +210,10 @@ def _message(result: PassResult, branch: str) -> str:
 
 
 def run(
-    one_pass: Callable[[], PassResult],
+    one_pass: Callable[[], T],
     *,
     interval: float,
-    report: Callable[[PassResult], None],
+    report: Callable[[T], None],
     on_error: Callable[[StellaError], None],
 ) -> int:
     """Run `one_pass` now and every `interval` seconds until SIGINT/SIGTERM (APScheduler).

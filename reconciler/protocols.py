@@ -326,6 +326,91 @@ class TrustMaterial(Protocol):
         ...
 
 
+# --- deployment agents ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class AgentTarget:
+    """One target of an environment (`targets:` in the ratified environment), as its agent sees it."""
+
+    environment: str
+    name: str
+    endpoint: str
+    """Where the engine listens, as the environment says (`unix:///var/run/docker.sock`, `tcp://…`)."""
+    project: str
+    """The Compose project the target's containers belong to."""
+
+
+@dataclass(frozen=True)
+class DeployStep:
+    """One step of a deployment as its record keeps it: what ran, how it ended, its output's tail."""
+
+    stage: str
+    """`pull`, `up`, `inspect`, …"""
+    command: str
+    """What ran, as a person would type it (never a secret value)."""
+    exit_code: int
+    output: str
+    """The tail of what it printed (the core redacts secret values before recording it)."""
+    started_at: datetime
+    completed_at: datetime
+
+    @property
+    def ok(self) -> bool:
+        return self.exit_code == 0
+
+
+@dataclass(frozen=True)
+class RunningContainer:
+    """A container of a target's Compose project, as the engine reports it."""
+
+    service: str
+    container: str
+    """The container id."""
+    image: str
+    """The image reference the container was created from (`repo@sha256:…` for a Stella lock)."""
+    digest: str | None
+    """The manifest digest it runs (from the image's repository digests), None when unknown."""
+    state: str
+    """`running`, `exited`, `created`, …"""
+
+
+@runtime_checkable
+class Engine(Protocol):
+    """A container engine a deployment agent drives (DESIGN §9). Methods report failures in the
+    `DeployStep` they return (`exit_code != 0`, the reason in `output`); they raise only `StellaError`s
+    for an engine that cannot be reached at all."""
+
+    def pull(self, image: str) -> DeployStep:
+        """Pull `image` (`repo@sha256:<hex>`) by digest, and check that the engine then holds exactly
+        that digest for it; a failure names the digest."""
+        ...
+
+    def up(self, project: str, lock: Path, environ: Mapping[str, str], timeout: float) -> DeployStep:
+        """Bring `project` to exactly the services of the compose file `lock`, waiting at most `timeout`
+        seconds for them to be running and healthy, without pulling (`up -d --wait --remove-orphans
+        --pull never`). `environ` holds the values the lock interpolates (secrets): the process's
+        environment only, never written anywhere."""
+        ...
+
+    def running(self, project: str) -> list[RunningContainer]:
+        """Every container of `project`, in one engine call where the engine allows it."""
+        ...
+
+    def close(self) -> None: ...
+
+
+@runtime_checkable
+class AgentPlugin(Protocol):
+    """Entry point object of group `stella.agents`: opens the engine of one target."""
+
+    manifest: PluginManifest
+
+    def open(self, target: AgentTarget, environ: Mapping[str, str]) -> Engine:
+        """The engine at `target.endpoint`; `environ` is the agent's process environment."""
+        ...
+
+
 # --- doctor checks -------------------------------------------------------------------------------
 
 DoctorStatus = Literal["ok", "warn", "fail"]

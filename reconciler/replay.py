@@ -10,6 +10,7 @@ recorded one is reported too. Reads Git; writes nothing.
 
 from __future__ import annotations
 
+import contextlib
 import json
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -22,7 +23,7 @@ from .discover import Plugins
 from .errors import InvalidInput
 from .evidence import gate_json, sha256_hex
 from .governance import RATIFICATION, PolicyError, PolicyView, stored_policy
-from .ledger import Ledger, evidence_path, hex_of
+from .ledger import DEPLOYMENT_TYPES, Ledger, evidence_path, hex_of
 from .manifests import load_settings
 from .models import DecisionInputs, RatificationInputs
 from .repo import GitTree, Repo
@@ -55,6 +56,8 @@ def replay_one(repo: Repo, tree: GitTree, plugins: Plugins, evidence_id: str) ->
     predicate = statement.get("predicate", {})
     if predicate.get("type") == RATIFICATION:
         return _replay_ratification(tree, result, predicate)
+    if predicate.get("type") in DEPLOYMENT_TYPES:
+        return _check_deployment(tree, result, predicate)
     recorded_decision = predicate.get("decision", {})
     result.recorded = recorded_decision
     inputs = _inputs(tree, result, predicate, DecisionInputs, "decision inputs")
@@ -140,6 +143,44 @@ def _replay_ratification(tree: GitTree, result: Replayed, predicate: dict[str, A
         result.differences.append(f"policy: recorded {result.recorded['policy']}, inputs say {inputs.policy}")
     result.identical = not result.differences
     return result
+
+
+def _check_deployment(tree: GitTree, result: Replayed, predicate: dict[str, Any]) -> Replayed:
+    """A deployment record is checked, not re-run (it happened on a host): the decision it carried out
+    is an allow of its environment for the same release, and the lock it applied is that decision's."""
+    decision_id = predicate.get("decision")
+    result.recorded = {"result": predicate.get("result"), "decision": decision_id}
+    result.replayed = {"result": predicate.get("result"), "decision": decision_id}
+    decision = None
+    if isinstance(decision_id, str):
+        with contextlib.suppress(InvalidInput):
+            decision = Ledger(tree).statement(hex_of(decision_id))
+    if decision is None:
+        result.differences.append(f"deployment: the decision it names ({decision_id}) is not on the branch")
+    else:
+        made = decision.predicate
+        if (made.get("decision") or {}).get("result") != "allow":
+            result.differences.append(f"deployment: {decision_id} is not an allow decision")
+        environment = predicate.get("environment")
+        if made.get("environment") != environment:
+            result.differences.append(
+                f"deployment: {decision_id} decided {made.get('environment')}, not {environment}"
+            )
+        if (made.get("release") or {}).get("id") != (predicate.get("release") or {}).get("id"):
+            result.differences.append(f"deployment: the release is not the one {decision_id} allowed")
+        if made.get("artifacts") != predicate.get("artifacts"):
+            result.differences.append(
+                f"deployment: the lock it applied is not the one {decision_id} rendered"
+            )
+    result.identical = not result.differences
+    return result
+
+
+def _locks(predicate: dict[str, Any]) -> list[str]:
+    listed = predicate.get("artifacts")
+    return sorted(
+        str(a.get("sha256")) for a in (listed if isinstance(listed, list) else []) if isinstance(a, dict)
+    )
 
 
 def genesis(repo: Repo, tree: GitTree, head: str) -> str | None:

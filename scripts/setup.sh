@@ -2,7 +2,8 @@
 # Install what Stella needs on a fresh Debian machine. Idempotent: re-running installs only what is missing.
 #   scripts/setup.sh          the virtual environment with the core and every plugin (enough for the demo)
 #   scripts/setup.sh --test   also what the tests use: the CNCF registry, skopeo, Node.js (tests/js: an
-#                             independent Sigstore verifier and a Sigstore stand-in), Chromium (report tests)
+#                             independent Sigstore verifier and a Sigstore stand-in), Chromium (report tests),
+#                             a Docker Engine and a static busybox (the docker agent plugin's tests)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -17,6 +18,10 @@ command -v ssh-keygen >/dev/null || need_apt+=(openssh-client)
 if [ "$TEST" = 1 ]; then
     [ -x /usr/bin/docker-registry ] || need_apt+=(docker-registry)
     command -v skopeo >/dev/null || need_apt+=(skopeo)
+    # A Docker Engine for the agent's end-to-end tests (any dockerd will do; Debian's is docker.io), and a
+    # static busybox to build the tiny image they run (tests/support/busybox_image.py).
+    { command -v dockerd >/dev/null || [ -x /usr/sbin/dockerd ]; } || need_apt+=(docker.io)
+    dpkg-query -W -f='${Status}' busybox-static 2>/dev/null | grep -q "install ok installed" || need_apt+=(busybox-static)
     command -v chromium >/dev/null || need_apt+=(chromium)
     { command -v node >/dev/null && command -v npm >/dev/null; } || need_apt+=(nodejs npm)
 fi

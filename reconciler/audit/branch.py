@@ -12,6 +12,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from ..governance import POLICY_CHAIN
+from ..ledger import TARGET_CHAIN, TARGETS, target_chain, target_pointer_path
 from ..repo import GitTree
 from .findings import Finding, Report
 from .layout import _path
@@ -62,10 +63,45 @@ def _check_chains(tree: GitTree, merged: _Merged, report: Report) -> list[Findin
         if evidence_id not in children and fact.environment is not None:
             heads.setdefault(fact.environment, []).append(evidence_id)
     report.chains = {env: ids[0] for env, ids in sorted(heads.items()) if len(ids) == 1}
-    for env in sorted((set(heads) - {POLICY_CHAIN}) | set(tree.listdir("environments"))):
+    targets = {chain for chain in heads if chain.startswith(TARGET_CHAIN)}
+    for env in sorted((set(heads) - {POLICY_CHAIN} - targets) | set(tree.listdir("environments"))):
         chain_heads = heads.get(env, []) if env != POLICY_CHAIN else []  # the policy chain has no pointer
         found += _check_pointer(tree, env, chain_heads, facts)
+    for env in tree.listdir(TARGETS):
+        targets |= {target_chain(env, name) for name in tree.listdir(f"{TARGETS}/{env}")}
+    for chain in sorted(targets):
+        found += _check_target_pointer(tree, chain, heads.get(chain, []), facts)
     return found
+
+
+def _check_target_pointer(
+    tree: GitTree, chain: str, heads: list[str], facts: Mapping[str, _Fact]
+) -> list[Finding]:
+    """`targets/<env>/<target>/stella.version.json` mirrors the target's sticker: it names the newest
+    succeeded deployment of the target's chain as what runs (or nothing, before any)."""
+    env, _, target = chain.removeprefix(TARGET_CHAIN).partition("/")
+    path = target_pointer_path(env, target)
+    raw = tree.read(path)
+    if raw is None:
+        return [Finding(path, "missing: the target has deployment records but no pointer", check="pointer")]
+    try:
+        pointer = json.loads(raw)
+        if not isinstance(pointer, dict):
+            raise ValueError("not a JSON object")
+    except ValueError as exc:
+        return [Finding(path, f"not JSON: {exc}", check="pointer")]
+    if not heads:
+        return [
+            Finding(path, f"a pointer for target {target} of {env}, which has no records", check="pointer")
+        ]
+    if len(heads) > 1:
+        return [Finding(path, f"the target's chain has {len(heads)} heads", check="chain")]
+    newest = _newest(facts, heads[0], "succeeded")
+    expected = f"sha256:{newest.hex}" if newest is not None else None
+    if pointer.get("deployment") != expected:
+        message = f"names deployment {pointer.get('deployment')}, not the newest succeeded one ({expected})"
+        return [Finding(path, message, check="pointer")]
+    return []
 
 
 def _check_pointer(tree: GitTree, env: str, heads: list[str], facts: Mapping[str, _Fact]) -> list[Finding]:
@@ -148,12 +184,17 @@ def _current_of(fact: _Fact) -> dict[str, Any]:
 
 
 def _newest_allowed(facts: Mapping[str, _Fact], head: object) -> _Fact | None:
+    return _newest(facts, head, "allow")
+
+
+def _newest(facts: Mapping[str, _Fact], head: object, result: str) -> _Fact | None:
+    """The newest record of the chain ending at `head` whose result is `result`."""
     seen: set[str] = set()
     current = head if isinstance(head, str) else None
     while current is not None and current not in seen and current in facts:
         seen.add(current)
         fact = facts[current]
-        if fact.result == "allow":
+        if fact.result == result:
             return fact
         current = fact.previous
     return None

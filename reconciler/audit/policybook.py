@@ -14,8 +14,16 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..errors import InvalidInput
-from ..governance import RATIFICATION, Policy, PolicyError, read_pointer, stored_policy
-from ..ledger import POINTER, policies_path
+from ..governance import (
+    AGENT_KEYS_DIR,
+    RATIFICATION,
+    Policy,
+    PolicyError,
+    agent_key_path,
+    read_pointer,
+    stored_policy,
+)
+from ..ledger import DEPLOYMENT_TYPES, POINTER, policies_path
 from ..repo import GitTree, Repo
 from ..sign import TrustedKeys, public_pem
 from .findings import Finding, Report
@@ -35,6 +43,8 @@ class _PolicyBook:
 
     policies: dict[str, Policy] = field(default_factory=dict)
     hints: dict[str, dict[str, str]] = field(default_factory=dict)
+    agent_hints: dict[str, dict[str, str]] = field(default_factory=dict)
+    """Policy id -> hint -> `trust/agent-keys/<target>.pub`: what may sign a target's deployment records."""
     """Policy id -> key hint -> the key's file."""
     allowed_signers: dict[str, bytes] = field(default_factory=dict)
     keyless: dict[str, tuple[tuple[str, bytes], ...]] = field(default_factory=dict)
@@ -72,7 +82,15 @@ class _PolicyBook:
                 continue
             book.policies[policy.id] = policy
             book.hints[policy.id] = {}
+            book.agent_hints[policy.id] = {}
             for path, data in sorted(policy.files.items()):
+                if path.startswith(f"{AGENT_KEYS_DIR}/") and path.endswith(".pub"):
+                    try:
+                        trusted = TrustedKeys.from_files([(path, data)])
+                    except InvalidInput as exc:
+                        findings.append(Finding(f"policies/{name}", f"{path}: {exc}", check="policy"))
+                        continue
+                    book.agent_hints[policy.id].update({hint: path for hint in trusted})
                 if path.startswith(f"{KEYS_DIR}/") and path.endswith(".pub"):
                     try:
                         trusted = TrustedKeys.from_files([(path, data)])
@@ -92,7 +110,7 @@ class _PolicyBook:
         """Every key a bundle may be verified with (legacy keys first), as (source, PEM)."""
         out = [(k.source, public_pem(k.public_key)) for k in self.legacy.values()]
         for policy_id, policy in sorted(self.policies.items()):
-            for _hint, path in sorted(self.hints[policy_id].items()):
+            for _hint, path in sorted({**self.hints[policy_id], **self.agent_hints[policy_id]}.items()):
                 out.append((f"{policy_id}:{path}", policy.files[path]))
         return tuple(out)
 
@@ -253,10 +271,27 @@ class _PolicyBook:
     ) -> None:
         if fact.key is None:
             return  # the bundle did not verify at all: already a finding
+        if fact.kind in DEPLOYMENT_TYPES:
+            self._check_agent_key(evidence_id, fact, signing, found, report)
+            return
         held = self._holds(signing, fact.key) if signing else None
         if held is None:
             where = f"policy {signing}" if signing else "no policy"
             found.append(Finding(_path(evidence_id), _not_in(where, fact.key), check="signature"))
+            return
+        report.verified_by[evidence_id] = f"{signing}: {held}"
+
+    def _check_agent_key(
+        self, evidence_id: str, fact: _Fact, signing: str | None, found: list[Finding], report: Report
+    ) -> None:
+        """A deployment record is signed by the agent key of its own target, of the policy it names."""
+        target = (fact.environment or "").rpartition("/")[2]
+        expected = agent_key_path(target)
+        held = self.agent_hints.get(signing or "", {}).get(fact.key or "")
+        if signing is None or held != expected:
+            where = f"policy {signing}" if signing else "no policy"
+            message = f"signed by a key (hint {fact.key}) that {where} does not hold as {expected}"
+            found.append(Finding(_path(evidence_id), message, check="signature"))
             return
         report.verified_by[evidence_id] = f"{signing}: {held}"
 

@@ -20,6 +20,7 @@ import pygit2
 
 from ..errors import StellaError
 from ..governance import POLICY_CHAIN, RATIFICATION
+from ..ledger import DEPLOYMENT_TYPES, target_chain
 from ..protocols import IN_TOTO_PAYLOAD_TYPE, WITNESS_SUFFIX
 from ..sign import BundleError, verify_bundle
 from .findings import Finding
@@ -142,30 +143,22 @@ def _record_facts(state: _State, hex_id: str, raw: bytes, add: Callable[[Finding
         signing = previous_policy or named
         if named is None:
             add(Finding(path, "a ratification that names no policy", check="policy"))
+    elif kind in DEPLOYMENT_TYPES:  # an agent's record: chained per target
+        return _deployment_facts(state, hex_id, predicate, add)
     else:
         environment = predicate.get("environment")
         signing = named
         if not isinstance(environment, str) or not environment or environment.startswith("@"):
             add(Finding(path, "the predicate names no environment", check="statement"))
             environment = None
-    previous = predicate.get("previous")
-    if previous is not None and not (isinstance(previous, str) and previous.startswith("sha256:")):
-        add(Finding(path, f"chain link {previous!r} is not an evidence id", check="chain"))
-        previous = None
+    previous = _chain_link(predicate, path, add)
     inputs = predicate.get("inputs")
     digest = inputs.get("sha256") if isinstance(inputs, dict) else None
     if not isinstance(digest, str):
         add(Finding(path, "the predicate records no inputs digest", check="inputs"))
     elif not _has(state.dir("inputs"), f"{digest}.json"):
         add(Finding(path, f"its inputs file inputs/{digest}.json is missing", check="inputs"))
-    artifacts = state.dir("artifacts")
-    listed: list[tuple[str, str]] = []
-    for artifact in _list(predicate.get("artifacts")):
-        name, sha = artifact.get("name"), artifact.get("sha256")
-        if isinstance(name, str) and isinstance(sha, str):
-            listed.append((name, sha))
-        if not (isinstance(name, str) and isinstance(sha, str) and _has(artifacts, f"{sha}/{name}")):
-            add(Finding(path, f"artifact {name} ({sha}) is missing", check="artifact"))
+    listed = _listed_artifacts(state, predicate, path, add)
     promotion = _dict_of(predicate.get("promotion")).get("id")
     release = predicate.get("release")
     release_name = release.get("name") if isinstance(release, dict) else None
@@ -191,6 +184,69 @@ def _record_facts(state: _State, hex_id: str, raw: bytes, add: Callable[[Finding
         promotion if isinstance(promotion, str) and kind != RATIFICATION else None,
         tuple(listed),
     )
+
+
+def _deployment_facts(
+    state: _State, hex_id: str, predicate: dict[str, Any], add: Callable[[Finding], None]
+) -> _Fact:
+    """A deployment record: its target's chain, its decision, result and lock (no inputs of its own)."""
+    path = f"evidence/{hex_id}.json"
+    environment, target = predicate.get("environment"), _dict_of(predicate.get("target")).get("name")
+    chain = None
+    if isinstance(environment, str) and isinstance(target, str) and environment and target:
+        chain = target_chain(environment, target)
+    else:
+        add(Finding(path, "a deployment record that names no environment and target", check="statement"))
+    policy = _dict_of(predicate.get("policy")).get("id")
+    if not isinstance(policy, str):
+        add(Finding(path, "a deployment record that names no policy", check="policy"))
+        policy = None
+    previous = _chain_link(predicate, path, add)
+    listed = _listed_artifacts(state, predicate, path, add)
+    release = _dict_of(predicate.get("release"))
+    result = predicate.get("result")
+    completed = predicate.get("completedAt")
+    return _Fact(
+        hex_id,
+        chain,
+        previous,
+        result if isinstance(result, str) else None,
+        release.get("name") if isinstance(release.get("name"), str) else None,
+        release.get("id") if isinstance(release.get("id"), str) else None,
+        str(predicate.get("type")),
+        policy,
+        policy,
+        None,
+        None,
+        None,
+        completed if isinstance(completed, str) else None,
+        None,
+        tuple(listed),
+    )
+
+
+def _listed_artifacts(
+    state: _State, predicate: dict[str, Any], path: str, add: Callable[[Finding], None]
+) -> list[tuple[str, str]]:
+    """(name, sha256) of each artifact the predicate lists; a listed one not stored is a finding."""
+    artifacts = state.dir("artifacts")
+    listed: list[tuple[str, str]] = []
+    for artifact in _list(predicate.get("artifacts")):
+        name, sha = artifact.get("name"), artifact.get("sha256")
+        if isinstance(name, str) and isinstance(sha, str):
+            listed.append((name, sha))
+        if not (isinstance(name, str) and isinstance(sha, str) and _has(artifacts, f"{sha}/{name}")):
+            add(Finding(path, f"artifact {name} ({sha}) is missing", check="artifact"))
+    return listed
+
+
+def _chain_link(predicate: dict[str, Any], path: str, add: Callable[[Finding], None]) -> str | None:
+    """The record's `previous`, when it is an evidence id (else a finding, and None)."""
+    previous = predicate.get("previous")
+    if previous is not None and not (isinstance(previous, str) and previous.startswith("sha256:")):
+        add(Finding(path, f"chain link {previous!r} is not an evidence id", check="chain"))
+        return None
+    return previous if isinstance(previous, str) else None
 
 
 def _check_identities(state: _State, fact: _Fact, raw: bytes, add: Callable[[Finding], None]) -> int:

@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from importlib.metadata import EntryPoint, entry_points
-from typing import Any, Literal, Protocol, runtime_checkable
+from typing import Any, Literal
 
 from ..discover import GROUPS, KIND_NOUNS, check
 from ..protocols import DoctorPlugin, PluginManifest
@@ -22,20 +22,9 @@ from .result import Check, Status, error_text
 Health = Literal["loaded", "refused", "failed"]
 
 
-@runtime_checkable
-class _Manifested(Protocol):
-    """What is checked of an agent plugin here: it carries a manifest (its Protocol is the agent's)."""
-
-    manifest: PluginManifest
-
-
-KINDS: dict[str, tuple[str, type]] = {
-    **GROUPS,
-    "agents": ("stella.agents", _Manifested),
-    "doctor": ("stella.doctor", DoctorPlugin),
-}
+KINDS: dict[str, tuple[str, type]] = {**GROUPS, "doctor": ("stella.doctor", DoctorPlugin)}
 """Every plugin kind: its entry point group and the Protocol its objects must satisfy."""
-NOUNS = {**KIND_NOUNS, "agents": "agent", "doctor": "doctor"}
+NOUNS = {**KIND_NOUNS, "doctor": "doctor"}
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,265 @@
+"""`stella agent` end to end: promote -> reconcile -> the agent deploys exactly the lock's digests on a
+real Docker Engine (its own dockerd on a private socket) from the real registry, writes its sticker and a
+deployment record signed with its key, and `audit verify` accepts it; attacks on the way are refused."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from reconciler.sign import generate_key
+from tests.support.busybox_image import push_busybox
+from tests.support.cli import Run, stella
+from tests.support.dockerd import DockerDaemon, start_dockerd
+from tests.support.registry import RegistryServer
+from tests.support.repos import commit_all, git, write_files
+from tests.support.tamper_proxy import TamperProxy
+
+SECRET = "s3cr3t-value-never-written"
+TEMPLATE = """\
+services:
+{% for name, c in components.items() %}
+  {{ name | tojson }}:
+    image: {{ c.pinned }}
+    network_mode: none
+    command: ["/bin/busybox", "sleep", "3600"]
+    stop_grace_period: 1s
+    healthcheck: {test: ["CMD", "/bin/busybox", "true"], interval: 1s}
+    environment:
+{% for key in secrets %}
+      {{ key }}: {{ secret(key) }}
+{% endfor %}
+{% endfor %}
+"""
+
+
+@pytest.fixture(scope="module")
+def engine() -> Iterator[DockerDaemon]:
+    daemon = start_dockerd()
+    try:
+        yield daemon
+    finally:
+        daemon.close()
+
+
+class Site:
+    """A repository with one environment whose target is `engine`, and the keys of its evidence and agent."""
+
+    def __init__(self, root: Path, evidence_key: Path, agent_key: Path, state: Path) -> None:
+        self.root, self.evidence_key, self.agent_key, self.state = root, evidence_key, agent_key, state
+
+    def stella(self, *args: str | Path, env: dict[str, str] | None = None) -> Run:
+        return stella(
+            *args, "--repo", self.root, env={"STELLA_SIGNING_KEY": str(self.evidence_key), **(env or {})}
+        )
+
+    def reconcile(self) -> dict[str, object]:
+        run = self.stella("reconcile", "--once", "-o", "json")
+        assert run.code == 0, run.out + run.err
+        result: dict[str, object] = json.loads(run.out)
+        return result
+
+    def agent(self, root: str, *extra: str, env: dict[str, str] | None = None) -> Run:
+        return stella(
+            "agent",
+            "--target",
+            "web-1",
+            "--repo",
+            self.root,
+            "--key",
+            self.agent_key,
+            "--state-dir",
+            self.state,
+            "--root",
+            root,
+            "-o",
+            "json",
+            *extra,
+            env={"DB_PASSWORD": SECRET, **(env or {})},
+        )
+
+    def show(self, path: str) -> bytes:
+        return subprocess.run(
+            ["git", "cat-file", "blob", f"refs/heads/stella/evidence:{path}"],
+            cwd=self.root,
+            check=True,
+            capture_output=True,
+        ).stdout
+
+
+def make_site(
+    tmp_path: Path, registry: RegistryServer, engine: DockerDaemon, host: str | None = None
+) -> tuple[Site, str]:
+    """A site whose release `shop-1.0` runs `shop/web:1.0`, as served by `host` (default: the registry)."""
+    image = push_busybox(registry.host, tmp_path / "images", "shop/web", "1.0", marker="one")
+    host = host or registry.host
+    root = tmp_path / "repo"
+    keys = tmp_path / "keys"
+    evidence_key, agent_key = keys / "evidence.pem", keys / "agent.pem"
+    generate_key(evidence_key)
+    generate_key(agent_key)
+    write_files(
+        root,
+        {
+            "stella.yaml": "apiVersion: stella/v1\nkind: Settings\ntenant: shop\n",
+            "environments/dev.yaml": (
+                "apiVersion: stella/v1\nkind: Environment\nname: dev\n"
+                "template: templates/shop.compose.yml.j2\n"
+                "secrets: {DB_PASSWORD: env:DB_PASSWORD}\n"
+                f"targets:\n  - {{name: web-1, agent: docker, endpoint: '{engine.endpoint}', project: shopdev}}\n"
+            ),
+            "templates/shop.compose.yml.j2": TEMPLATE,
+            "releases/shop-1.0.yaml": (
+                "apiVersion: stella/v1\nkind: Release\nname: shop-1.0\n"
+                f"components:\n  web: {{image: '{host}/shop/web:1.0'}}\n"
+            ),
+            "promotions/shop-1.0--dev.yaml": (
+                "apiVersion: stella/v1\nkind: Promotion\nrelease: shop-1.0\nenvironment: dev\n"
+            ),
+            "trust/evidence-keys/ci.pub": keys.joinpath("evidence.pem.pub").read_bytes(),
+            "trust/agent-keys/web-1.pub": keys.joinpath("agent.pem.pub").read_bytes(),
+        },
+    )
+    git(root, "init", "-q", "-b", "main")
+    git(root, "config", "user.name", "Requester")
+    git(root, "config", "user.email", "requester@example.com")
+    commit_all(root, "a shop with one target")
+    return Site(root, evidence_key, agent_key, tmp_path / "state"), image
+
+
+@pytest.mark.registry
+def test_the_agent_deploys_exactly_the_lock_and_records_it(
+    tmp_path: Path, registry: RegistryServer, engine: DockerDaemon
+) -> None:
+    site, image = make_site(tmp_path, registry, engine)
+    passed = site.reconcile()
+    genesis = str(passed["ratification"])
+    [outcome] = passed["decisions"]  # type: ignore[misc]
+    assert outcome["decision"] == "allow", outcome
+
+    run = site.agent(genesis)
+    assert run.code == 0, run.out + run.err
+    done = json.loads(run.out)
+    assert done["action"] == "deployed" and done["result"] == "succeeded", done
+
+    # the container runs exactly the pinned digest
+    client = engine.client()
+    try:
+        [container] = client.containers.list(filters={"label": "com.docker.compose.project=shopdev"})
+        assert container.attrs["Config"]["Image"] == image
+        assert image in client.images.get(container.attrs["Image"]).attrs["RepoDigests"]
+    finally:
+        client.close()
+
+    # the sticker, and its mirror on the evidence branch, name the decision and the deployment record
+    sticker = json.loads((site.state / "stella.version.json").read_bytes())
+    assert sticker["decision"] == outcome["evidence"] and sticker["deployment"] == done["deployment"]
+    assert sticker["release"]["components"]["web"]["digest"] == image.partition("@")[2]
+    assert (
+        site.show("targets/dev/web-1/stella.version.json")
+        == (site.state / "stella.version.json").read_bytes()
+    )
+    record = json.loads(site.show(f"evidence/{done['deployment'].removeprefix('sha256:')}.json"))
+    assert record["predicate"]["type"] == "deployment" and record["predicate"]["result"] == "succeeded"
+    assert [c["digest"] for c in record["predicate"]["containers"]] == [image.partition("@")[2]]
+
+    verify = site.stella("audit", "verify", "--root", genesis, "-o", "json")
+    assert verify.code == 0, verify.out
+    verified = json.loads(verify.out)
+    assert verified["verifiedBy"][done["deployment"]].endswith("trust/agent-keys/web-1.pub")
+
+    replay = site.stella("replay", "--all", "-o", "json")
+    assert replay.code == 0, replay.out + replay.err  # the deployment record is checked against its decision
+
+    again = site.agent(genesis)
+    assert again.code == 0 and json.loads(again.out)["action"] == "none", again.out + again.err
+
+    # no secret value anywhere: state dir, evidence branch objects, outputs
+    assert SECRET not in run.out + run.err
+    for path in site.state.rglob("*"):
+        if path.is_file():
+            assert SECRET.encode() not in path.read_bytes(), path
+    objects = subprocess.run(
+        ["git", "log", "-p", "--all"], cwd=site.root, capture_output=True, check=True
+    ).stdout
+    assert SECRET.encode() not in objects
+
+
+@pytest.mark.registry
+def test_a_registry_serving_other_bytes_for_the_digest_fails_the_deployment_and_starts_nothing(
+    tmp_path: Path, registry: RegistryServer, engine: DockerDaemon
+) -> None:
+    pinned = push_busybox(registry.host, tmp_path / "one", "shop/web", "1.0", marker="one").partition("@")[2]
+    other = push_busybox(registry.host, tmp_path / "two", "shop/web", "2.0", marker="two").partition("@")[2]
+    with TamperProxy(registry.host, pinned, other) as proxy:
+        site, _ = make_site(tmp_path, registry, engine, host=proxy.host)
+        genesis = str(site.reconcile()["ratification"])
+        run = site.agent(genesis)
+        assert run.code == 1, run.out + run.err
+        done = json.loads(run.out)
+        assert done["action"] == "failed" and pinned in done["reason"], done
+        assert proxy.tampered >= 1
+    assert not (site.state / "stella.version.json").exists()  # the sticker did not move
+    client = engine.client()
+    try:
+        assert client.containers.list(all=True, filters={"label": "com.docker.compose.project=shopdev"}) == []
+    finally:
+        client.close()
+    record = json.loads(site.show(f"evidence/{done['deployment'].removeprefix('sha256:')}.json"))
+    assert record["predicate"]["result"] == "failed"
+    assert [s["stage"] for s in record["predicate"]["steps"]] == ["pull"]
+    verify = site.stella("audit", "verify", "--root", genesis)
+    assert verify.code == 0, verify.out
+    skipped = site.agent(genesis)
+    assert skipped.code == 1 and json.loads(skipped.out)["action"] == "skipped", skipped.out
+
+
+@pytest.mark.registry
+def test_an_agent_refuses_a_chain_that_does_not_start_at_its_root(
+    tmp_path: Path, registry: RegistryServer, engine: DockerDaemon
+) -> None:
+    site, _ = make_site(tmp_path, registry, engine)
+    site.reconcile()
+    run = site.agent("sha256:" + "0" * 64)
+    assert run.code == 2 and "not at the pinned root" in run.err, run.out + run.err
+    assert not (site.state / "stella.version.json").exists()
+
+
+@pytest.mark.registry
+def test_a_key_the_policy_does_not_hold_for_the_target_deploys_nothing(
+    tmp_path: Path, registry: RegistryServer, engine: DockerDaemon
+) -> None:
+    site, _ = make_site(tmp_path, registry, engine)
+    genesis = str(site.reconcile()["ratification"])
+    stranger = tmp_path / "stranger.pem"
+    generate_key(stranger)
+    shutil.copy(stranger, site.agent_key)
+    run = site.agent(genesis)
+    assert run.code == 2 and "trust/agent-keys/web-1.pub" in run.err, run.out + run.err
+    assert not (site.state / "stella.version.json").exists()
+    client = engine.client()
+    try:
+        assert client.containers.list(all=True, filters={"label": "com.docker.compose.project=shopdev"}) == []
+    finally:
+        client.close()
+
+
+@pytest.fixture(autouse=True)
+def _clean_engine(engine: DockerDaemon) -> Iterator[None]:
+    yield
+    client = engine.client()
+    try:
+        for container in client.containers.list(all=True):
+            container.remove(force=True)
+    finally:
+        client.close()
+
+
+def test_the_agent_command_says_what_it_needs() -> None:
+    run = stella("agent", "--target", "web-1")
+    assert run.code == 2 and "--key" in run.err
