@@ -16,6 +16,7 @@ from reconciler.sign import generate_key
 from tests.support.busybox_image import push_busybox
 from tests.support.cli import Run, stella
 from tests.support.dockerd import DockerDaemon, start_dockerd
+from tests.support.gitdaemon import start_git_daemon
 from tests.support.registry import RegistryServer
 from tests.support.repos import commit_all, git, write_files
 from tests.support.tamper_proxy import TamperProxy
@@ -263,3 +264,77 @@ def _clean_engine(engine: DockerDaemon) -> Iterator[None]:
 def test_the_agent_command_says_what_it_needs() -> None:
     run = stella("agent", "--target", "web-1")
     assert run.code == 2 and "--key" in run.err
+
+
+@pytest.mark.registry
+def test_over_git_daemon_the_hook_takes_the_agents_record_and_refuses_a_forged_one(
+    tmp_path: Path, registry: RegistryServer, engine: DockerDaemon
+) -> None:
+    site, _ = make_site(tmp_path, registry, engine)
+    genesis = str(site.reconcile()["ratification"])
+    served = start_git_daemon(tmp_path / "served")
+    try:
+        bare = served.base / "origin.git"
+        git(served.base, "init", "-q", "--bare", "-b", "main", str(bare))
+        assert stella("hook", "install", bare).code == 0
+        push = subprocess.run(
+            ["git", "push", "-q", served.url("origin.git"), "main", "refs/heads/stella/evidence"],
+            cwd=site.root,
+            capture_output=True,
+            text=True,
+        )
+        assert push.returncode == 0, push.stderr
+        run = stella(
+            "agent", "--target", "web-1", "--repo", served.url("origin.git"), "--key", site.agent_key,
+            "--state-dir", site.state, "--root", genesis, "-o", "json", env={"DB_PASSWORD": SECRET},
+        )  # fmt: skip
+        assert run.code == 0, run.out + run.err
+        deployment = json.loads(run.out)["deployment"]
+        landed = git(bare, "ls-tree", "-r", "--name-only", "refs/heads/stella/evidence")
+        assert f"evidence/{deployment.removeprefix('sha256:')}.json" in landed.splitlines()
+
+        # someone with push access forges a deployment record signed with their own key: refused
+        clone = tmp_path / "attacker"
+        git(tmp_path, "clone", "-q", str(bare), str(clone))
+        git(clone, "fetch", "-q", "origin", "refs/heads/stella/evidence:refs/heads/stella/evidence")
+        forged = json.loads(
+            git(bare, "cat-file", "blob", f"refs/heads/stella/evidence:evidence/{deployment[7:]}.json")
+        )
+        forged["predicate"]["result"] = "succeeded"
+        forged["predicate"]["reason"] = "forged"
+        from reconciler.evidence import canonical, sha256_hex
+        from reconciler.sign import KeySigner, load_private_key
+
+        stranger = tmp_path / "stranger.pem"
+        generate_key(stranger)
+        body = canonical(forged)
+        hex_id = sha256_hex(body)
+        git(clone, "checkout", "-q", "refs/heads/stella/evidence")
+        write_files(
+            clone,
+            {
+                f"evidence/{hex_id}.json": body,
+                f"evidence/{hex_id}.sigstore.json": KeySigner(load_private_key(stranger)).sign(body),
+            },
+        )
+        git(clone, "add", "-A")
+        git(
+            clone,
+            "-c",
+            "user.name=Attacker",
+            "-c",
+            "user.email=attacker@example.com",
+            "commit",
+            "-qm",
+            "forge",
+        )
+        attempt = subprocess.run(
+            ["git", "push", "origin", "HEAD:refs/heads/stella/evidence"],
+            cwd=clone,
+            capture_output=True,
+            text=True,
+        )
+        assert attempt.returncode != 0 and "unknown key" in attempt.stderr, attempt.stderr
+        assert git(bare, "rev-parse", "refs/heads/stella/evidence") != git(clone, "rev-parse", "HEAD")
+    finally:
+        served.stop()
