@@ -14,20 +14,22 @@ calls. No printing: the CLI reports the `AgentRun` returned.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import logging
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
-from ..errors import InvalidInput
+from ..errors import InvalidInput, Transient
 from ..evidence import canonical, sha256_hex
 from ..ledger import rfc3339
 from ..protocols import AgentPlugin, Signer
 from ..render import lock_images
-from .apply import apply
+from .apply import Applied, apply
 from .desired import Desired, read_desired
 from .mirror import Mirror
 from .record import deployment_statement, push_pending, stage
@@ -66,6 +68,8 @@ class AgentRun:
     """The deployment record written by this run."""
     pushed: list[str] = field(default_factory=list)
     """Records staged by an earlier run that this run pushed."""
+    unreachable: bool = False
+    """The engine could not be reached: the failure is recorded, and the decision tried again next run."""
 
 
 def run_once(
@@ -78,7 +82,31 @@ def run_once(
 ) -> AgentRun:
     """One agent run (see the module docstring)."""
     options.state_dir.mkdir(parents=True, exist_ok=True)
+    with _only_run(options.state_dir):
+        return _run(options, agents, signer, signer_hint, environ, now)
+
+
+@contextmanager
+def _only_run(state_dir: Path) -> Iterator[None]:
+    """Hold the state directory for this run: two agents sharing one would deploy over each other."""
+    with open(state_dir / "agent.lock", "a") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError as exc:
+            raise InvalidInput(f"{state_dir}: another agent is running with this state directory") from exc
+        yield
+
+
+def _run(
+    options: AgentOptions,
+    agents: Callable[[str], AgentPlugin],
+    signer: Signer,
+    signer_hint: str | None,
+    environ: Mapping[str, str],
+    now: Callable[[], datetime],
+) -> AgentRun:
     mirror = Mirror(options.state_dir, options.url, options.ref)
+    mirror.clear_stale_locks()
     outcome = AgentRun(options.target)
     outcome.pushed = push_pending(mirror, options.state_dir)
     head = mirror.fetch()
@@ -125,19 +153,23 @@ def _deploy(
     assert desired.decision is not None and desired.lock is not None
     decision, lock = desired.decision, desired.lock
     started = now()
-    engine = plugin.open(desired.target, environ)
+    unreachable = False
     try:
-        applied = apply(
-            engine,
-            project=desired.target.project,
-            lock=lock,
-            state_dir=options.state_dir,
-            environment=desired.environment,
-            environ=environ,
-            timeout=options.timeout,
-        )
-    finally:
-        engine.close()
+        engine = plugin.open(desired.target, environ)
+        try:
+            applied = apply(
+                engine,
+                project=desired.target.project,
+                lock=lock,
+                state_dir=options.state_dir,
+                environment=desired.environment,
+                environ=environ,
+                timeout=options.timeout,
+            )
+        finally:
+            engine.close()
+    except Transient as exc:  # the engine is not there: recorded, and tried again next run
+        applied, unreachable = Applied(reason=str(exc)), True
     completed = now()
     result = "succeeded" if applied.ok else "failed"
     release = {"id": decision.release_id, "name": decision.release_name}
@@ -181,8 +213,9 @@ def _deploy(
     stage(options.state_dir, statement, signer, pointer, desired.target)
     if applied.ok and new_sticker is not None:
         write_sticker(options.state_dir, new_sticker)
-    else:
+    elif not unreachable:
         remember_failed(options.state_dir, decision.evidence, applied.reason)
+    outcome.unreachable = unreachable
     outcome.action = "deployed" if applied.ok else "failed"
     outcome.result, outcome.reason, outcome.deployment = result, applied.reason, deployment
 

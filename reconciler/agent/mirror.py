@@ -10,6 +10,7 @@ re-fetches and commits its files again on the new head); any other failure is `T
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 from pathlib import Path
@@ -43,6 +44,13 @@ class Mirror:
             raise Transient(f"{what} {self.url}: no answer within {GIT_TIMEOUT:g}s") from exc
         except OSError as exc:
             raise Transient(f"{what} {self.url}: cannot run git: {exc}") from exc
+
+    def clear_stale_locks(self) -> None:
+        """Remove the lock files a killed run left in the mirror. Only call it holding the state
+        directory's lock (`agent.lock`): then no other process writes the mirror, and every lock is stale."""
+        for lock in self.path.rglob("*.lock") if self.path.is_dir() else []:
+            with contextlib.suppress(OSError):
+                lock.unlink()
 
     def fetch(self) -> str | None:
         """Bring the mirror's evidence ref up to the source's; its head (None: the source has none)."""

@@ -14,7 +14,7 @@ import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ._app import NOT_OK, OK, Parser, Register, Subcommands, Usage, emit, err, say
+from ._app import NOT_OK, OK, TRANSIENT, Parser, Register, Subcommands, Usage, emit, err, say
 
 if TYPE_CHECKING:
     from ..agent import AgentRun
@@ -53,6 +53,7 @@ def _run_json(run: AgentRun) -> dict[str, Any]:
         "reason": run.reason,
         "deployment": run.deployment,
         "pushed": run.pushed,
+        "unreachable": run.unreachable,
     }
 
 
@@ -101,6 +102,8 @@ def cmd_agent(args: argparse.Namespace) -> int:
     if args.interval is None:
         result = once()
         emit(args, _run_json(result), lambda: _print_run(result))
+        if result.unreachable:
+            return TRANSIENT
         return NOT_OK if result.action in ("failed", "skipped") else OK
     if args.interval <= 0:
         raise Usage("--interval must be a positive number of seconds")

@@ -65,17 +65,14 @@ class Site:
         result: dict[str, object] = json.loads(run.out)
         return result
 
-    def agent(self, root: str, *extra: str, env: dict[str, str] | None = None) -> Run:
+    def agent_argv(self, root: str, target: str = "web-1") -> list[str | Path]:
+        key = self.agent_key if target == "web-1" else self.agent_key.with_name(f"{target}.pem")
+        state = self.state if target == "web-1" else self.state.with_name(f"state-{target}")
+        return ["agent", "--target", target, "--repo", self.root, "--key", key, "--state-dir", state]
+
+    def agent(self, root: str, *extra: str, env: dict[str, str] | None = None, target: str = "web-1") -> Run:
         return stella(
-            "agent",
-            "--target",
-            "web-1",
-            "--repo",
-            self.root,
-            "--key",
-            self.agent_key,
-            "--state-dir",
-            self.state,
+            *self.agent_argv(root, target),
             "--root",
             root,
             "-o",
@@ -93,10 +90,20 @@ class Site:
         ).stdout
 
 
+def _agent_key(keys: Path, name: str) -> bytes:
+    generate_key(keys / f"{name}.pem")
+    return keys.joinpath(f"{name}.pem.pub").read_bytes()
+
+
 def make_site(
-    tmp_path: Path, registry: RegistryServer, engine: DockerDaemon, host: str | None = None
+    tmp_path: Path,
+    registry: RegistryServer,
+    engine: DockerDaemon,
+    host: str | None = None,
+    more: tuple[tuple[str, DockerDaemon], ...] = (),
 ) -> tuple[Site, str]:
-    """A site whose release `shop-1.0` runs `shop/web:1.0`, as served by `host` (default: the registry)."""
+    """A site whose release `shop-1.0` runs `shop/web:1.0`, as served by `host` (default: the registry),
+    on target web-1 of `engine`, and on each (target, engine) of `more` (project `shop<target>`)."""
     image = push_busybox(registry.host, tmp_path / "images", "shop/web", "1.0", marker="one")
     host = host or registry.host
     root = tmp_path / "repo"
@@ -113,6 +120,10 @@ def make_site(
                 "template: templates/shop.compose.yml.j2\n"
                 "secrets: {DB_PASSWORD: env:DB_PASSWORD}\n"
                 f"targets:\n  - {{name: web-1, agent: docker, endpoint: '{engine.endpoint}', project: shopdev}}\n"
+                + "".join(
+                    f"  - {{name: {name}, agent: docker, endpoint: '{other.endpoint}', project: shop{name}}}\n"
+                    for name, other in more
+                )
             ),
             "templates/shop.compose.yml.j2": TEMPLATE,
             "releases/shop-1.0.yaml": (
@@ -124,6 +135,7 @@ def make_site(
             ),
             "trust/evidence-keys/ci.pub": keys.joinpath("evidence.pem.pub").read_bytes(),
             "trust/agent-keys/web-1.pub": keys.joinpath("agent.pem.pub").read_bytes(),
+            **{f"trust/agent-keys/{name}.pub": _agent_key(keys, name) for name, _ in more},
         },
     )
     git(root, "init", "-q", "-b", "main")
