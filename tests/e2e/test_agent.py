@@ -186,6 +186,20 @@ def test_the_agent_deploys_exactly_the_lock_and_records_it(
     verified = json.loads(verify.out)
     assert verified["verifiedBy"][done["deployment"]].endswith("trust/agent-keys/web-1.pub")
 
+    # an independent verifier (sigstore-js, tests/js) accepts the record's bundle given the agent's key
+    bundle = tmp_path / "deployment.sigstore.json"
+    bundle.write_bytes(site.show(f"evidence/{done['deployment'].removeprefix('sha256:')}.sigstore.json"))
+    js = Path(__file__).resolve().parents[1] / "js" / "verify-bundle.js"
+    node = shutil.which("node")
+    assert node is not None, "node is not installed: run `make setup`"
+    independent = subprocess.run(
+        [node, str(js), str(bundle), str(site.agent_key.with_name("agent.pem.pub"))],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert independent.returncode == 0, independent.stdout + independent.stderr
+
     replay = site.stella("replay", "--all", "-o", "json")
     assert replay.code == 0, replay.out + replay.err  # the deployment record is checked against its decision
 
