@@ -98,16 +98,6 @@ def _clean(step: DeployStep, secrets: Mapping[str, str]) -> DeployStep:
     )
 
 
-def expected_digests(lock: bytes) -> dict[str, str]:
-    """Image repository -> digest for every image the lock runs."""
-    out = {}
-    for image in render.lock_images(lock):
-        ref = parse(image)
-        if ref.digest is not None:
-            out[image] = ref.digest
-    return out
-
-
 def apply(
     engine: Engine,
     *,
@@ -126,7 +116,7 @@ def apply(
         step = _clean(engine.pull(image), secrets)
         applied.steps.append(step)
         if not step.ok:
-            applied.reason = f"pulling {image} failed: {_first_line(step.output)}"
+            applied.reason = f"pulling {image} failed: {_last_line(step.output)}"
             return applied
     path = lock_path(state_dir, lock)
     step = _clean(engine.up(project, path, secrets, timeout), secrets)
@@ -146,7 +136,7 @@ def apply(
         )
     )
     if not step.ok:
-        applied.reason = f"compose up failed: {_first_line(step.output)}"
+        applied.reason = f"compose up failed: {_last_line(step.output)}"
         return applied
     if wrong:
         applied.reason = "; ".join(
@@ -160,6 +150,6 @@ def apply(
     return applied
 
 
-def _first_line(text: str) -> str:
+def _last_line(text: str) -> str:
     lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
     return lines[-1] if lines else "no output"
