@@ -22,17 +22,21 @@ Each check is a `Check` (name, status `ok` | `warn` | `fail`, message, details),
 - `clock`: the system clock is not before the newest evidence decision.
 - `evidence`: the evidence ref exists, and the chain head each environment pointer names is present
   (cheap: `stella audit verify` is the full audit).
+- `agents` (only when some environment has `targets:`): each target's agent plugin is installed and
+  usable here, the ratified policy holds its agent key `trust/agent-keys/<target>.pub` (a P-256 public
+  key), and its engine answers when it is a unix socket on this machine (or `STELLA_DOCTOR_ENGINE=1`).
 - third-party checks from the `stella.doctor` entry point group, each isolated: a check that raises,
   hangs or returns nonsense is a `fail`, never a crash.
 
 The modules, by concern: `result` (the `Check` and `Diagnosis` types), `driver` (runs them all),
 `repository` (repository, manifests, Git access), `plugins` and `usage` (installed plugins, the ones
 in use, offline mode), `registries`, `trust` (policy, keys, allowed signers), `evidence` (clock and
-chain heads), `third_party`.
+chain heads), `agents` (deployment targets), `third_party`.
 
 What it must not do: write anything (not the repository, not the evidence index cache; ssh-keygen gets
 a temporary directory of its own), or print (`cli.py` shows the result). Its only network access is
-through registry plugins' `ping()`, never in offline mode; it knows no registry host or protocol.
+through registry plugins' `ping()` and, when asked, agent plugins' engines, never in offline mode; it
+knows no registry host, engine or protocol.
 """
 
 from __future__ import annotations

@@ -4,7 +4,7 @@
 a `fail` naming it, so one broken check never hides the others.
 
 Must not: print, exit or write anything; reach the network other than through a registry plugin's
-`ping()` (never in offline mode).
+`ping()` or, when asked (`STELLA_DOCTOR_ENGINE=1`), an agent plugin's engine (never in offline mode).
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 
+from .agents import agents_check, has_targets
 from .evidence import EvidenceState, clock_check, evidence_check, read_evidence
 from .plugins import plugins_check, scan_plugins
 from .registries import registries_check
@@ -83,6 +84,14 @@ def diagnose(
             evidence = EvidenceState(None, [f"cannot read {ref}: {error_text(exc)}"])
         checks.append(clock_check(evidence, moment))
         checks.append(evidence_check(evidence, ref))
+    if tree is not None and state.repository is not None and has_targets(state.repository):
+        repository = state.repository
+        checks.append(
+            _safely(
+                "agents",
+                lambda: agents_check(repository, tree, governed, plugins, environ, offline=bool(offline_why)),
+            )
+        )
     checks.extend(third_party_checks(plugins, path))
     return Diagnosis(checks, plugins)
 
