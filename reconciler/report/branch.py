@@ -1,8 +1,9 @@
 """What the report reads of the evidence branch before any page: an index, timelines and pointers.
 
 `read_index()` keeps one small `Entry` per record (a few short strings), enough to order each
-environment's timeline, link records across pages and attach findings; the records themselves are
-read again only while their page is written (`records`).
+environment's timeline (and each target's: deployment records are chained per target), link records
+across pages and attach findings; the records themselves are read again only while their page is
+written (`records`, `deployments`).
 
 Must not: hold whole records in memory, render anything, or write to the repository.
 """
@@ -15,7 +16,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from ..ledger import Ledger, pointer_path
+from ..ledger import DEPLOYMENT_TYPES, Ledger, pointer_path, target_chain
 from .values import EVIDENCE_ID, as_dict, dicts, hex_of, href, text
 
 if TYPE_CHECKING:
@@ -38,6 +39,15 @@ class Entry:
     inputs: str | None
     artifacts: tuple[str, ...]
     release: str | None
+    target: str | None = None
+    """A deployment record's target (its chain is the target's, on its environment's page)."""
+    result: str | None = None
+    """A deployment record's result (`succeeded`, `failed`, or what it says)."""
+
+    @property
+    def chain(self) -> str:
+        """The timeline the record is on: its environment's, or its target's (`ledger.target_chain`)."""
+        return self.environment if self.target is None else target_chain(self.environment, self.target)
 
 
 def read_index(tree: GitTree) -> dict[str, Entry]:
@@ -54,6 +64,7 @@ def read_index(tree: GitTree) -> dict[str, Entry]:
         env = text(predicate.get("environment")) or UNKNOWN_ENVIRONMENT
         previous = hex_of(predicate.get("previous"))
         inputs = as_dict(predicate.get("inputs")).get("sha256")
+        target = _target(predicate, env)
         entries[hex_id] = Entry(
             hex=hex_id,
             environment=env,
@@ -62,8 +73,18 @@ def read_index(tree: GitTree) -> dict[str, Entry]:
             inputs=inputs if isinstance(inputs, str) else None,
             artifacts=tuple(text(a.get("sha256")) for a in dicts(predicate.get("artifacts"))),
             release=text(as_dict(predicate.get("release")).get("name")) or None,
+            target=target,
+            result=text(predicate.get("result")) if target is not None else None,
         )
     return entries
+
+
+def _target(predicate: dict[str, Any], env: str) -> str | None:
+    """The target whose chain holds a deployment record (None: not one, or one naming no target)."""
+    if predicate.get("type") not in DEPLOYMENT_TYPES or env == UNKNOWN_ENVIRONMENT:
+        return None
+    name = as_dict(predicate.get("target")).get("name")
+    return name if isinstance(name, str) and name else None
 
 
 def _predicate(raw: bytes | None) -> dict[str, Any]:
@@ -75,7 +96,8 @@ def _predicate(raw: bytes | None) -> dict[str, Any]:
 
 
 def timelines(entries: Mapping[str, Entry]) -> dict[str, list[str]]:
-    """Each environment's record ids, newest first: by position in the chain, then time, then id."""
+    """Each chain's record ids (an environment's, a target's: `Entry.chain`), newest first: by position
+    in the chain, then time, then id."""
     depth: dict[str, int] = {}
     for start in entries:
         path: list[str] = []
@@ -86,11 +108,7 @@ def timelines(entries: Mapping[str, Entry]) -> dict[str, list[str]]:
             seen.add(current)
             entry = entries[current]
             previous = entry.previous
-            if (
-                previous is None
-                or previous not in entries
-                or entries[previous].environment != entry.environment
-            ):
+            if previous is None or previous not in entries or entries[previous].chain != entry.chain:
                 current = None
             else:
                 current = previous
@@ -99,7 +117,7 @@ def timelines(entries: Mapping[str, Entry]) -> dict[str, list[str]]:
             depth[hex_id] = base + offset
     found: dict[str, list[str]] = {}
     for entry in entries.values():
-        found.setdefault(entry.environment, []).append(entry.hex)
+        found.setdefault(entry.chain, []).append(entry.hex)
     for hexes in found.values():
         hexes.sort(key=lambda h: (depth[h], entries[h].decided_at, h), reverse=True)
     return found
@@ -138,8 +156,9 @@ def pointer(tree: GitTree, env: str, entries: Mapping[str, Entry]) -> dict[str, 
     }
 
 
-def link(evidence_id: str, entries: Mapping[str, Entry], here: str) -> dict[str, Any]:
-    """An evidence id, with a link to its record when the record is on the branch."""
+def link(evidence_id: str, entries: Mapping[str, Entry], here: str | None) -> dict[str, Any]:
+    """An evidence id, with a link to its record when the record is on the branch (from the page of
+    `here`; None: from the index)."""
     match = EVIDENCE_ID.match(evidence_id)
     if match and match.group(1) in entries:
         hex_id = match.group(1)

@@ -2,7 +2,8 @@
 
 A finding names a file; the record it concerns is the one that file belongs to (a statement or its
 bundle), or every record that uses it (inputs, artifacts, a release lock); a pointer file concerns its
-environment. The result tells each page which findings to show and which records to highlight.
+environment, a target's pointer (`targets/<env>/<target>/`) that target. The result tells each page
+which findings to show and which records to highlight.
 
 Must not: judge the evidence (that is `audit.verify`'s job) or read the branch.
 """
@@ -14,6 +15,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from ..ledger import target_chain
 from .values import href, short
 
 if TYPE_CHECKING:
@@ -25,6 +27,7 @@ _INPUTS_FILE = re.compile(r"^inputs/([0-9a-f]{64})\.json$")
 _ARTIFACT_FILE = re.compile(r"^artifacts/([0-9a-f]{64})/")
 _RELEASE_FILE = re.compile(r"^releases/(.+)\.json$")
 _POINTER_FILE = re.compile(r"^environments/([^/]+)/")
+_TARGET_FILE = re.compile(r"^targets/([^/]+)/([^/]+)/")
 
 
 @dataclass
@@ -33,6 +36,8 @@ class Attached:
 
     by_record: dict[str, list[int]] = field(default_factory=dict)
     by_environment: dict[str, list[int]] = field(default_factory=dict)
+    by_target: dict[str, list[int]] = field(default_factory=dict)
+    """target chain (`ledger.target_chain`) -> the findings on that target's pointer."""
     targets: dict[int, list[tuple[str, str]]] = field(default_factory=dict)
     """finding index -> (environment, record hex) of every record it concerns."""
 
@@ -59,6 +64,8 @@ def attach(findings: list[Finding], entries: Mapping[str, Entry]) -> Attached:
             hexes = users.get(("release", match.group(1)), [])
         elif match := _POINTER_FILE.match(finding.file):
             attached.by_environment.setdefault(match.group(1), []).append(i)
+        elif match := _TARGET_FILE.match(finding.file):
+            attached.by_target.setdefault(target_chain(match.group(1), match.group(2)), []).append(i)
         for hex_id in sorted(hexes):
             attached.by_record.setdefault(hex_id, []).append(i)
             attached.targets.setdefault(i, []).append((entries[hex_id].environment, hex_id))

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import json
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
 from ..ledger import Ledger
@@ -37,37 +37,41 @@ def read_records(
     attached: Attached,
     findings: list[Finding],
     env: str,
+    view: Callable[[str, dict[str, Any], str], dict[str, Any]] | None = None,
 ) -> Iterator[dict[str, Any]]:
-    """The records of one page, read one at a time (the template consumes them as they come)."""
+    """The records of one page, read one at a time (the template consumes them as they come).
+
+    `view` turns a statement into what the page shows of it (default: `record_view`, a decision's)."""
+    view_of = view or record_view
     for position, hex_id in enumerate(hexes, start=1):
         raw = Ledger(tree).statement_raw(hex_id)
         statement: Any = None
         with contextlib.suppress(ValueError):
             statement = json.loads(raw or b"")
         del raw
-        view = record_view(hex_id, statement if isinstance(statement, dict) else {}, env)
-        view["position"] = position
-        view["hint"] = key_hint(Ledger(tree).bundle(hex_id))
+        shown = view_of(hex_id, statement if isinstance(statement, dict) else {}, env)
+        shown["position"] = position
+        shown["hint"] = key_hint(Ledger(tree).bundle(hex_id))
         previous = entries[hex_id].previous
         if previous is None:
-            view["previous"] = None
+            shown["previous"] = None
         elif previous in entries:
-            view["previous"] = {
+            shown["previous"] = {
                 "href": href(entries[previous].environment, previous, env),
                 "label": short(f"sha256:{previous}"),
                 "environment": entries[previous].environment,
             }
         else:
-            view["previous"] = {"href": None, "label": short(f"sha256:{previous}"), "environment": None}
-        view["next"] = [
+            shown["previous"] = {"href": None, "label": short(f"sha256:{previous}"), "environment": None}
+        shown["next"] = [
             {"href": href(entries[h].environment, h, env), "label": short(f"sha256:{h}")}
             for h in sorted(children.get(hex_id, []))
         ]
-        view["findings"] = [
+        shown["findings"] = [
             finding_view(findings[i], attached.targets.get(i, []), env)
             for i in attached.by_record.get(hex_id, [])
         ]
-        yield view
+        yield shown
 
 
 def record_view(hex_id: str, statement: dict[str, Any], env: str) -> dict[str, Any]:

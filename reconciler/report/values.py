@@ -25,6 +25,13 @@ def page_name(environment: str) -> str:
     return f"env--{hashlib.sha256(environment.encode('utf-8', 'replace')).hexdigest()[:16]}.html"
 
 
+def target_anchor(target: str) -> str:
+    """The anchor of a target's section on its environment's page (hashed for unchecked names)."""
+    if _SAFE_NAME.match(target):
+        return f"t-{target}"
+    return f"t--{hashlib.sha256(target.encode('utf-8', 'replace')).hexdigest()[:16]}"
+
+
 def href(env: str, hex_id: str, here: str | None) -> str:
     """A link to record `hex_id` of `env`, from the page of `here` (None: from the index)."""
     anchor = f"#r-{hex_id}"
@@ -53,6 +60,11 @@ def text(value: Any) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
     return json.dumps(value, sort_keys=True, ensure_ascii=False)
+
+
+def one_component(name: str) -> bool:
+    """Whether a name from the evidence can be one path component (it is read as a file name)."""
+    return bool(name) and "/" not in name and name not in (".", "..")
 
 
 def hex_of(evidence_id: Any) -> str | None:
