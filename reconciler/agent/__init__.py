@@ -68,6 +68,8 @@ class AgentRun:
     """The deployment record written by this run."""
     pushed: list[str] = field(default_factory=list)
     """Records staged by an earlier run that this run pushed."""
+    refused: list[str] = field(default_factory=list)
+    """Staged records the source's hook refused outright (kept under `refused/`, with why)."""
     unreachable: bool = False
     """The engine could not be reached: the failure is recorded, and the decision tried again next run."""
 
@@ -108,7 +110,7 @@ def _run(
     mirror = Mirror(options.state_dir, options.url, options.ref)
     mirror.clear_stale_locks()
     outcome = AgentRun(options.target)
-    outcome.pushed = push_pending(mirror, options.state_dir)
+    outcome.pushed, outcome.refused = push_pending(mirror, options.state_dir)
     head = mirror.fetch()
     if head is None:
         raise InvalidInput(f"{options.url}: has no {options.ref}: nothing has been decided yet")
@@ -136,7 +138,9 @@ def _run(
         )
         return outcome
     _deploy(options, agents(desired.agent), signer, environ, now, desired, sticker, outcome)
-    outcome.pushed += push_pending(mirror, options.state_dir)
+    pushed, refused = push_pending(mirror, options.state_dir)
+    outcome.pushed += pushed
+    outcome.refused += refused
     return outcome
 
 

@@ -19,7 +19,21 @@ from ..errors import InvalidInput, Transient
 from ..repo import RaceLost, Repo
 
 GIT_TIMEOUT = float(os.environ.get("STELLA_GIT_TIMEOUT", "120"))
-_REJECTED = ("[rejected]", "non-fast-forward", "fetch first", "stale info", "failed to update ref")
+_REJECTED = (
+    "[rejected]",
+    "[remote rejected]",
+    "non-fast-forward",
+    "fetch first",
+    "stale info",
+    "failed to update ref",
+)
+_DECLINED = ("hook declined",)
+"""The source's pre-receive hook refused the commit (a ref that moved meanwhile is a race, not this)."""
+
+
+class PushRefused(InvalidInput):
+    """The source refused the commit itself (its pre-receive hook declined it): pushing it again will
+    not help."""
 
 
 class Mirror:
@@ -87,6 +101,11 @@ class Mirror:
         if done.returncode == 0:
             return
         text = done.stdout + done.stderr
+        if any(marker in text for marker in _DECLINED):
+            reasons = [
+                line.removeprefix("remote:").strip() for line in text.splitlines() if "rejected:" in line
+            ]
+            raise PushRefused(f"{self.url} refused the record: {'; '.join(reasons) or _last_line(text)}")
         if any(marker in text for marker in _REJECTED):
             raise RaceLost(self.ref)
         raise Transient(f"pushing to {self.url}: {_last_line(text)}")

@@ -13,6 +13,7 @@ this target's agent writes this target's chain, so the record stays valid.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 from collections.abc import Mapping
@@ -33,10 +34,13 @@ from ..protocols import AgentTarget, DeployStep, RunningContainer, Signer
 from ..render import LOCK_FILE
 from ..repo import RaceLost
 from ..version import __version__
-from .mirror import Mirror
+from .mirror import Mirror, PushRefused
+
+log = logging.getLogger(__name__)
 
 MAX_PUSHES = 10
 PENDING = "pending"
+REFUSED = "refused"
 OUTGOING = "refs/stella/outgoing"
 """Where the mirror keeps the commit it is about to push (its evidence ref moves only by fetching)."""
 
@@ -123,22 +127,34 @@ def stage(state_dir: Path, statement: bytes, signer: Signer, sticker: bytes, tar
     return f"sha256:{hex_id}"
 
 
-def push_pending(mirror: Mirror, state_dir: Path) -> list[str]:
-    """Push every staged record not on the source yet, oldest first; the ids pushed."""
+def push_pending(mirror: Mirror, state_dir: Path) -> tuple[list[str], list[str]]:
+    """Push every staged record not on the source yet, oldest first; (ids pushed, ids refused). A record
+    the source refuses outright (its hook declines it) is moved to `refused/` with why, and logged."""
     root = state_dir / PENDING
     if not root.is_dir():
-        return []
-    pushed = []
+        return [], []
+    pushed: list[str] = []
+    refused: list[str] = []
     for directory in sorted(root.iterdir(), key=lambda p: p.stat().st_mtime):
         staged = directory / "files.json"
         if not staged.is_file():  # a crash while signing: nothing of it was deployed as recorded
             shutil.rmtree(directory)
             continue
         files = {path: text.encode() for path, text in json.loads(staged.read_text()).items()}
-        _push(mirror, files, f"stella agent: deployment record sha256:{directory.name}\n")
+        try:
+            _push(mirror, files, f"stella agent: deployment record sha256:{directory.name}\n")
+        except PushRefused as exc:
+            log.error("deployment record sha256:%s: %s", directory.name, exc)
+            kept = state_dir / REFUSED / directory.name
+            kept.parent.mkdir(parents=True, exist_ok=True)
+            (directory / "refused.txt").write_text(f"{exc}\n")
+            shutil.rmtree(kept, ignore_errors=True)
+            directory.rename(kept)
+            refused.append(f"sha256:{directory.name}")
+            continue
         shutil.rmtree(directory)
         pushed.append(f"sha256:{directory.name}")
-    return pushed
+    return pushed, refused
 
 
 def _push(mirror: Mirror, files: Mapping[str, bytes], message: str) -> None:

@@ -1,7 +1,8 @@
 """`stella agent`: run one target's deployment agent, once or on an interval (DESIGN §9).
 
 Exit codes: 0 the target runs what the evidence says (deployed now, or already); 1 the deployment failed
-(a record says why) or was skipped as failed before; 2 invalid input (a chain that does not start at the
+(a record says why) or was skipped as failed before, or the source refused a record (kept under
+`refused/`); 2 invalid input (a chain that does not start at the
 pinned root, a target or agent key the policy in force does not hold, a bad key file); 3 the source or
 the engine could not be reached. The agent loop and the plugins are imported only when it runs.
 """
@@ -53,6 +54,7 @@ def _run_json(run: AgentRun) -> dict[str, Any]:
         "reason": run.reason,
         "deployment": run.deployment,
         "pushed": run.pushed,
+        "refused": run.refused,
         "unreachable": run.unreachable,
     }
 
@@ -65,6 +67,8 @@ def _print_run(run: AgentRun) -> None:
     )
     if run.deployment:
         say(f"deployment record {run.deployment} ({run.result})")
+    for refused in run.refused:
+        say(f"deployment record {refused} refused by the source: kept under refused/ in the state directory")
 
 
 def _source(repo: str) -> str:
@@ -104,7 +108,7 @@ def cmd_agent(args: argparse.Namespace) -> int:
         emit(args, _run_json(result), lambda: _print_run(result))
         if result.unreachable:
             return TRANSIENT
-        return NOT_OK if result.action in ("failed", "skipped") else OK
+        return NOT_OK if result.action in ("failed", "skipped") or result.refused else OK
     if args.interval <= 0:
         raise Usage("--interval must be a positive number of seconds")
     return run(

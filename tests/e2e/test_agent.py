@@ -364,3 +364,24 @@ def test_over_git_daemon_the_hook_takes_the_agents_record_and_refuses_a_forged_o
         assert git(bare, "rev-parse", "refs/heads/stella/evidence") != git(clone, "rev-parse", "HEAD")
     finally:
         served.stop()
+
+
+@pytest.mark.registry
+def test_a_record_the_source_refuses_is_kept_aside_and_does_not_block_the_agent(
+    tmp_path: Path, registry: RegistryServer, engine: DockerDaemon
+) -> None:
+    site, _ = make_site(tmp_path, registry, engine)
+    genesis = str(site.reconcile()["ratification"])
+    hook = site.root / ".git" / "hooks" / "pre-receive"
+    hook.write_text("#!/bin/sh\necho 'stella: rejected: refs/heads/stella/evidence: not today' >&2\nexit 1\n")
+    hook.chmod(0o755)
+    run = site.agent(genesis)
+    assert run.code == 1, run.out + run.err
+    done = json.loads(run.out)
+    assert done["action"] == "deployed" and done["refused"] == [done["deployment"]], done
+    kept = site.state / "refused" / done["deployment"].removeprefix("sha256:")
+    assert "not today" in (kept / "refused.txt").read_text()
+    assert not list((site.state / "pending").iterdir())
+    hook.unlink()
+    again = site.agent(genesis)  # the sticker says it runs that decision: nothing more to do
+    assert again.code == 0 and json.loads(again.out)["action"] == "none", again.out + again.err
