@@ -33,6 +33,7 @@ bench: $(VENV)/.installed-test
 	$(BIN)/python bench/bench_reconcile.py
 	$(BIN)/python bench/bench_audit.py
 	$(BIN)/python bench/bench_startup.py
+	$(BIN)/python bench/bench_agent.py
 
 schemas: $(VENV)/.installed
 	$(BIN)/python -m reconciler.schemas

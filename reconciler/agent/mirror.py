@@ -62,7 +62,9 @@ class Mirror:
     def clear_stale_locks(self) -> None:
         """Remove the lock files a killed run left in the mirror. Only call it holding the state
         directory's lock (`agent.lock`): then no other process writes the mirror, and every lock is stale."""
-        for lock in self.path.rglob("*.lock") if self.path.is_dir() else []:
+        if not self.path.is_dir():
+            return
+        for lock in [*self.path.glob("*.lock"), *(self.path / "refs").rglob("*.lock")]:
             with contextlib.suppress(OSError):
                 lock.unlink()
 
@@ -78,9 +80,27 @@ class Mirror:
         listed = self._git("ls-remote", "--refs", self.url, self.ref, what="reading")
         if listed.returncode != 0:
             raise Transient(f"reading {self.url}: {_last_line(listed.stderr)}")
-        if not listed.stdout.strip():
+        remote = next(
+            (
+                oid
+                for oid, _, name in (line.partition("\t") for line in listed.stdout.splitlines())
+                if name == self.ref
+            ),
+            None,
+        )
+        if remote is None:
             return None
-        done = self._git("fetch", "--quiet", "--no-tags", self.url, f"{self.ref}:{self.ref}", what="fetching")
+        if Repo(self.path).resolve_ref(self.ref) == remote:
+            return remote  # nothing new: no second process (the poll's common case)
+        done = self._git(
+            "fetch",
+            "--quiet",
+            "--no-tags",
+            "--no-write-fetch-head",
+            self.url,
+            f"{self.ref}:{self.ref}",
+            what="fetching",
+        )
         if done.returncode != 0:
             if any(marker in done.stderr for marker in _REJECTED):
                 raise InvalidInput(
