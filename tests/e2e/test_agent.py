@@ -5,8 +5,11 @@ deployment record signed with its key, and `audit verify` accepts it; attacks on
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import signal
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -14,7 +17,7 @@ import pytest
 
 from reconciler.sign import generate_key
 from tests.support.busybox_image import push_busybox
-from tests.support.cli import Run, stella
+from tests.support.cli import STELLA, Run, stella
 from tests.support.dockerd import DockerDaemon, start_dockerd
 from tests.support.gitdaemon import start_git_daemon
 from tests.support.registry import RegistryServer
@@ -385,3 +388,34 @@ def test_a_record_the_source_refuses_is_kept_aside_and_does_not_block_the_agent(
     hook.unlink()
     again = site.agent(genesis)  # the sticker says it runs that decision: nothing more to do
     assert again.code == 0 and json.loads(again.out)["action"] == "none", again.out + again.err
+
+
+@pytest.mark.registry
+def test_the_agent_on_an_interval_deploys_and_stops_cleanly_on_sigterm(
+    tmp_path: Path, registry: RegistryServer, engine: DockerDaemon
+) -> None:
+    site, image = make_site(tmp_path, registry, engine)
+    genesis = str(site.reconcile()["ratification"])
+    argv = [STELLA, *map(str, site.agent_argv(genesis)), "--root", genesis, "--interval", "1"]
+    process = subprocess.Popen(
+        argv,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "DB_PASSWORD": SECRET},
+    )
+    try:
+        sticker = site.state / "stella.version.json"
+        deadline = time.monotonic() + 60
+        while not sticker.exists() and time.monotonic() < deadline and process.poll() is None:
+            time.sleep(0.2)
+        assert sticker.exists(), process.stderr.read() if process.poll() is not None else "no sticker in 60 s"
+        time.sleep(1.5)  # at least one more run, with nothing to do
+    finally:
+        process.send_signal(signal.SIGTERM)
+        out, err = process.communicate(timeout=60)
+    assert process.returncode == 0, out + err
+    assert "deployed" in out and "none" in out, out
+    assert (
+        json.loads(sticker.read_bytes())["release"]["components"]["web"]["digest"] == image.partition("@")[2]
+    )
