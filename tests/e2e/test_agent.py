@@ -203,6 +203,13 @@ def test_the_agent_deploys_exactly_the_lock_and_records_it(
     )
     assert independent.returncode == 0, independent.stdout + independent.stderr
 
+    # an offline packet of the branch verifies the deployment record too (its policy holds the agent key)
+    packet = tmp_path / "packet.tar.gz"
+    assert site.stella("audit", "export", packet).code == 0
+    offline = stella("audit", "verify", "--packet", packet, "--root", genesis, "-o", "json", cwd=tmp_path)
+    assert offline.code == 0, offline.out + offline.err
+    assert json.loads(offline.out)["verifiedBy"][done["deployment"]].endswith("trust/agent-keys/web-1.pub")
+
     replay = site.stella("replay", "--all", "-o", "json")
     assert replay.code == 0, replay.out + replay.err  # the deployment record is checked against its decision
 
