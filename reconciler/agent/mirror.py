@@ -19,21 +19,15 @@ from ..errors import InvalidInput, Transient
 from ..repo import RaceLost, Repo
 
 GIT_TIMEOUT = float(os.environ.get("STELLA_GIT_TIMEOUT", "120"))
-_REJECTED = (
-    "[rejected]",
-    "[remote rejected]",
-    "non-fast-forward",
-    "fetch first",
-    "stale info",
-    "failed to update ref",
-)
-_DECLINED = ("hook declined",)
-"""The source's pre-receive hook refused the commit (a ref that moved meanwhile is a race, not this)."""
+_RACE = ("[rejected]", "fetch first", "non-fast-forward", "stale info")
+"""Git refused the push because the source's ref is no longer where the push started from."""
+_MOVED_MEANWHILE = ("failed to lock", "cannot lock ref", "failed to update ref", "incorrect old value")
+"""A `[remote rejected]` reason that means the ref moved while the push ran (a race, too)."""
 
 
 class PushRefused(InvalidInput):
-    """The source refused the commit itself (its pre-receive hook declined it): pushing it again will
-    not help."""
+    """The source refused the commit itself (its pre-receive hook declined it, or the ref is checked out
+    there): pushing it again will not help."""
 
 
 class Mirror:
@@ -102,7 +96,7 @@ class Mirror:
             what="fetching",
         )
         if done.returncode != 0:
-            if any(marker in done.stderr for marker in _REJECTED):
+            if any(marker in done.stderr for marker in _RACE):
                 raise InvalidInput(
                     f"{self.url}: {self.ref} was rewritten (its new head does not descend from the one this "
                     "agent verified before): refusing to follow it"
@@ -121,12 +115,12 @@ class Mirror:
         if done.returncode == 0:
             return
         text = done.stdout + done.stderr
-        if any(marker in text for marker in _DECLINED):
+        if "[remote rejected]" in text and not any(reason in text for reason in _MOVED_MEANWHILE):
             reasons = [
-                line.removeprefix("remote:").strip() for line in text.splitlines() if "rejected:" in line
+                line.removeprefix("remote:").strip() for line in text.splitlines() if "rejected" in line
             ]
-            raise PushRefused(f"{self.url} refused the record: {'; '.join(reasons) or _last_line(text)}")
-        if any(marker in text for marker in _REJECTED):
+            raise PushRefused(f"{self.url} refused the record: {'; '.join(reasons)}")
+        if any(marker in text for marker in (*_RACE, *_MOVED_MEANWHILE)):
             raise RaceLost(self.ref)
         raise Transient(f"pushing to {self.url}: {_last_line(text)}")
 

@@ -15,7 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from reconciler.sign import generate_key
+from reconciler.evidence import canonical, sha256_hex
+from reconciler.sign import KeySigner, generate_key, load_private_key
 from tests.support.busybox_image import push_busybox
 from tests.support.cli import STELLA, Run, stella
 from tests.support.dockerd import DockerDaemon, start_dockerd
@@ -338,9 +339,6 @@ def test_over_git_daemon_the_hook_takes_the_agents_record_and_refuses_a_forged_o
         )
         forged["predicate"]["result"] = "succeeded"
         forged["predicate"]["reason"] = "forged"
-        from reconciler.evidence import canonical, sha256_hex
-        from reconciler.sign import KeySigner, load_private_key
-
         stranger = tmp_path / "stranger.pem"
         generate_key(stranger)
         body = canonical(forged)
@@ -426,3 +424,67 @@ def test_the_agent_on_an_interval_deploys_and_stops_cleanly_on_sigterm(
     assert (
         json.loads(sticker.read_bytes())["release"]["components"]["web"]["digest"] == image.partition("@")[2]
     )
+
+
+@pytest.mark.registry
+def test_a_decision_signed_by_a_key_outside_the_policy_is_not_deployed(
+    tmp_path: Path, registry: RegistryServer, engine: DockerDaemon
+) -> None:
+    """Someone with push access adds a newer `allow` for another image, signed with their own key, and
+    moves the environment's pointer to it: the agent deploys the verified decision, never the forged."""
+    site, image = make_site(tmp_path, registry, engine)
+    passed = site.reconcile()
+    genesis = str(passed["ratification"])
+    [valid] = passed["decisions"]  # type: ignore[misc]
+    other = push_busybox(registry.host, tmp_path / "other", "shop/web", "6.6.6", marker="forged")
+    statement = json.loads(site.show(f"evidence/{valid['evidence'].removeprefix('sha256:')}.json"))
+    [artifact] = statement["predicate"]["artifacts"]
+    lock = site.show(f"artifacts/{artifact['sha256']}/{artifact['name']}").replace(
+        image.encode(), other.encode()
+    )
+    lock_hex = sha256_hex(lock)
+    statement["predicate"]["artifacts"] = [{"name": artifact["name"], "sha256": lock_hex}]
+    statement["predicate"]["previous"] = valid["evidence"]
+    body = canonical(statement)
+    hex_id = sha256_hex(body)
+    stranger = tmp_path / "stranger.pem"
+    generate_key(stranger)
+    pointer = json.loads(site.show("environments/dev/stella.version.json"))
+    pointer["head"] = f"sha256:{hex_id}"
+    pointer["current"]["evidence"] = f"sha256:{hex_id}"
+    pointer["current"]["artifacts"] = {artifact["name"]: lock_hex}
+    worktree = tmp_path / "forge"
+    git(site.root, "worktree", "add", "-q", str(worktree), "stella/evidence")
+    write_files(
+        worktree,
+        {
+            f"evidence/{hex_id}.json": body,
+            f"evidence/{hex_id}.sigstore.json": KeySigner(load_private_key(stranger)).sign(body),
+            f"artifacts/{lock_hex}/{artifact['name']}": lock,
+            "environments/dev/stella.version.json": canonical(pointer),
+        },
+    )
+    git(worktree, "add", "-A")
+    git(
+        worktree,
+        "-c",
+        "user.name=Attacker",
+        "-c",
+        "user.email=attacker@example.com",
+        "commit",
+        "-qm",
+        "forge",
+    )
+    git(site.root, "worktree", "remove", "--force", str(worktree))
+
+    run = site.agent(genesis)
+    assert run.code == 0, run.out + run.err
+    done = json.loads(run.out)
+    assert done["decision"] == valid["evidence"], done  # the verified decision, not the forged one
+    client = engine.client()
+    try:
+        [container] = client.containers.list(filters={"label": "com.docker.compose.project=shopdev"})
+        assert container.attrs["Config"]["Image"] == image != other
+    finally:
+        client.close()
+    assert site.stella("audit", "verify", "--root", genesis).code == 1  # and the audit names the forgery
