@@ -411,6 +411,14 @@ class AgentPlugin(Protocol):
         ...
 
 
+@runtime_checkable
+class AgentDiagnosis(Protocol):
+    """What an agent plugin may offer `stella doctor`: whether this machine has what it needs to drive
+    a target (for the Docker agent: a Compose v2). Checks only; it changes nothing."""
+
+    def diagnose(self, target: AgentTarget, environ: Mapping[str, str]) -> Sequence[DoctorCheck]: ...
+
+
 # --- doctor checks -------------------------------------------------------------------------------
 
 DoctorStatus = Literal["ok", "warn", "fail"]

@@ -25,7 +25,7 @@ from urllib.parse import urlsplit
 
 from ..errors import InvalidInput
 from ..governance import agent_key_path
-from ..protocols import AgentPlugin, AgentTarget
+from ..protocols import AgentDiagnosis, AgentPlugin, AgentTarget, DoctorCheck
 from ..sign import key_hint, load_public_key
 from .plugins import NOUNS, PluginInfo, usable
 from .result import Check, Status, bounded, error_text, worse
@@ -90,6 +90,12 @@ def agents_check(
             notes.append(key_message)
         if plugin is None:
             continue
+        for diagnosed in _diagnose(plugin, target, environ):
+            if diagnosed.status == "ok":
+                notes.append(f"{target.label}: {diagnosed.name}: {diagnosed.message}")
+            else:
+                status = worse(status, diagnosed.status)
+                problems.append(f"{target.label}: {diagnosed.name}: {diagnosed.message}")
         probe = _probe_reason(target.endpoint, environ, offline=offline)
         if probe is not None:
             notes.append(f"engine of {target.label} not checked: {probe}")
@@ -161,6 +167,21 @@ def _probe_reason(endpoint: str, environ: Mapping[str, str], *, offline: bool) -
     if not Path(parts.path).is_socket():
         return f"{parts.path} is no socket on this machine ({ENGINE_ENV}=1 checks it anyway)"
     return None
+
+
+def _diagnose(plugin: AgentPlugin, target: _Target, environ: Mapping[str, str]) -> list[DoctorCheck]:
+    """What the plugin says this machine lacks to drive the target (its optional `diagnose`)."""
+    if not isinstance(plugin, AgentDiagnosis):
+        return []
+    where = AgentTarget(target.environment, target.name, target.endpoint, target.project)
+    try:
+        found = bounded(lambda: list(plugin.diagnose(where, environ)), ENGINE_TIMEOUT, "stella-doctor-agent")
+    except TimeoutError:
+        return [DoctorCheck("diagnose", "warn", f"did not finish within {ENGINE_TIMEOUT:g} s")]
+    except Exception as exc:  # a plugin that raises says nothing good about this machine
+        return [DoctorCheck("diagnose", "warn", f"raised: {error_text(exc)}")]
+    checks = [c for c in cast(list[object], found) if isinstance(c, DoctorCheck)]
+    return checks
 
 
 def _engine(plugin: AgentPlugin, target: _Target, environ: Mapping[str, str]) -> tuple[bool, str]:

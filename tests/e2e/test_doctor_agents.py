@@ -82,6 +82,19 @@ def test_a_reachable_engine_and_a_ratified_key_are_ok(tmp_path: Path, engine: Do
         in (check["details"])
     )
     assert any(d.startswith("trust/agent-keys/web-1.pub: P-256 key, hint ") for d in check["details"])
+    assert any(d.startswith("dev/web-1: compose: Compose 2.") for d in check["details"]), check
+
+
+def test_a_machine_without_compose_v2_is_a_warning_from_the_agent_plugin(
+    tmp_path: Path, engine: DockerDaemon
+) -> None:
+    site = make_site(tmp_path, engine.endpoint)
+    missing = tmp_path / "no-compose"
+    missing.write_text("#!/bin/sh\necho 'Docker Compose version 1.29.2'\n")
+    missing.chmod(0o755)
+    check = site.agents(env={"STELLA_COMPOSE": str(missing)})
+    assert check["status"] == "warn", check
+    assert "dev/web-1: compose: no Docker Compose v2 on this machine" in check["message"], check
 
 
 def test_an_engine_that_is_stopped_is_a_warning_naming_its_endpoint(tmp_path: Path) -> None:

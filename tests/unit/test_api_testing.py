@@ -54,6 +54,7 @@ def test_the_public_api_is_pinned() -> None:
             "IN_TOTO_PAYLOAD_TYPE",
             "PLUGIN_API_VERSION",
             "Actor",
+            "AgentDiagnosis",
             "AgentPlugin",
             "AgentTarget",
             "ApprovalRecord",

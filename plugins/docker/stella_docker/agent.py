@@ -19,8 +19,9 @@ import importlib.metadata
 from collections.abc import Mapping
 from urllib.parse import urlsplit
 
-from reconciler.api import AgentTarget, InvalidInput, PluginManifest
+from reconciler.api import AgentTarget, DoctorCheck, InvalidInput, PluginManifest, StellaError
 
+from .compose import find_compose
 from .engine import DockerEngine
 
 
@@ -67,6 +68,23 @@ class DockerAgentPlugin:
             target.endpoint, where=f"target {target.environment}/{target.name}: endpoint"
         )
         return DockerEngine(endpoint, environ)
+
+    def diagnose(self, target: AgentTarget, environ: Mapping[str, str]) -> list[DoctorCheck]:
+        """For `stella doctor`: whether this machine has a Compose v2 (and which), and a usable endpoint."""
+        checks = []
+        try:
+            check_endpoint(target.endpoint, where="endpoint")
+        except InvalidInput as exc:
+            checks.append(DoctorCheck("endpoint", "fail", str(exc)))
+        try:
+            compose = find_compose(environ)
+        except StellaError as exc:
+            checks.append(DoctorCheck("compose", "warn", f"no Docker Compose v2 on this machine: {exc}"))
+        else:
+            checks.append(
+                DoctorCheck("compose", "ok", f"Compose {compose.version}: {' '.join(compose.argv)}")
+            )
+        return checks
 
 
 docker = DockerAgentPlugin()
