@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import signal
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -54,6 +56,24 @@ def _running_digests(engine: DockerDaemon, project: str) -> list[str]:
         return [c.attrs["Config"]["Image"].partition("@")[2] for c in found]
     finally:
         client.close()
+
+
+def _containers(engine: DockerDaemon, project: str) -> list[object]:
+    client = engine.client()
+    try:
+        return list(
+            client.containers.list(all=True, filters={"label": f"com.docker.compose.project={project}"})
+        )
+    finally:
+        client.close()
+
+
+def _git_env() -> dict[str, str]:
+    who = {"NAME": "Requester", "EMAIL": "requester@example.com"}
+    return {
+        **os.environ,
+        **{f"GIT_{role}_{k}": v for role in ("AUTHOR", "COMMITTER") for k, v in who.items()},
+    }
 
 
 def _record(site: Site, evidence: str) -> dict[str, object]:
@@ -137,3 +157,52 @@ def test_the_agent_killed_at_any_instant_leaves_the_old_or_new_sticker_and_the_n
     assert _running_digests(first, "shopdev") == [image.partition("@")[2]]
     verify = site.stella("audit", "verify", "--root", genesis)
     assert verify.code == 0, verify.out
+
+
+@pytest.mark.registry
+def test_the_agent_killed_while_compose_waits_for_health_completes_on_the_next_run(
+    tmp_path: Path, registry: RegistryServer, engines: tuple[DockerDaemon, DockerDaemon]
+) -> None:
+    """Killed during `up --wait`: the project's container exists, healthy or not yet, no sticker."""
+    first, _ = engines
+    site, image = make_site(tmp_path, registry, first)
+    template = site.root / "templates" / "shop.compose.yml.j2"
+    template.write_text(template.read_text().replace("interval: 1s}", "interval: 1s, start_period: 3s}"))
+    subprocess.run(["git", "commit", "-qam", "slow health"], cwd=site.root, check=True, env=_git_env())
+    genesis = str(site.reconcile()["ratification"])
+    run = _popen(site, genesis, "web-1")
+    deadline = time.monotonic() + 60
+    while not _containers(first, "shopdev") and time.monotonic() < deadline and run.poll() is None:
+        time.sleep(0.05)
+    assert _containers(first, "shopdev"), "compose never created the container"
+    run.send_signal(signal.SIGKILL)
+    run.communicate(timeout=30)
+    assert not (site.state / "stella.version.json").exists()  # killed before the sticker
+    after = site.agent(genesis)
+    assert after.code == 0 and json.loads(after.out)["action"] == "deployed", after.out + after.err
+    assert _running_digests(first, "shopdev") == [image.partition("@")[2]]
+    assert site.stella("audit", "verify", "--root", genesis).code == 0
+
+
+def test_a_sticker_write_killed_at_any_instant_leaves_the_old_or_the_new_file_whole(tmp_path: Path) -> None:
+    """SIGKILL of a process rewriting the sticker in a loop, 25 times at random instants: the sticker
+    on disk always parses, and is one of the versions written."""
+    state = tmp_path / "state"
+    state.mkdir()
+    writer = (
+        "import sys, itertools\n"
+        "from pathlib import Path\n"
+        "from reconciler.agent.sticker import write_sticker\n"
+        "for n in itertools.count():\n"
+        "    write_sticker(Path(sys.argv[1]), {'version': '1.0', 'n': n, 'pad': 'x' * 200_000})\n"
+    )
+    rng = random.Random(12)
+    for _ in range(25):
+        process = subprocess.Popen([sys.executable, "-c", writer, str(state)], cwd=Path(__file__).parents[2])
+        time.sleep(0.15 + rng.random() * 0.3)
+        process.send_signal(signal.SIGKILL)
+        process.wait(timeout=30)
+        sticker = state / "stella.version.json"
+        if sticker.exists():
+            value = json.loads(sticker.read_bytes())
+            assert value["version"] == "1.0" and len(value["pad"]) == 200_000
