@@ -156,21 +156,42 @@ def _record(row: sqlite3.Row) -> Record:
 
 
 def chain_order(records: Iterable[Record]) -> list[Record]:
-    """Records ordered so that each comes after the record it names as `previous` (when present)."""
-    pending = {r.evidence: r for r in records}
+    """Records ordered so that each comes after the record it names as `previous` (when present).
+
+    In rounds: first every record whose `previous` is not among them, ordered by (decidedAt, id); then
+    those whose `previous` came in the round before, and so on. Records on (or after) a cycle of links,
+    which hashes make impossible but a forged branch could name, come last, ordered by id. Linear: a
+    record's round is its distance from the start of its chain."""
+    by_id = {r.evidence: r for r in records}
+    rounds: dict[str, int] = {}
+    stuck: set[str] = set()
+    for start in by_id:
+        path: list[str] = []
+        on_path: set[str] = set()
+        current: str | None = start
+        while current is not None and current not in rounds and current not in stuck:
+            if current in on_path:  # a cycle: it, and everything after it on this walk, is stuck
+                stuck.update(path)
+                path = []
+                break
+            path.append(current)
+            on_path.add(current)
+            previous = by_id[current].previous
+            current = previous if previous in by_id else None
+        if current is not None and current in stuck:
+            stuck.update(path)
+            continue
+        depth = rounds[current] + 1 if current is not None else 0
+        for evidence in reversed(path):
+            rounds[evidence] = depth
+            depth += 1
+    layers: dict[int, list[Record]] = {}
+    for evidence, depth in rounds.items():
+        layers.setdefault(depth, []).append(by_id[evidence])
     ordered: list[Record] = []
-    placed: set[str] = set()
-    while pending:
-        ready = sorted(
-            (r for r in pending.values() if r.previous is None or r.previous not in pending),
-            key=lambda r: (r.decided_at, r.evidence),
-        )
-        if not ready:  # a cycle cannot be hashed into existence; be safe anyway
-            ready = sorted(pending.values(), key=lambda r: r.evidence)
-        for record in ready:
-            ordered.append(record)
-            placed.add(record.evidence)
-            del pending[record.evidence]
+    for depth in sorted(layers):
+        ordered += sorted(layers[depth], key=lambda r: (r.decided_at, r.evidence))
+    ordered += sorted((by_id[e] for e in stuck), key=lambda r: r.evidence)
     return ordered
 
 
