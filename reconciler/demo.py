@@ -22,7 +22,7 @@ from typing import Any, Final
 
 from . import audit
 from .discover import Plugins, discover
-from .errors import InvalidInput
+from .errors import InvalidInput, StellaError
 from .ledger import artifact_path, evidence_path
 from .loop import reconcile
 from .manifests import load_repository
@@ -40,6 +40,10 @@ scan reports were made; every pass of the story is decided at this instant."""
 
 TAMPERED_REF: Final = "refs/heads/demo/tampered"
 """Where the tamper step forges a statement: a copy of the evidence branch, which stays intact."""
+
+DEMO_TARGET: Final = "dev-1"
+DEMO_PROJECT: Final = "stella-demo"
+"""The Compose project of the demo's deployment: its own, whatever the example's target says."""
 
 DEMO_IDENTITY = {
     "GIT_AUTHOR_NAME": "Requester",
@@ -177,6 +181,78 @@ def _policy_change(
     )
 
 
+def _demo_target(environment: Path, docker_host: str | None) -> None:
+    """Point dev's target at `docker_host` (when given) and give it the demo's own Compose project, so
+    that the agent never touches containers of a project `shop` the machine may run."""
+    text = environment.read_text()
+    line = "{name: dev-1, agent: docker, endpoint: unix:///var/run/docker.sock, project: shop}"
+    if line not in text:
+        raise InvalidInput(f"{environment}: the demo expects the example's target line {line}")
+    endpoint = docker_host or "unix:///var/run/docker.sock"
+    environment.write_text(
+        text.replace(
+            line, f"{{name: {DEMO_TARGET}, agent: docker, endpoint: {endpoint}, project: {DEMO_PROJECT}}}"
+        )
+    )
+
+
+def _deploy(work: Path, workdir: Path, key: Path, genesis: str, docker_host: str | None) -> Step:
+    """The agent of dev-1 deploys what the evidence says, when a Docker Engine answers at `docker_host`."""
+    from .agent import AgentOptions, run_once
+    from .protocols import AgentTarget
+
+    title = f"The agent of {DEMO_TARGET} deploys what the evidence says"
+    how = (
+        f"`stella agent --target {DEMO_TARGET} --repo REPO --key KEY --state-dir DIR --root {genesis[:19]}…` "
+        "fetches the evidence branch, verifies the policy chain from the pinned genesis, takes dev's newest "
+        "allowed decision and its lock (hashes checked), pulls every image by digest, runs Docker Compose "
+        "v2 `up --wait`, writes the version sticker atomically and records a deployment signed with the "
+        f"target's own key (trust/agent-keys/{DEMO_TARGET}.pub), pushed by compare-and-swap."
+    )
+    agents = discover(kinds=("agents",))
+    environ = {**os.environ, "DB_PASSWORD": "demo-only-secret"}
+    if docker_host is None:
+        return Step(f"{title} (skipped)", how, ["no Docker Engine given: no deployment step"])
+    try:
+        engine = agents.agent("docker").open(
+            AgentTarget("dev", DEMO_TARGET, docker_host, DEMO_PROJECT), environ
+        )
+        try:
+            engine.running(DEMO_PROJECT)
+        finally:
+            engine.close()
+    except StellaError as exc:
+        return Step(
+            f"{title} (skipped: no Docker Engine)",
+            how + " Start a Docker Engine (or set DOCKER_HOST) to see this step run.",
+            [f"skipped: {exc}"],
+        )
+    state = workdir / f"agent-{DEMO_TARGET}"
+    options = AgentOptions(target=DEMO_TARGET, url=str(work), state_dir=state, root=genesis, timeout=60)
+    signer = KeySigner(load_private_key(key))
+    try:
+        run = run_once(options, agents.agent, signer, signer.hint, environ)
+    except StellaError as exc:
+        return Step(title, how, [f"error: {exc}"], ok=False)
+    lines = [f"{run.target} ({run.environment}): {run.action} {run.decision or ''}".rstrip()]
+    if run.reason:
+        lines.append(f"  {run.reason}")
+    if run.deployment:
+        lines.append(f"deployment record {run.deployment} ({run.result}), state directory {state}")
+    offline = (
+        " The example's images exist only in its offline mirror (mirror/oci/), which an Engine cannot pull "
+        "from: here the pull fails, and the record says so: nothing is started and the sticker is not "
+        "written. Point a release at images your registry holds to see it run."
+    )
+    return Step(
+        title,
+        how + ("" if run.action == "deployed" else offline),
+        lines,
+        data={"deployment": run.deployment, "result": run.result},
+        ok=run.deployment is not None or run.action == "none",
+    )
+
+
 def clock_line(now: datetime = DEMO_NOW) -> str:
     """The first line of the demo's output: its clock is fixed, and why."""
     utc = now.astimezone(UTC)
@@ -215,9 +291,12 @@ def kept(directory: Path) -> list[str]:
     ]
 
 
-def steps(example: Path, workdir: Path, now: datetime = DEMO_NOW) -> Iterator[Step]:
+def steps(
+    example: Path, workdir: Path, now: datetime = DEMO_NOW, docker_host: str | None = None
+) -> Iterator[Step]:
     """Run the demo in `workdir` (empty), yielding each step as it completes; every pass is decided at
-    `now` (default: the demo's fixed clock, `DEMO_NOW`)."""
+    `now` (default: the demo's fixed clock, `DEMO_NOW`). `docker_host` is the Docker Engine the
+    deployment step's agent drives (None: no deployment step, and the step says so)."""
 
     def clock() -> datetime:
         return now
@@ -227,6 +306,12 @@ def steps(example: Path, workdir: Path, now: datetime = DEMO_NOW) -> Iterator[St
     key = workdir / "evidence-key.pem"
     hint = generate_key(key)
     (work / "trust" / "evidence-keys" / "demo.pub").write_bytes(key.with_name(key.name + ".pub").read_bytes())
+    agent_key = workdir / "agent-dev-1.pem"
+    generate_key(agent_key)
+    agent_keys = work / "trust" / "agent-keys"
+    agent_keys.mkdir(parents=True, exist_ok=True)
+    (agent_keys / f"{DEMO_TARGET}.pub").write_bytes(agent_key.with_name(agent_key.name + ".pub").read_bytes())
+    _demo_target(work / "environments" / "dev.yaml", docker_host)
     keys = workdir / "ssh"
     requester = _ssh_key(keys, "requester@example.com")
     manager = _ssh_key(keys, "release-manager@example.com")
@@ -344,6 +429,9 @@ def steps(example: Path, workdir: Path, now: datetime = DEMO_NOW) -> Iterator[St
     )
 
     yield from _policy_change(work, repo, plugins, clock, signer, requester, admin)
+
+    if genesis is not None:
+        yield _deploy(work, workdir, agent_key, genesis, docker_host)
 
     report = audit.verify(repo, "refs/heads/stella/evidence", audit.load_keys(repo, "main"), root=genesis)
     yield Step(

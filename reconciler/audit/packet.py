@@ -367,6 +367,17 @@ one of the statement's subjects, which are the release's image manifests (if you
 manifest, pass it instead of that flag). Then compare the envelope's payload with the statement's
 bytes, as the script above does.
 
+A deployment record (`"type": "deployment"` in its predicate; the newest of each target is named by
+`targets/<environment>/<target>/stella.version.json`) is signed by that target's agent, not by an
+evidence key: verify it with the agent key of the policy the record names (`predicate.policy.id`,
+`sha256:<policy hex>`). That policy's file list is `evidence/policies/<policy hex>.json`; the key is
+its entry `trust/agent-keys/<target>.pub`, stored on the branch under its own hash:
+
+```sh
+jq -r '."trust/agent-keys/<target>.pub"' evidence/policies/<policy hex>.json   # sha256:<key hex>
+node verify.js evidence/evidence/<hex>.sigstore.json evidence/policy-files/<key hex>
+```
+
 Neither tool checks what is between the records (chain links, history, inputs, locks, pointers):
 `stella audit verify --packet` does.
 """

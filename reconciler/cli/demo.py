@@ -34,6 +34,11 @@ def _example_repo() -> Path:
     return path
 
 
+def _docker_host() -> str:
+    """The Docker Engine the demo's agent drives: `DOCKER_HOST`, else the usual socket."""
+    return os.environ.get("DOCKER_HOST") or "unix:///var/run/docker.sock"
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     import tempfile
 
@@ -46,7 +51,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
     if args.output != "json":
         console.print(demo.clock_line(), markup=False, soft_wrap=True)
     with tempfile.TemporaryDirectory(prefix="stella-demo-") as tmp:
-        for number, step in enumerate(demo.steps(example, kept or Path(tmp)), start=1):
+        for number, step in enumerate(
+            demo.steps(example, kept or Path(tmp), docker_host=_docker_host()), start=1
+        ):
             steps.append(step)
             if args.output == "json":
                 continue

@@ -105,10 +105,12 @@ def make_site(
     engine: DockerDaemon,
     host: str | None = None,
     more: tuple[tuple[str, DockerDaemon], ...] = (),
+    marker: str = "one",
 ) -> tuple[Site, str]:
-    """A site whose release `shop-1.0` runs `shop/web:1.0`, as served by `host` (default: the registry),
-    on target web-1 of `engine`, and on each (target, engine) of `more` (project `shop<target>`)."""
-    image = push_busybox(registry.host, tmp_path / "images", "shop/web", "1.0", marker="one")
+    """A site whose release `shop-1.0` runs `shop/web:1.0` (an image made unique by `marker`), as served
+    by `host` (default: the registry), on target web-1 of `engine`, and on each (target, engine) of
+    `more` (project `shop<target>`)."""
+    image = push_busybox(registry.host, tmp_path / "images", "shop/web", "1.0", marker=marker)
     host = host or registry.host
     root = tmp_path / "repo"
     keys = tmp_path / "keys"
@@ -241,6 +243,7 @@ def test_a_registry_serving_other_bytes_for_the_digest_fails_the_deployment_and_
         assert run.code == 1, run.out + run.err
         done = json.loads(run.out)
         assert done["action"] == "failed" and pinned in done["reason"], done
+        assert f"manifest verification failed for digest {pinned}" in done["reason"], done
         assert proxy.tampered >= 1
     assert not (site.state / "stella.version.json").exists()  # the sticker did not move
     client = engine.client()

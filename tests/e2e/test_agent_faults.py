@@ -20,6 +20,7 @@ from tests.e2e.test_agent import SECRET, Site, make_site
 from tests.support.cli import STELLA
 from tests.support.dockerd import DockerDaemon, start_dockerd
 from tests.support.registry import RegistryServer
+from tests.support.tamper_proxy import TamperProxy
 
 
 @pytest.fixture(scope="module")
@@ -157,6 +158,35 @@ def test_the_agent_killed_at_any_instant_leaves_the_old_or_new_sticker_and_the_n
     assert _running_digests(first, "shopdev") == [image.partition("@")[2]]
     verify = site.stella("audit", "verify", "--root", genesis)
     assert verify.code == 0, verify.out
+
+
+@pytest.mark.registry
+def test_the_agent_killed_during_the_pull_completes_on_the_next_run(
+    tmp_path: Path, registry: RegistryServer, engines: tuple[DockerDaemon, DockerDaemon]
+) -> None:
+    """Killed while the engine downloads the layers (a loopback proxy holds the blob downloads, so the
+    kill lands exactly there): nothing started, no sticker, no record; the next run deploys."""
+    first, _ = engines
+    with TamperProxy(registry.host, "", "", stall_blobs=True) as proxy:
+        site, image = make_site(tmp_path, registry, first, host=proxy.host, marker="pulled-while-killed")
+        genesis = str(site.reconcile()["ratification"])
+        run = _popen(site, genesis, "web-1")
+        assert proxy.blob_requested.wait(timeout=60), "the pull never asked for a layer"
+        run.send_signal(signal.SIGKILL)
+        run.communicate(timeout=30)
+        proxy.release.set()
+        assert _containers(first, "shopdev") == []
+        assert not (site.state / "stella.version.json").exists()
+        pending = site.state / "pending"
+        assert not pending.exists() or not any(pending.iterdir())  # no record staged
+        after = site.agent(genesis)
+    assert after.code == 0 and json.loads(after.out)["action"] == "deployed", after.out + after.err
+    assert _running_digests(first, "shopdev") == [image.partition("@")[2]]
+    assert (
+        json.loads((site.state / "stella.version.json").read_bytes())["decision"]
+        == json.loads(after.out)["decision"]
+    )
+    assert site.stella("audit", "verify", "--root", genesis).code == 0
 
 
 @pytest.mark.registry

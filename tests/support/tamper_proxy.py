@@ -9,6 +9,10 @@ reaches it). A request for `/v2/<name>/manifests/<pinned>` is answered instead w
 the requests it answered that way. An engine pulling `127.0.0.1:<proxy port>/<name>@<pinned>` through
 it must refuse the image.
 
+With `stall_blobs=True` it also holds every blob download until `release` is set, after setting
+`blob_requested`: a test knows a pull is under way (manifest read, layers being fetched) and can act
+at exactly that moment. With `pinned=""` nothing is tampered with.
+
 For tests only: one upstream connection per request, whole bodies in memory, GET and HEAD.
 """
 
@@ -36,13 +40,22 @@ class TamperProxy:
     """See the module docstring; use it as a context manager, or call `close()`."""
 
     def __init__(
-        self, upstream: str, pinned: str, substitute: str, *, header: Literal["pinned", "true"] = "pinned"
+        self,
+        upstream: str,
+        pinned: str,
+        substitute: str,
+        *,
+        header: Literal["pinned", "true"] = "pinned",
+        stall_blobs: bool = False,
     ) -> None:
         self.upstream = upstream
         self.pinned = pinned
         self.substitute = substitute
         self.header = header
         self.tampered = 0
+        self.stall_blobs = stall_blobs
+        self.blob_requested = threading.Event()
+        self.release = threading.Event()
         self.seen: list[str] = []
         self._lock = threading.Lock()
         self._server = _QuietServer(("127.0.0.1", 0), self._handler_class())
@@ -56,6 +69,7 @@ class TamperProxy:
         return f"127.0.0.1:{self._server.server_address[1]}"
 
     def close(self) -> None:
+        self.release.set()
         self._server.shutdown()
         self._server.server_close()
         self._thread.join()
@@ -105,7 +119,10 @@ class TamperProxy:
                 body = self.rfile.read(length) if length else b""
                 path = self.path
                 prefix, _, reference = path.rpartition("/manifests/")
-                tamper = bool(prefix) and reference == owner.pinned
+                tamper = bool(prefix) and bool(owner.pinned) and reference == owner.pinned
+                if owner.stall_blobs and self.command == "GET" and "/blobs/" in path:
+                    owner.blob_requested.set()
+                    owner.release.wait(timeout=120)
                 with owner._lock:
                     owner.seen.append(f"{self.command} {path}")
                 if tamper:

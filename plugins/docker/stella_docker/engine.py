@@ -191,17 +191,17 @@ class DockerEngine:
                 if not isinstance(item, Mapping):
                     continue
                 if item.get("error"):  # read on to the end of the stream, which closes it
-                    errors.append(f"error: {item['error']}")
+                    errors.append(str(item["error"]))
                     continue
                 line = _pull_line(item)
                 if line is not None:
                     lines.append(line)
         except docker.errors.APIError as exc:
-            return failed(*lines, f"error: {exc.explanation or exc}", f"pull of {expected} failed")
+            return failed(*lines, f"pull of {expected} failed: {exc.explanation or exc}")
         except _CONNECTION_ERRORS as exc:
             raise self._unreachable(exc) from exc
-        if errors:
-            return failed(*lines, *errors, f"pull of {expected} failed")
+        if errors:  # the last line says why, for a record's reason
+            return failed(*lines, *errors[:-1], f"pull of {expected} failed: {errors[-1]}")
         try:
             found = self._connect().images.get(expected).attrs.get("RepoDigests") or []
         except docker.errors.NotFound:
