@@ -80,6 +80,37 @@ class Target(_Model):
     agent: Annotated[str, StringConstraints(pattern=r"^[a-z0-9][a-z0-9-]*$")] = "docker"
     endpoint: str
     project: Name
+    labels: dict[Name, str] = Field(default_factory=dict)
+
+
+class Rollout(_Model):
+    """How a decision reaches the environment's targets (DESIGN §9)."""
+
+    strategy: Literal["all-at-once", "rolling"] = "all-at-once"
+    batchSize: Annotated[int, Field(ge=1, le=1000)] = 1
+    """With `rolling`: targets per batch, in list order; a batch waits for every target of the batches
+    before it to have a `succeeded` record of the decision, and a failure halts the rest."""
+    healthTimeout: Duration = "120s"
+    """How long `up --wait` and the HTTP checks may take to see every service healthy."""
+    autoRollback: bool = True
+    """When `up` or a health check fails: re-apply the lock of the target's previous sticker."""
+
+    @property
+    def health_timeout(self) -> timedelta:
+        return parse_duration(self.healthTimeout)
+
+
+class HealthCheck(_Model):
+    """An HTTP check the agent runs against one service after `up --wait` (`health: {web: {url: …}}`)."""
+
+    url: Annotated[str, StringConstraints(pattern=r"^https?://[^\s]+$")]
+    expectStatus: Annotated[int, Field(ge=100, le=599)] = 200
+    timeout: Duration = "30s"
+    """How long the agent keeps asking before the check fails (also bounded by `healthTimeout`)."""
+
+    @property
+    def timeout_delta(self) -> timedelta:
+        return parse_duration(self.timeout)
 
 
 def _pinned_image(value: str) -> str:
@@ -158,6 +189,14 @@ class Environment(_Manifest):
     pinned by digest (`redis@sha256:<64 hex>`)."""
     hostAccess: HostAccess = Field(default_factory=HostAccess)
     """What a lock may take from the host; by default nothing (see `HostAccess`)."""
+    rollout: Rollout = Field(default_factory=Rollout)
+    health: dict[Name, HealthCheck] = Field(default_factory=dict)
+    """HTTP checks per service, run by the agent after `up --wait`."""
+    driftPolicy: Literal["report", "remediate"] = "report"
+    """What an agent does when the target drifts from its lock: record it (`report`), or also apply the
+    lock again (`remediate`)."""
+    rollbackApprovals: ApprovalPolicy | None = None
+    """Approvals a rollback promotion needs (`stella rollback`); default: `approvals`."""
 
     @model_validator(mode="after")
     def _checks(self) -> Environment:

@@ -19,6 +19,8 @@ class Promotion(_Manifest):
     release: Name
     environment: Name
     reason: str = ""
+    rollback: bool = False
+    """A rollback (`stella rollback`): back to a release this environment was allowed before."""
 
 
 class Approval(_Manifest):

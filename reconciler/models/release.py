@@ -40,6 +40,9 @@ class Release(_Manifest):
     kind: Literal["Release"]
     name: Name
     components: Annotated[dict[Name, Component], Field(min_length=1)]
+    rollbackSafe: bool = True
+    """False (e.g. after an irreversible migration): an agent never rolls a target back automatically
+    from this release, nor to it; the record says a person must act."""
 
 
 # --- what the reconciler writes ------------------------------------------------------------------
