@@ -40,6 +40,7 @@ CREATE TABLE IF NOT EXISTS records (
 CREATE TABLE IF NOT EXISTS rejected (evidence TEXT PRIMARY KEY, code TEXT NOT NULL, message TEXT NOT NULL);
 CREATE INDEX IF NOT EXISTS records_by_promotion ON records (promotion);
 CREATE INDEX IF NOT EXISTS records_by_release ON records (environment, release_id);
+CREATE INDEX IF NOT EXISTS records_by_source ON records (source);
 CREATE TABLE IF NOT EXISTS heads (environment TEXT PRIMARY KEY, evidence TEXT NOT NULL);
 """
 
@@ -269,6 +270,15 @@ class EvidenceIndex:
                 return record
             head = record.previous
         return None
+
+    def carried_out(self, decision: str) -> list[Record]:
+        """The deployment records (any target) that carried out `decision`, oldest first."""
+        rows = self._db.execute(
+            "SELECT * FROM records WHERE source = ? AND type = 'deployment'", (decision,)
+        )
+        records = [_record(row) for row in rows]
+        records += [r for r in self._added.values() if r.source == decision and r.record_type == "deployment"]
+        return sorted(records, key=lambda r: (r.decided_at, r.evidence))
 
     def allowed_since(self, since: datetime) -> int:
         """How many `allow` decisions were made at or after `since` (deployments, for the quota)."""

@@ -129,7 +129,12 @@ def lock(release: Release, digests: Mapping[str, str]) -> ReleaseLock:
         ref = comp.ref
         components[name] = LockedComponent(image=ref.repo, tag=ref.tag, digest=digests[name])
     pinned = {name: c.pinned for name, c in components.items()}
-    return ReleaseLock(name=release.name, id=release_id(release.name, pinned), components=components)
+    return ReleaseLock(
+        name=release.name,
+        id=release_id(release.name, pinned),
+        components=components,
+        rollbackSafe=release.rollbackSafe,
+    )
 
 
 def resolve_release(release: Release, resolver: Resolver) -> ReleaseLock:

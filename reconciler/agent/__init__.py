@@ -4,9 +4,19 @@ One run: push any deployment record a crashed run left staged; fetch the evidenc
 policy chain from the pinned root and take, from the policy in force, this target's environment and
 agent key; take the environment's newest allowed decision and its lock (hashes checked); compare with
 the sticker: nothing to do when it already runs that decision (or already failed it: a failed decision is
-not retried until a newer one). Otherwise apply the lock through the agent plugin (pull by digest, `up`,
-inspect), write the sticker atomically when it succeeded, and record a signed deployment record
+not retried until a newer one). With a rolling rollout, wait until the batches before this target's
+have deployed the decision, and stop for good when one of them failed it (`rollout.py`). Otherwise apply
+the lock through the agent plugin (pull by digest, `up`, inspect), run the environment's HTTP checks
+(`health.py`), write the sticker atomically when it succeeded, and record a signed deployment record
 (succeeded or failed) on the evidence branch by compare-and-swap push.
+
+When `up` or a health check failed and `rollout.autoRollback` is on, the agent re-applies the lock of
+the decision its sticker names (digests, from the branch, hashes checked) and records `rollback`: the
+failed decision, why, and whether the earlier release runs again (`rolled-back`) or not (`failed`).
+The failed decision stays `failed` in its own record, and is not retried on this target until a newer
+decision. A release marked `rollbackSafe: false` is never rolled back from, nor to, automatically: the
+failed record says a person must act. A rollback owed when the agent was killed is carried out by the
+next run (`rollback.json` in the state directory).
 
 The core holds this loop; the plugin (group `stella.agents`, e.g. `stella-docker`) holds the engine
 calls. No printing: the CLI reports the `AgentRun` returned.
@@ -18,6 +28,7 @@ import fcntl
 import json
 import logging
 import os
+import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -26,9 +37,11 @@ from pathlib import Path
 
 from ..errors import InvalidInput, Transient
 from ..evidence import canonical, sha256_hex
-from ..ledger import rfc3339
+from ..ledger import ROLLBACK, rfc3339
+from ..models import ReleaseLock
 from ..protocols import AgentPlugin, Signer
 from ..render import lock_images
+from . import health, rollout
 from .apply import Applied, apply
 from .desired import Desired, read_desired
 from .mirror import Mirror
@@ -38,6 +51,8 @@ from .sticker import VERSION, read_sticker, write_sticker
 log = logging.getLogger(__name__)
 
 DEFAULT_TIMEOUT = 120.0
+OWED = "rollback.json"
+"""A rollback the agent owes: written before it starts, removed once its record is staged."""
 
 
 @dataclass(frozen=True)
@@ -47,9 +62,9 @@ class AgentOptions:
     state_dir: Path
     root: str
     ref: str = "refs/heads/stella/evidence"
-    timeout: float = DEFAULT_TIMEOUT
-    """How long `up` may wait for the services to be running and healthy (the environment's
-    `rollout.healthTimeout` when it says, else this)."""
+    timeout: float | None = None
+    """How long `up` and the health checks may take to see every service healthy (None: the
+    environment's `rollout.healthTimeout`)."""
 
 
 @dataclass
@@ -61,17 +76,24 @@ class AgentRun:
     decision: str | None = None
     """The decision the target should run (None: nothing allowed yet)."""
     action: str = "none"
-    """`none` (already running it, or nothing to run), `deployed`, `failed`, `skipped` (failed before)."""
+    """`none` (already running it, or nothing to run), `deployed`, `failed`, `rolled-back` (failed, and
+    the earlier release runs again), `skipped` (failed before), `waiting` (earlier batches have not
+    deployed it yet), `halted` (an earlier batch failed it)."""
     result: str | None = None
     reason: str = ""
     deployment: str | None = None
     """The deployment record written by this run."""
+    rollback: str | None = None
+    """The rollback record written by this run."""
+    rollback_result: str | None = None
     pushed: list[str] = field(default_factory=list)
     """Records staged by an earlier run that this run pushed."""
     refused: list[str] = field(default_factory=list)
     """Staged records the source's hook refused outright (kept under `refused/`, with why)."""
     unreachable: bool = False
     """The engine could not be reached: the failure is recorded, and the decision tried again next run."""
+    batch: int | None = None
+    batches: int | None = None
 
 
 def run_once(
@@ -99,6 +121,25 @@ def _only_run(state_dir: Path) -> Iterator[None]:
         yield
 
 
+@dataclass(frozen=True)
+class _Context:
+    """What every step of one run needs."""
+
+    options: AgentOptions
+    plugin: Callable[[str], AgentPlugin]
+    signer: Signer
+    environ: Mapping[str, str]
+    now: Callable[[], datetime]
+    desired: Desired
+    sticker: dict[str, object] | None
+
+    @property
+    def timeout(self) -> float:
+        if self.options.timeout is not None:
+            return self.options.timeout
+        return self.desired.environment.rollout.health_timeout.total_seconds()
+
+
 def _run(
     options: AgentOptions,
     agents: Callable[[str], AgentPlugin],
@@ -114,7 +155,16 @@ def _run(
     head = mirror.fetch()
     if head is None:
         raise InvalidInput(f"{options.url}: has no {options.ref}: nothing has been decided yet")
-    desired = read_desired(mirror.repo(), options.ref, head, options.root, options.target)
+    sticker = read_sticker(options.state_dir)
+    running = sticker.get("decision") if sticker is not None else None
+    desired = read_desired(
+        mirror.repo(),
+        options.ref,
+        head,
+        options.root,
+        options.target,
+        running=running if isinstance(running, str) else None,
+    )
     if signer_hint is not None and signer_hint not in desired.agent_keys:
         source = next(iter(desired.agent_keys.values())).source
         raise InvalidInput(
@@ -126,57 +176,83 @@ def _run(
         outcome.reason = f"nothing allowed in {desired.environment.name} yet"
         return outcome
     outcome.decision = desired.decision.evidence
-    sticker = read_sticker(options.state_dir)
-    if sticker is not None and sticker.get("decision") == desired.decision.evidence:
+    if desired.position is not None:
+        outcome.batch, outcome.batches = desired.position.batch, desired.position.batches
+    context = _Context(options, agents, signer, environ, now, desired, sticker)
+    owed = read_owed(options.state_dir)
+    if owed is not None:  # a run killed while rolling back: finish it first
+        _rollback(context, owed, outcome)
+    elif sticker is not None and sticker.get("decision") == desired.decision.evidence:
         outcome.reason = "already running it"
         return outcome
-    failed = read_failed(options.state_dir)
-    if desired.decision.evidence in failed:
+    elif desired.decision.evidence in (failed := read_failed(options.state_dir)):
         outcome.action, outcome.reason = (
             "skipped",
             f"it failed here before ({failed[desired.decision.evidence]})",
         )
         return outcome
-    _deploy(options, agents(desired.agent), signer, environ, now, desired, sticker, outcome)
+    elif desired.position is not None and desired.position.state != rollout.GO:
+        outcome.action, outcome.reason = desired.position.state, desired.position.reason
+        return outcome
+    else:
+        _deploy(context, outcome)
     pushed, refused = push_pending(mirror, options.state_dir)
     outcome.pushed += pushed
     outcome.refused += refused
     return outcome
 
 
-def _deploy(
-    options: AgentOptions,
-    plugin: AgentPlugin,
-    signer: Signer,
-    environ: Mapping[str, str],
-    now: Callable[[], datetime],
-    desired: Desired,
-    sticker: dict[str, object] | None,
-    outcome: AgentRun,
-) -> None:
-    assert desired.decision is not None and desired.lock is not None
-    decision, lock = desired.decision, desired.lock
-    started = now()
-    unreachable = False
+def _apply(context: _Context, lock: bytes) -> tuple[Applied, bool]:
+    """Apply `lock` to the target's engine, then run the environment's HTTP checks; (how it went,
+    whether the engine could not be reached at all)."""
+    desired = context.desired
+    plugin = context.plugin(desired.agent)
     try:
-        engine = plugin.open(desired.target, environ)
+        engine = plugin.open(desired.target, context.environ)
         try:
             applied = apply(
                 engine,
                 project=desired.target.project,
                 lock=lock,
-                state_dir=options.state_dir,
+                state_dir=context.options.state_dir,
                 environment=desired.environment,
-                environ=environ,
-                timeout=options.timeout,
+                environ=context.environ,
+                timeout=context.timeout,
             )
         finally:
             engine.close()
     except Transient as exc:  # the engine is not there: recorded, and tried again next run
-        applied, unreachable = Applied(reason=str(exc)), True
-    completed = now()
+        return Applied(reason=str(exc)), True
+    if applied.ok:
+        step = health.check(desired.environment.health, time.monotonic() + context.timeout)
+        if step is not None:
+            applied.steps.append(step)
+            if not step.ok:
+                applied.ok = False
+                bad = [line for line in step.output.splitlines() if "expected" in line]
+                applied.reason = "health check failed: " + "; ".join(bad)
+    return applied, False
+
+
+def _deploy(context: _Context, outcome: AgentRun) -> None:
+    desired = context.desired
+    assert desired.decision is not None and desired.lock is not None
+    decision, lock = desired.decision, desired.lock
+    plugin = context.plugin(desired.agent)
+    started = context.now()
+    applied, unreachable = _apply(context, lock)
+    completed = context.now()
     result = "succeeded" if applied.ok else "failed"
+    back, note = _rollback_plan(context, applied, unreachable)
+    reason = _also(applied.reason, note) if note else applied.reason
     release = {"id": decision.release_id, "name": decision.release_name}
+    extra: dict[str, object] = {}
+    if desired.environment.rollout.strategy == "rolling" and desired.position is not None:
+        extra["rollout"] = {
+            "strategy": "rolling",
+            "batch": desired.position.batch,
+            "batches": desired.position.batches,
+        }
     statement = canonical(
         deployment_statement(
             tenant=desired.tenant,
@@ -186,7 +262,7 @@ def _deploy(
             release=release,
             policy={"id": desired.policy.id, "record": desired.policy_record},
             result=result,
-            reason=applied.reason,
+            reason=reason,
             steps=applied.steps,
             containers=applied.containers,
             lock=lock,
@@ -194,57 +270,167 @@ def _deploy(
             started_at=started,
             completed_at=completed,
             previous=desired.previous_deployment,
+            extra=extra,
         )
     )
     deployment = f"sha256:{sha256_hex(statement)}"
     new_sticker = (
-        {
-            "version": VERSION,
-            "environment": desired.environment.name,
-            "target": desired.target.name,
-            "release": {**release, "components": _components(desired)},
-            "decision": decision.evidence,
-            "deployment": deployment,
-            "deployedAt": rfc3339(completed),
-            "previous": _previous(sticker),
-        }
+        _sticker(desired, desired.release, decision.evidence, deployment, completed, context.sticker)
         if applied.ok
-        else sticker
+        else context.sticker
     )
     pointer = (
         canonical(new_sticker) if new_sticker is not None else canonical({"target": desired.target.name})
     )
-    stage(options.state_dir, statement, signer, pointer, desired.target)
+    if back:  # owed from here on: a run killed before the rollback record is staged finishes it
+        write_owed(context.options.state_dir, decision.evidence, deployment, applied.reason)
+    stage(context.options.state_dir, statement, context.signer, pointer, desired.target)
     if applied.ok and new_sticker is not None:
-        write_sticker(options.state_dir, new_sticker)
+        write_sticker(context.options.state_dir, new_sticker)
     elif not unreachable:
-        remember_failed(options.state_dir, decision.evidence, applied.reason)
+        remember_failed(context.options.state_dir, decision.evidence, applied.reason)
     outcome.unreachable = unreachable
     outcome.action = "deployed" if applied.ok else "failed"
-    outcome.result, outcome.reason, outcome.deployment = result, applied.reason, deployment
+    outcome.result, outcome.reason, outcome.deployment = result, reason, deployment
+    if back:
+        _rollback(context, read_owed(context.options.state_dir) or {}, outcome)
 
 
-def _components(desired: Desired) -> dict[str, dict[str, str]]:
-    """The release's components as the sticker lists them: name -> pinned image and digest."""
-    if desired.release is None:
-        return {}
-    return {
-        name: {"image": component.pinned, "digest": component.digest}
-        for name, component in sorted(desired.release.components.items())
-    }
+def _rollback_plan(context: _Context, applied: Applied, unreachable: bool) -> tuple[bool, str]:
+    """Whether to roll back after `applied`, and what the failed record says about it."""
+    desired = context.desired
+    if applied.ok or unreachable or not any(step.stage == "up" for step in applied.steps):
+        return False, ""  # nothing changed on the target (a pull failed, or the engine is away)
+    if not desired.environment.rollout.autoRollback:
+        return False, "automatic rollback is off (rollout.autoRollback: false)"
+    running = desired.running
+    if running is None:
+        return False, "no earlier release on this target to roll back to"
+    name = desired.decision.release_name if desired.decision else "this release"
+    if not desired.rollback_safe:
+        return (
+            False,
+            f"not rolled back automatically: {name} is marked rollbackSafe: false; a person must act",
+        )
+    if not running.rollback_safe:
+        return False, (
+            f"not rolled back automatically: {running.decision.release_name} is marked rollbackSafe: "
+            "false; a person must act"
+        )
+    return True, f"rolling back to {running.decision.release_name} ({running.decision.evidence})"
 
 
-def _nothing_deployed(desired: Desired) -> dict[str, object]:
-    """The sticker of a target that never ran a release (what its pointer says after a failed first)."""
+def _rollback(context: _Context, owed: Mapping[str, str], outcome: AgentRun) -> None:
+    """Re-apply the lock of the decision the sticker names, and record `rollback`."""
+    desired, state_dir = context.desired, context.options.state_dir
+    running = desired.running
+    failed_decision, failed_deployment = owed.get("decision"), owed.get("deployment")
+    if running is None or not failed_decision or not failed_deployment:
+        clear_owed(state_dir)  # nothing verifiable to go back to any more: say so, and stop owing it
+        outcome.reason = (
+            outcome.reason + "; " if outcome.reason else ""
+        ) + "no earlier release to roll back to"
+        return
+    plugin = context.plugin(desired.agent)
+    started = context.now()
+    applied, unreachable = _apply(context, running.lock)
+    if unreachable:  # still owed: the next run tries again
+        outcome.unreachable = True
+        outcome.reason = (
+            outcome.reason + "; " if outcome.reason else ""
+        ) + f"rollback not done: {applied.reason}"
+        return
+    completed = context.now()
+    result = "rolled-back" if applied.ok else "failed"
+    why = owed.get("reason", "")
+    reason = (
+        f"{failed_decision} failed here ({why}): {running.decision.release_name} runs again"
+        if applied.ok
+        else f"rolling back to {running.decision.release_name} failed too: {applied.reason}"
+    )
+    statement = canonical(
+        deployment_statement(
+            tenant=desired.tenant,
+            target=desired.target,
+            agent=plugin.manifest.name,
+            decision=running.decision.evidence,
+            release={"id": running.decision.release_id, "name": running.decision.release_name},
+            policy={"id": desired.policy.id, "record": desired.policy_record},
+            result=result,
+            reason=reason,
+            steps=applied.steps,
+            containers=applied.containers,
+            lock=running.lock,
+            images=lock_images(running.lock),
+            started_at=started,
+            completed_at=completed,
+            previous=failed_deployment,
+            kind=ROLLBACK,
+            extra={
+                "rollback": {
+                    "failedDecision": failed_decision,
+                    "failedDeployment": failed_deployment,
+                    "reason": why,
+                }
+            },
+        )
+    )
+    record = f"sha256:{sha256_hex(statement)}"
+    new_sticker = (
+        _sticker(desired, running.release, running.decision.evidence, record, completed, context.sticker)
+        if applied.ok
+        else context.sticker
+    )
+    pointer = (
+        canonical(new_sticker) if new_sticker is not None else canonical({"target": desired.target.name})
+    )
+    stage(state_dir, statement, context.signer, pointer, desired.target)
+    if applied.ok and new_sticker is not None:
+        write_sticker(state_dir, new_sticker)
+    remember_failed(state_dir, failed_decision, why or "failed")
+    clear_owed(state_dir)
+    outcome.action = "rolled-back" if applied.ok else "failed"
+    outcome.result = outcome.result or "failed"
+    outcome.deployment = outcome.deployment or failed_deployment
+    outcome.rollback, outcome.rollback_result = record, result
+    outcome.reason = _also(outcome.reason or why, reason)
+
+
+def _also(reason: str, more: str) -> str:
+    return f"{reason}; {more}" if reason else more
+
+
+def _sticker(
+    desired: Desired,
+    release: ReleaseLock | None,
+    decision: str,
+    deployment: str,
+    at: datetime,
+    before: Mapping[str, object] | None,
+) -> dict[str, object]:
     return {
         "version": VERSION,
         "environment": desired.environment.name,
         "target": desired.target.name,
-        "release": None,
-        "decision": None,
-        "deployment": None,
-        "deployedAt": None,
-        "previous": None,
+        "release": {
+            "id": release.id if release else None,
+            "name": release.name if release else None,
+            "components": _components(release),
+        },
+        "decision": decision,
+        "deployment": deployment,
+        "deployedAt": rfc3339(at),
+        "previous": _previous(before),
+    }
+
+
+def _components(release: ReleaseLock | None) -> dict[str, dict[str, str]]:
+    """The release's components as the sticker lists them: name -> pinned image and digest."""
+    if release is None:
+        return {}
+    return {
+        name: {"image": component.pinned, "digest": component.digest}
+        for name, component in sorted(release.components.items())
     }
 
 
@@ -273,6 +459,29 @@ def read_failed(state_dir: Path) -> dict[str, str]:
 def remember_failed(state_dir: Path, decision: str, reason: str) -> None:
     failed = read_failed(state_dir)
     failed[decision] = reason
-    tmp = state_dir / (FAILED + ".tmp")
-    tmp.write_text(json.dumps(failed, sort_keys=True))
-    os.replace(tmp, state_dir / FAILED)
+    _write_json(state_dir / FAILED, failed)
+
+
+def read_owed(state_dir: Path) -> dict[str, str] | None:
+    """The rollback a killed run owes (`{decision, deployment, reason}`), if any."""
+    try:
+        value = json.loads((state_dir / OWED).read_text())
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError):
+        return {}
+    return {str(k): str(v) for k, v in value.items()} if isinstance(value, dict) else {}
+
+
+def write_owed(state_dir: Path, decision: str, deployment: str, reason: str) -> None:
+    _write_json(state_dir / OWED, {"decision": decision, "deployment": deployment, "reason": reason})
+
+
+def clear_owed(state_dir: Path) -> None:
+    (state_dir / OWED).unlink(missing_ok=True)
+
+
+def _write_json(path: Path, value: object) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(value, sort_keys=True))
+    os.replace(tmp, path)

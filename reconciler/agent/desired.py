@@ -10,7 +10,9 @@ index cache inside it.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
+from typing import Any
 
 from ..errors import InvalidInput
 from ..evidence import sha256_hex
@@ -25,6 +27,8 @@ from ..protocols import AgentTarget
 from ..render import LOCK_FILE
 from ..repo import GitTree, Repo
 from ..sign import TrustedKeys
+from . import rollout
+from .rollout import Position
 
 
 @dataclass(frozen=True)
@@ -47,21 +51,45 @@ class Desired:
     tenant: str
     release: ReleaseLock | None
     """The lock of the decision's release (`releases/<name>.json`)."""
+    rollback_safe: bool = True
+    """Whether the decision's release may be rolled back from automatically (its signed statement's
+    `release.rollbackSafe`)."""
+    position: Position | None = None
+    """Where the target stands in the decision's rollout."""
+    last_deployment: Record | None = None
+    """The record at the head of this target's chain."""
+    running: Running | None = None
+    """What the target ran before (its sticker's decision), as the branch verifies it."""
 
 
-def read_desired(repo: Repo, ref: str, head: str, root: str, target_name: str) -> Desired:
-    """The target's verified state on `ref` at `head`. `InvalidInput` when the chain does not start at
-    `root`, the target is in no environment of the policy in force, or the lock does not hash."""
+@dataclass(frozen=True)
+class Running:
+    """A decision a target ran, verified again on the branch: what an automatic rollback re-applies."""
+
+    decision: Record
+    lock: bytes
+    release: ReleaseLock | None
+    rollback_safe: bool
+
+
+def read_desired(
+    repo: Repo, ref: str, head: str, root: str, target_name: str, running: str | None = None
+) -> Desired:
+    """The target's verified state on `ref` at `head`; `running` is the decision its sticker names.
+    `InvalidInput` when the chain does not start at `root`, the target is in no environment of the
+    policy in force, or the lock does not hash."""
     tree = repo.tree(head)
     keyring = Keyring(tree)
     index = open_index(repo, ref, head, keyring=keyring)
     try:
-        return _desired(tree, index, keyring, root, target_name)
+        return _desired(tree, index, keyring, root, target_name, running)
     finally:
         index.close()
 
 
-def _desired(tree: GitTree, index: EvidenceIndex, keyring: Keyring, root: str, target_name: str) -> Desired:
+def _desired(
+    tree: GitTree, index: EvidenceIndex, keyring: Keyring, root: str, target_name: str, running: str | None
+) -> Desired:
     genesis = index.genesis()
     if genesis is None or genesis.evidence != root:
         found = genesis.evidence if genesis else "none"
@@ -87,6 +115,16 @@ def _desired(tree: GitTree, index: EvidenceIndex, keyring: Keyring, root: str, t
     target = AgentTarget(environment.name, spec.name, spec.endpoint, spec.project)
     decision = index.current(environment.name)
     lock = _lock(tree, decision) if decision is not None else None
+    head = index.chain_head(target_chain(environment.name, target_name))
+    position = None
+    if decision is not None:
+        position = rollout.position(
+            environment,
+            target_name,
+            decision.evidence,
+            index.carried_out(decision.evidence),
+            reason_of=lambda record: _reason(tree, record),
+        )
     return Desired(
         target=target,
         agent=spec.agent,
@@ -96,10 +134,50 @@ def _desired(tree: GitTree, index: EvidenceIndex, keyring: Keyring, root: str, t
         agent_keys=keys,
         decision=decision,
         lock=lock,
-        previous_deployment=index.chain_head(target_chain(environment.name, target_name)),
+        previous_deployment=head,
         tenant=repository.settings.tenant,
         release=read_lock(tree, decision.release_name) if decision is not None else None,
+        rollback_safe=_rollback_safe(tree, decision) if decision is not None else True,
+        position=position,
+        last_deployment=index.record(head) if head is not None else None,
+        running=_running(tree, index, environment.name, running) if running else None,
     )
+
+
+def _running(tree: GitTree, index: EvidenceIndex, environment: str, decision_id: str) -> Running | None:
+    """The decision a sticker names, when it is a verified allow of this environment with its lock."""
+    record = index.record(decision_id)
+    if record is None or record.environment != environment or record.result != "allow":
+        return None
+    try:
+        lock = _lock(tree, record)
+    except InvalidInput:
+        return None
+    return Running(record, lock, read_lock(tree, record.release_name), _rollback_safe(tree, record))
+
+
+def _statement(tree: GitTree, record: Record) -> dict[str, Any]:
+    """The predicate of a record the index verified, read again and checked against its id."""
+    hex_id = record.evidence.removeprefix("sha256:")
+    raw = Ledger(tree).statement_raw(hex_id)
+    if raw is None or sha256_hex(raw) != hex_id:
+        raise InvalidInput(f"evidence/{hex_id}.json: missing, or its bytes do not hash to its name")
+    predicate = json.loads(raw).get("predicate")
+    return predicate if isinstance(predicate, dict) else {}
+
+
+def _rollback_safe(tree: GitTree, record: Record) -> bool:
+    """A decision's `release.rollbackSafe` as its signed statement says (absent: true)."""
+    release = _statement(tree, record).get("release")
+    return not (isinstance(release, dict) and release.get("rollbackSafe") is False)
+
+
+def _reason(tree: GitTree, record: Record) -> str:
+    try:
+        reason = _statement(tree, record).get("reason")
+    except InvalidInput:
+        return ""
+    return reason if isinstance(reason, str) else ""
 
 
 def _find_target(

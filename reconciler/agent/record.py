@@ -62,14 +62,18 @@ def deployment_statement(
     started_at: datetime,
     completed_at: datetime,
     previous: str | None,
+    kind: str = DEPLOYMENT,
+    extra: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """The in-toto statement of one deployment attempt (a plain value; `canonical()` makes its bytes)."""
+    """The in-toto statement of one deployment attempt (a plain value; `canonical()` makes its bytes).
+    `kind` is `deployment` or `rollback`; `extra` adds predicate fields (`rollout`, `rollback`)."""
     return {
         "_type": STATEMENT_TYPE,
         "subject": subjects_of(images),
         "predicateType": PREDICATE_TYPE,
         "predicate": {
-            "type": DEPLOYMENT,
+            **(extra or {}),
+            "type": kind,
             "tenant": tenant,
             "generator": {"name": GENERATOR, "version": __version__},
             "environment": target.environment,

@@ -78,7 +78,8 @@ def _check_target_pointer(
     tree: GitTree, chain: str, heads: list[str], facts: Mapping[str, _Fact]
 ) -> list[Finding]:
     """`targets/<env>/<target>/stella.version.json` mirrors the target's sticker: it names the newest
-    succeeded deployment of the target's chain as what runs (or nothing, before any)."""
+    record of the target's chain that left it running a release (a `succeeded` deployment, or a
+    `rolled-back` rollback) as what runs (or nothing, before any)."""
     env, _, target = chain.removeprefix(TARGET_CHAIN).partition("/")
     path = target_pointer_path(env, target)
     raw = tree.read(path)
@@ -96,10 +97,13 @@ def _check_target_pointer(
         ]
     if len(heads) > 1:
         return [Finding(path, f"the target's chain has {len(heads)} heads", check="chain")]
-    newest = _newest(facts, heads[0], "succeeded")
+    newest = _newest(facts, heads[0], "succeeded", "rolled-back")
     expected = f"sha256:{newest.hex}" if newest is not None else None
     if pointer.get("deployment") != expected:
-        message = f"names deployment {pointer.get('deployment')}, not the newest succeeded one ({expected})"
+        message = (
+            f"names deployment {pointer.get('deployment')}, not the newest one that left the target "
+            f"running a release ({expected})"
+        )
         return [Finding(path, message, check="pointer")]
     return []
 
@@ -187,14 +191,14 @@ def _newest_allowed(facts: Mapping[str, _Fact], head: object) -> _Fact | None:
     return _newest(facts, head, "allow")
 
 
-def _newest(facts: Mapping[str, _Fact], head: object, result: str) -> _Fact | None:
-    """The newest record of the chain ending at `head` whose result is `result`."""
+def _newest(facts: Mapping[str, _Fact], head: object, *results: str) -> _Fact | None:
+    """The newest record of the chain ending at `head` whose result is one of `results`."""
     seen: set[str] = set()
     current = head if isinstance(head, str) else None
     while current is not None and current not in seen and current in facts:
         seen.add(current)
         fact = facts[current]
-        if fact.result == result:
+        if fact.result in results:
             return fact
         current = fact.previous
     return None

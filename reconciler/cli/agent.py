@@ -1,10 +1,11 @@
 """`stella agent`: run one target's deployment agent, once or on an interval (DESIGN §9).
 
-Exit codes: 0 the target runs what the evidence says (deployed now, or already); 1 the deployment failed
-(a record says why) or was skipped as failed before, or the source refused a record (kept under
-`refused/`); 2 invalid input (a chain that does not start at the
-pinned root, a target or agent key the policy in force does not hold, a bad key file); 3 the source or
-the engine could not be reached. The agent loop and the plugins are imported only when it runs.
+Exit codes: 0 the target runs what the evidence says (deployed now, or already), or waits for the
+earlier batches of a rolling rollout; 1 the deployment failed (a record says why, and whether the
+earlier release was rolled back to), was skipped as failed before, the rollout is halted by a failure
+in an earlier batch, or the source refused a record (kept under `refused/`); 2 invalid input (a chain
+that does not start at the pinned root, a target or agent key the policy in force does not hold, a bad
+key file); 3 the source or the engine could not be reached. The agent loop and the plugins are imported only when it runs.
 """
 
 from __future__ import annotations
@@ -21,6 +22,8 @@ if TYPE_CHECKING:
     from ..agent import AgentRun
 
 _ROOT_RE = re.compile(r"^sha256:[0-9a-f]{64}$")
+_NOT_OK = ("failed", "rolled-back", "skipped", "halted")
+"""Actions that exit 1: the target does not run the decision, and waiting will not change that."""
 
 
 def add_agent(sub: Subcommands, common: Parser) -> None:
@@ -37,7 +40,13 @@ def add_agent(sub: Subcommands, common: Parser) -> None:
         "--root", required=True, metavar="sha256:ID", help="the genesis the policy chain must start at"
     )
     p.add_argument("--evidence-ref", default="refs/heads/stella/evidence", metavar="REF")
-    p.add_argument("--timeout", type=float, default=120.0, help="seconds `up` may wait for healthy services")
+    p.add_argument(
+        "--timeout",
+        type=float,
+        metavar="S",
+        help="seconds `up` and the health checks may wait for healthy services "
+        "(default: the environment's rollout.healthTimeout)",
+    )
     when = p.add_mutually_exclusive_group()
     when.add_argument("--once", action="store_true", help="one run, then exit (the default)")
     when.add_argument("--interval", type=float, metavar="S", help="run every S seconds until SIGTERM")
@@ -53,6 +62,10 @@ def _run_json(run: AgentRun) -> dict[str, Any]:
         "result": run.result,
         "reason": run.reason,
         "deployment": run.deployment,
+        "rollback": run.rollback,
+        "rollbackResult": run.rollback_result,
+        "batch": run.batch,
+        "batches": run.batches,
         "pushed": run.pushed,
         "refused": run.refused,
         "unreachable": run.unreachable,
@@ -67,6 +80,8 @@ def _print_run(run: AgentRun) -> None:
     )
     if run.deployment:
         say(f"deployment record {run.deployment} ({run.result})")
+    if run.rollback:
+        say(f"rollback record {run.rollback} ({run.rollback_result})")
     for refused in run.refused:
         say(f"deployment record {refused} refused by the source: kept under refused/ in the state directory")
 
@@ -86,7 +101,7 @@ def cmd_agent(args: argparse.Namespace) -> int:
 
     if not _ROOT_RE.match(args.root):
         raise Usage(f"--root {args.root!r} is not an evidence id (sha256:<64 hex>)")
-    if args.timeout <= 0:
+    if args.timeout is not None and args.timeout <= 0:
         raise Usage("--timeout must be a positive number of seconds")
     key = load_private_key(Path(args.key))
     signer = KeySigner(key)
@@ -108,7 +123,7 @@ def cmd_agent(args: argparse.Namespace) -> int:
         emit(args, _run_json(result), lambda: _print_run(result))
         if result.unreachable:
             return TRANSIENT
-        return NOT_OK if result.action in ("failed", "skipped") or result.refused else OK
+        return NOT_OK if result.action in _NOT_OK or result.refused else OK
     if args.interval <= 0:
         raise Usage("--interval must be a positive number of seconds")
     return run(

@@ -32,10 +32,12 @@ from .environment import (
     Environment,
     FreezeWindow,
     GateConfig,
+    HealthCheck,
     HostAccess,
     HostPath,
     PinnedImage,
     RecurringWindow,
+    Rollout,
     Target,
 )
 from .inputs import (
@@ -78,6 +80,7 @@ __all__ = [
     "GateConfig",
     "Governance",
     "Groups",
+    "HealthCheck",
     "HostAccess",
     "HostPath",
     "Identity",
@@ -104,6 +107,7 @@ __all__ = [
     "SecretRef",
     "Settings",
     "SignerSettings",
+    "Rollout",
     "Target",
     "UtcTime",
     "parse_duration",

@@ -7,9 +7,9 @@ registry.
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, SerializerFunctionWrapHandler, model_serializer, model_validator
 
 from .. import reference
 from .common import Digest, ImageText, Name, _Manifest, _Model
@@ -65,3 +65,13 @@ class ReleaseLock(_Model):
     name: Name
     id: Digest
     components: dict[Name, LockedComponent]
+    rollbackSafe: bool = True
+    """The release's `rollbackSafe`, fixed with its digests; written only when false, so that the locks
+    (and the decisions quoting them) of every other release keep their bytes."""
+
+    @model_serializer(mode="wrap")
+    def _omit_default_rollback_safe(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        data: dict[str, Any] = handler(self)
+        if self.rollbackSafe:
+            data.pop("rollbackSafe", None)
+        return data

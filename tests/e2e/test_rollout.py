@@ -1,0 +1,326 @@
+"""Rollouts that stop and undo themselves, against a real Engine, registry and Compose: rolling batches
+coordinated through the evidence branch, a release that fails its health check rolled back to the exact
+digests that ran before, the later batches never touched, and `rollbackSafe: false` respected."""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from reconciler.sign import generate_key
+from tests.e2e.test_agent import SECRET
+from tests.support.busybox_image import push_busybox
+from tests.support.cli import Run, stella
+from tests.support.dockerd import DockerDaemon, start_dockerd
+from tests.support.registry import RegistryServer
+from tests.support.repos import commit_all, git, write_files
+
+TARGETS = ("web-1", "web-2", "web-3")
+# healthy unless the image's /etc/marker says "broken"; Compose `up --wait` fails on unhealthy
+TEMPLATE = """\
+services:
+{% for name, c in components.items() %}
+  {{ name | tojson }}:
+    image: {{ c.pinned }}
+    network_mode: none
+    command: ["/bin/busybox", "sleep", "3600"]
+    stop_grace_period: 1s
+    healthcheck:
+      test: ["CMD", "/bin/busybox", "sh", "-c", "! /bin/busybox grep -q broken /etc/marker"]
+      interval: 250ms
+      retries: 2
+    environment:
+{% for key in secrets %}
+      {{ key }}: {{ secret(key) }}
+{% endfor %}
+{% endfor %}
+"""
+
+
+@pytest.fixture(scope="module")
+def engine() -> Iterator[DockerDaemon]:
+    daemon = start_dockerd()
+    try:
+        yield daemon
+    finally:
+        daemon.close()
+
+
+@pytest.fixture(autouse=True)
+def _clean(engine: DockerDaemon) -> Iterator[None]:
+    yield
+    client = engine.client()
+    try:
+        for container in client.containers.list(all=True):
+            container.remove(force=True)
+    finally:
+        client.close()
+
+
+class Shop:
+    """A repository whose environment `dev` has three targets on one Engine (three Compose projects)."""
+
+    def __init__(
+        self,
+        tmp: Path,
+        registry: RegistryServer,
+        engine: DockerDaemon,
+        rollout: str,
+        *,
+        template: str = TEMPLATE,
+        more: str = "",
+    ) -> None:
+        self.tmp, self.registry, self.engine = tmp, registry, engine
+        self.root = tmp / "repo"
+        self.keys = tmp / "keys"
+        self.evidence_key = self.keys / "evidence.pem"
+        generate_key(self.evidence_key)
+        files: dict[str, str | bytes | None] = {
+            "stella.yaml": "apiVersion: stella/v1\nkind: Settings\ntenant: shop\n",
+            "environments/dev.yaml": (
+                "apiVersion: stella/v1\nkind: Environment\nname: dev\n"
+                "template: templates/shop.compose.yml.j2\n"
+                "secrets: {DB_PASSWORD: env:DB_PASSWORD}\n"
+                f"rollout: {rollout}\n"
+                + more
+                + "targets:\n"
+                + "".join(
+                    f"  - {{name: {t}, agent: docker, endpoint: '{engine.endpoint}', project: shop{t}}}\n"
+                    for t in TARGETS
+                )
+            ),
+            "templates/shop.compose.yml.j2": template,
+            "trust/evidence-keys/ci.pub": self.keys.joinpath("evidence.pem.pub").read_bytes(),
+        }
+        for target in TARGETS:
+            generate_key(self.keys / f"{target}.pem")
+            files[f"trust/agent-keys/{target}.pub"] = self.keys.joinpath(f"{target}.pem.pub").read_bytes()
+        write_files(self.root, files)
+        git(self.root, "init", "-q", "-b", "main")
+        git(self.root, "config", "user.name", "Requester")
+        git(self.root, "config", "user.email", "requester@example.com")
+        commit_all(self.root, "a shop with three targets")
+        self.genesis = ""
+
+    def release(self, name: str, marker: str, *, rollback_safe: bool = True) -> str:
+        """Push an image, write release `name` of it and its promotion to dev, reconcile; the image."""
+        image = push_busybox(self.registry.host, self.tmp / "images", "shop/web", name, marker=marker)
+        write_files(
+            self.root,
+            {
+                f"releases/{name}.yaml": (
+                    f"apiVersion: stella/v1\nkind: Release\nname: {name}\n"
+                    + ("" if rollback_safe else "rollbackSafe: false\n")
+                    + f"components:\n  web: {{image: '{self.registry.host}/shop/web:{name}'}}\n"
+                ),
+                f"promotions/{name}--dev.yaml": (
+                    f"apiVersion: stella/v1\nkind: Promotion\nrelease: {name}\nenvironment: dev\n"
+                ),
+            },
+        )
+        commit_all(self.root, f"release {name} to dev")
+        run = self.stella("reconcile", "--once", "-o", "json")
+        assert run.code == 0, run.out + run.err
+        passed = json.loads(run.out)
+        self.genesis = self.genesis or str(passed["ratification"])
+        assert [d["decision"] for d in passed["decisions"]] == ["allow"], passed
+        return image
+
+    def stella(self, *args: str | Path) -> Run:
+        return stella(*args, "--repo", self.root, env={"STELLA_SIGNING_KEY": str(self.evidence_key)})
+
+    def agent(self, target: str) -> tuple[int, dict[str, object]]:
+        run = stella(
+            "agent",
+            "--target",
+            target,
+            "--repo",
+            self.root,
+            "--key",
+            self.keys / f"{target}.pem",
+            "--state-dir",
+            self.state(target),
+            "--root",
+            self.genesis,
+            "--timeout",
+            "20",
+            "-o",
+            "json",
+            env={"DB_PASSWORD": SECRET},
+        )
+        assert run.code in (0, 1), run.out + run.err
+        done: dict[str, object] = json.loads(run.out)
+        return run.code, done
+
+    def state(self, target: str) -> Path:
+        return self.tmp / f"state-{target}"
+
+    def running(self, target: str) -> list[str]:
+        """The digests the target's project runs (running containers only)."""
+        client = self.engine.client()
+        try:
+            found = client.containers.list(filters={"label": f"com.docker.compose.project=shop{target}"})
+            return [c.attrs["Config"]["Image"].partition("@")[2] for c in found]
+        finally:
+            client.close()
+
+    def record(self, evidence: object) -> dict[str, object]:
+        shown = subprocess.run(
+            [
+                "git",
+                "cat-file",
+                "blob",
+                f"stella/evidence:evidence/{str(evidence).removeprefix('sha256:')}.json",
+            ],
+            cwd=self.root,
+            check=True,
+            capture_output=True,
+        ).stdout
+        predicate: dict[str, object] = json.loads(shown)["predicate"]
+        return predicate
+
+
+def _digest(image: str) -> str:
+    return image.partition("@")[2]
+
+
+@pytest.mark.registry
+def test_a_rolling_release_that_fails_its_health_check_is_rolled_back_and_halts_the_rest(
+    tmp_path: Path, registry: RegistryServer, engine: DockerDaemon
+) -> None:
+    shop = Shop(tmp_path, registry, engine, "{strategy: rolling, batchSize: 1, healthTimeout: 20s}")
+    good = shop.release("shop-1.0", "good")
+
+    # batch 2 waits for batch 1; then each batch follows the one before
+    code, waiting = shop.agent("web-2")
+    assert (code, waiting["action"]) == (0, "waiting"), waiting
+    assert "waits for web-1" in str(waiting["reason"]) and (waiting["batch"], waiting["batches"]) == (2, 3)
+    assert shop.running("web-2") == []
+    for target in TARGETS:
+        code, done = shop.agent(target)
+        assert (code, done["action"]) == (0, "deployed"), done
+        assert shop.running(target) == [_digest(good)]
+
+    bad = shop.release("shop-2.0", "broken")
+    code, failed = shop.agent("web-1")
+    assert (code, failed["action"], failed["result"]) == (1, "rolled-back", "failed"), failed
+    assert failed["rollbackResult"] == "rolled-back", failed
+    assert shop.running("web-1") == [_digest(good)]  # the exact digest that ran before runs again
+
+    deployment = shop.record(failed["deployment"])
+    assert deployment["type"] == "deployment" and deployment["result"] == "failed"
+    assert "rolling back to shop-1.0" in str(deployment["reason"]), deployment["reason"]
+    assert deployment["rollout"] == {"strategy": "rolling", "batch": 1, "batches": 3}
+    rollback = shop.record(failed["rollback"])
+    assert rollback["type"] == "rollback" and rollback["result"] == "rolled-back"
+    assert rollback["previous"] == failed["deployment"]  # chained after the failed attempt
+    assert rollback["rollback"]["failedDecision"] == failed["decision"]  # type: ignore[index]
+    assert rollback["release"]["name"] == "shop-1.0"  # type: ignore[index]
+    sticker = json.loads((shop.state("web-1") / "stella.version.json").read_bytes())
+    assert sticker["deployment"] == failed["rollback"]
+    assert sticker["release"]["components"]["web"]["digest"] == _digest(good)
+
+    # the later batches never touch the failed release
+    for target in ("web-2", "web-3"):
+        code, halted = shop.agent(target)
+        assert (code, halted["action"]) == (1, "halted"), halted
+        assert "web-1 (batch 1) failed it" in str(halted["reason"]), halted
+        assert shop.running(target) == [_digest(good)]
+    # and the failed decision is not retried on web-1 until a newer decision
+    code, again = shop.agent("web-1")
+    assert (code, again["action"]) == (1, "skipped"), again
+    assert shop.running("web-1") == [_digest(good)]
+    assert _digest(bad) not in shop.running("web-1")
+
+    assert shop.stella("audit", "verify", "--root", shop.genesis).code == 0
+    replay = shop.stella("replay", "--all")
+    assert replay.code == 0, replay.out + replay.err
+
+    # a newer good release goes out again, batch after batch
+    newer = shop.release("shop-2.1", "good-again")
+    for target in TARGETS:
+        code, done = shop.agent(target)
+        assert (code, done["action"]) == (0, "deployed"), done
+        assert shop.running(target) == [_digest(newer)]
+
+
+@pytest.mark.registry
+def test_a_release_marked_not_rollback_safe_is_not_rolled_back_automatically(
+    tmp_path: Path, registry: RegistryServer, engine: DockerDaemon
+) -> None:
+    shop = Shop(tmp_path, registry, engine, "{strategy: all-at-once, healthTimeout: 20s}")
+    shop.release("shop-1.0", "good")
+    code, done = shop.agent("web-1")
+    assert (code, done["action"]) == (0, "deployed"), done
+    shop.release("shop-2.0", "broken-migration", rollback_safe=False)
+    code, failed = shop.agent("web-1")
+    assert (code, failed["action"], failed["rollback"]) == (1, "failed", None), failed
+    assert "shop-2.0 is marked rollbackSafe: false; a person must act" in str(failed["reason"]), failed
+    record = shop.record(failed["deployment"])
+    assert record["result"] == "failed" and "a person must act" in str(record["reason"])
+    sticker = json.loads((shop.state("web-1") / "stella.version.json").read_bytes())
+    assert sticker["release"]["name"] == "shop-1.0"  # the sticker says what last deployed whole
+    assert shop.stella("audit", "verify", "--root", shop.genesis).code == 0
+
+
+# serves /etc over HTTP on the host network, unless the image's /etc/marker says "broken"
+HTTP_TEMPLATE = """\
+services:
+{% for name, c in components.items() %}
+  {{ name | tojson }}:
+    image: {{ c.pinned }}
+    network_mode: host
+    command: ["/bin/busybox", "sh", "-c", "/bin/busybox grep -q broken /etc/marker && exec /bin/busybox sleep 3600; exec /bin/busybox httpd -f -p 127.0.0.1:PORT -h /etc"]
+    stop_grace_period: 1s
+    environment:
+{% for key in secrets %}
+      {{ key }}: {{ secret(key) }}
+{% endfor %}
+{% endfor %}
+"""
+
+
+@pytest.mark.registry
+def test_an_http_health_check_that_never_answers_rolls_the_target_back(
+    tmp_path: Path, registry: RegistryServer, engine: DockerDaemon
+) -> None:
+    port = _free_port()
+    shop = Shop(
+        tmp_path,
+        registry,
+        engine,
+        "{strategy: all-at-once, healthTimeout: 20s}",
+        template=HTTP_TEMPLATE.replace("PORT", str(port)),
+        more=(
+            "hostAccess: {hostNamespaces: true}\n"
+            f"health: {{web: {{url: 'http://127.0.0.1:{port}/marker', expectStatus: 200, timeout: 3s}}}}\n"
+        ),
+    )
+    good = shop.release("shop-1.0", "good")
+    code, done = shop.agent("web-1")
+    assert (code, done["action"]) == (0, "deployed"), done
+    record = shop.record(done["deployment"])
+    health = [s for s in record["steps"] if s["stage"] == "health"]  # type: ignore[union-attr]
+    assert len(health) == 1 and health[0]["exitCode"] == 0, record["steps"]
+    assert f"web: http://127.0.0.1:{port}/marker answered 200" in health[0]["output"]
+
+    shop.release("shop-2.0", "broken")
+    code, failed = shop.agent("web-1")
+    assert (code, failed["action"], failed["rollbackResult"]) == (1, "rolled-back", "rolled-back"), failed
+    reason = str(shop.record(failed["deployment"])["reason"])
+    assert reason.startswith("health check failed: web: http://127.0.0.1:") and "expected 200" in reason, (
+        reason
+    )
+    assert shop.running("web-1") == [_digest(good)]
+    assert shop.stella("audit", "verify", "--root", shop.genesis).code == 0
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
