@@ -10,7 +10,11 @@ holds the records that verify under the policy they name. For each environment o
   is not signed, so it is believed only when the deployment record it names is indexed (it verifies), is
   of this target's chain, carried out the decision the sticker names, and succeeded;
 - `last`: the head of the target's chain of deployment records (`@target:<env>/<target>`);
-- `state` (`target_state`): `in-sync`, `pending`, `failed`, `never` or `unknown`.
+- `state` (`target_state`): `in-sync`, `pending`, `waiting` (a rolling rollout's earlier batches have
+  not deployed it yet), `halted` (an earlier batch failed it), `failed`, `rolled-back` (it failed here,
+  and the release before runs again), `never` or `unknown`;
+- per environment, the rollout of what should run (`rollout`): its strategy, and whether it is
+  complete, in progress or halted (where, and why).
 
 Must not: print, write (beyond the evidence index cache `open_evidence` keeps), or reach the network or
 an engine: what really runs on a host (drift, DESIGN §9) is not this module's business.
@@ -19,11 +23,13 @@ an engine: what really runs on a host (drift, DESIGN §9) is not this module's b
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
 from .errors import InvalidInput
-from .ledger import DEPLOYMENT_TYPES, target_chain, target_pointer_path
+from .evidence import sha256_hex
+from .ledger import DEPLOYMENT_TYPES, ROLLBACK, target_chain, target_pointer_path
 from .timefmt import evidence_time
 
 if TYPE_CHECKING:
@@ -31,8 +37,17 @@ if TYPE_CHECKING:
     from .models import Environment
     from .repo import GitTree, Repo
 
-State = Literal["in-sync", "pending", "failed", "never", "unknown"]
-STATES: tuple[State, ...] = ("in-sync", "pending", "failed", "never", "unknown")
+State = Literal["in-sync", "pending", "waiting", "halted", "failed", "rolled-back", "never", "unknown"]
+STATES: tuple[State, ...] = (
+    "in-sync",
+    "pending",
+    "waiting",
+    "halted",
+    "failed",
+    "rolled-back",
+    "never",
+    "unknown",
+)
 OK_STATES: tuple[State, ...] = ("in-sync", "never")
 """States that need nothing done: running what should run, or nothing allowed (and nothing deployed)."""
 
@@ -98,14 +113,37 @@ class TargetStatus:
 
 
 @dataclass(frozen=True)
+class RolloutStatus:
+    """How far what should run has reached the environment's targets."""
+
+    strategy: str
+    batch_size: int
+    state: Literal["complete", "in-progress", "halted", "none"]
+    reason: str
+    halted_at: str | None = None
+    """The target whose failure halted the rollout."""
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "strategy": self.strategy,
+            "batchSize": self.batch_size,
+            "state": self.state,
+            "reason": self.reason,
+            "haltedAt": self.halted_at,
+        }
+
+
+@dataclass(frozen=True)
 class EnvironmentStatus:
     name: str
     should_run: Record | None
     targets: list[TargetStatus]
+    rollout: RolloutStatus | None = None
 
     def as_json(self) -> dict[str, Any]:
         decision = self.should_run
         return {
+            "rollout": self.rollout.as_json() if self.rollout is not None else None,
             "name": self.name,
             "shouldRun": (
                 {
@@ -189,7 +227,12 @@ def _environments(
 def _environment_status(
     index: EvidenceIndex, evidence: GitTree | None, environment: Environment
 ) -> EnvironmentStatus:
+    from .agent import rollout
+
     should_run = index.current(environment.name)
+    carried = index.carried_out(should_run.evidence) if should_run is not None else []
+    reasons = _reasons(evidence)
+    latest = rollout.latest_by_target(environment.name, carried)
     targets = []
     for target in environment.targets:
         chain = target_chain(environment.name, target.name)
@@ -198,8 +241,83 @@ def _environment_status(
         raw = evidence.read(target_pointer_path(environment.name, target.name)) if evidence else None
         sticker = believe(parse_sticker(raw), index, chain) if raw is not None else None
         state, reason = target_state(should_run, sticker, last)
+        tried = latest.get(target.name)
+        if (
+            should_run is not None
+            and state == "pending"
+            and tried is not None
+            and tried.result != "succeeded"
+        ):
+            if last is not None and last.record_type == ROLLBACK:  # failed here, then rolled back
+                state = "rolled-back"
+                reason = f"{should_run.release_name} failed here; {reason_after_rollback(last)}"
+            else:
+                state, reason = "failed", f"its last deployment of {should_run.release_name} {tried.result}"
+        elif should_run is not None and state == "pending":
+            position = rollout.position(environment, target.name, should_run.evidence, carried, reasons)
+            if position.state != rollout.GO:
+                state, reason = position.state, position.reason
         targets.append(TargetStatus(target.name, target.project, target.agent, state, sticker, last, reason))
-    return EnvironmentStatus(environment.name, should_run, targets)
+    return EnvironmentStatus(
+        environment.name, should_run, targets, _rollout(environment, should_run, carried, targets, reasons)
+    )
+
+
+def reason_after_rollback(record: Record) -> str:
+    if record.result == "rolled-back":
+        return f"rolled back: {record.release_name} runs again"
+    return f"rolling back to {record.release_name} failed too"
+
+
+def _rollout(
+    environment: Environment,
+    should_run: Record | None,
+    carried: list[Record],
+    targets: list[TargetStatus],
+    reasons: Callable[[Record], str],
+) -> RolloutStatus:
+    from .agent import rollout
+
+    strategy, size = environment.rollout.strategy, environment.rollout.batchSize
+    if should_run is None or not targets:
+        return RolloutStatus(strategy, size, "none", "nothing to roll out")
+    halted = rollout.halted_at(environment, carried)
+    if halted is not None:
+        name, batch, record = halted
+        why = reasons(record)
+        return RolloutStatus(
+            strategy,
+            size,
+            "halted",
+            f"halted at batch {batch + 1}: {name} failed {should_run.release_name}"
+            + (f" ({why})" if why else ""),
+            halted_at=name,
+        )
+    done = sum(1 for t in targets if t.state == "in-sync")
+    if done == len(targets):
+        return RolloutStatus(strategy, size, "complete", f"{should_run.release_name} runs on every target")
+    return RolloutStatus(
+        strategy, size, "in-progress", f"{should_run.release_name} runs on {done} of {len(targets)} target(s)"
+    )
+
+
+def _reasons(evidence: GitTree | None) -> Callable[[Record], str]:
+    """The `reason` a deployment record gives, read from its statement (checked against its id)."""
+
+    def reason(record: Record) -> str:
+        if evidence is None:
+            return ""
+        hex_id = record.evidence.removeprefix("sha256:")
+        raw = evidence.read(f"evidence/{hex_id}.json")
+        if raw is None or sha256_hex(raw) != hex_id:
+            return ""
+        try:
+            why = json.loads(raw).get("predicate", {}).get("reason")
+        except (ValueError, AttributeError):
+            return ""
+        return why if isinstance(why, str) else ""
+
+    return reason
 
 
 def parse_sticker(raw: bytes) -> Sticker:
@@ -257,7 +375,7 @@ def _disbelief(sticker: Sticker, index: EvidenceIndex, chain: str) -> str | None
     release_id = (sticker.release or {}).get("id")
     if release_id is not None and release_id != record.release_id:
         return f"{sticker.deployment} deployed release {record.release_id}, not the one it names"
-    if record.result != "succeeded":
+    if record.result not in ("succeeded", "rolled-back"):
         return f"{sticker.deployment} {record.result}: it did not leave that decision running"
     return None
 

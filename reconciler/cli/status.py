@@ -2,7 +2,7 @@
 
 Prints `reconciler.status`'s result: one line per target, or the stable `-o json` object (docs/cli.md).
 Exit codes: 0 every target runs what it should (or has nothing to run); 1 some target is pending,
-failed or unknown; 2 an environment the ratified policy does not have. The evidence machinery is
+waiting, halted, failed, rolled back or unknown; 2 an environment the ratified policy does not have. The evidence machinery is
 imported by the handler, never here (`stella --help` stays fast).
 """
 
@@ -43,6 +43,9 @@ def _print_status(status: Status) -> None:
         decision = environment.should_run
         if not environment.targets:
             say(f"{environment.name}: no targets")
+        rollout = environment.rollout
+        if rollout is not None and rollout.strategy == "rolling" and rollout.state != "none":
+            say(f"{environment.name}: rollout {rollout.strategy}: {rollout.state} ({rollout.reason})")
         for target in environment.targets:
             wants = f"{decision.release_name} ({decision.evidence[:19]}…)" if decision else "nothing"
             say(
@@ -66,7 +69,8 @@ def _seen(target: TargetStatus) -> str:
     if last is None:
         return f"{says}; no deployment yet"
     when = evidence_time(last.decided_at)
-    return f"{says}; last deployment {last.release_name} {last.result} at {when} ({last.evidence[:19]}…)"
+    kind = "last deployment" if last.record_type == "deployment" else f"last {last.record_type}"
+    return f"{says}; {kind} {last.release_name} {last.result} at {when} ({last.evidence[:19]}…)"
 
 
 COMMANDS: dict[str, Register] = {"status": add_status}

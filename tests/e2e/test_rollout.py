@@ -199,6 +199,9 @@ def test_a_rolling_release_that_fails_its_health_check_is_rolled_back_and_halts_
     # batch 2 waits for batch 1; then each batch follows the one before
     code, waiting = shop.agent("web-2")
     assert (code, waiting["action"]) == (0, "waiting"), waiting
+    [dev] = shop.stella("status", "dev", "-o", "json").json()["environments"]
+    assert [t["state"] for t in dev["targets"]] == ["pending", "waiting", "waiting"], dev
+    assert dev["rollout"]["state"] == "in-progress", dev
     assert "waits for web-1" in str(waiting["reason"]) and (waiting["batch"], waiting["batches"]) == (2, 3)
     assert shop.running("web-2") == []
     for target in TARGETS:
@@ -236,6 +239,20 @@ def test_a_rolling_release_that_fails_its_health_check_is_rolled_back_and_halts_
     assert (code, again["action"]) == (1, "skipped"), again
     assert shop.running("web-1") == [_digest(good)]
     assert _digest(bad) not in shop.running("web-1")
+
+    status = shop.stella("status", "dev", "-o", "json")
+    assert status.code == 1, status.out + status.err
+    [dev] = status.json()["environments"]
+    assert dev["rollout"]["state"] == "halted" and dev["rollout"]["haltedAt"] == "web-1", dev["rollout"]
+    assert "halted at batch 1: web-1 failed shop-2.0" in dev["rollout"]["reason"], dev["rollout"]
+    states = {t["name"]: (t["state"], t["reason"]) for t in dev["targets"]}
+    assert states["web-1"] == ("rolled-back", "shop-2.0 failed here; rolled back: shop-1.0 runs again"), (
+        states
+    )
+    assert states["web-2"][0] == states["web-3"][0] == "halted", states
+    text = shop.stella("status", "dev").out
+    assert "dev: rollout rolling: halted (halted at batch 1: web-1 failed shop-2.0" in text, text
+    assert "dev/web-1: rolled-back" in text and "last rollback shop-1.0 rolled-back" in text, text
 
     assert shop.stella("audit", "verify", "--root", shop.genesis).code == 0
     replay = shop.stella("replay", "--all")
