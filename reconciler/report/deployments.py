@@ -33,7 +33,7 @@ if TYPE_CHECKING:
     from ..protocols import FileSource
     from ..repo import GitTree
 
-RESULTS = ("succeeded", "failed")
+RESULTS = ("succeeded", "failed", "rolled-back")
 """Results a deployment record may carry (anything else is shown as stored, in a neutral colour)."""
 
 
@@ -168,7 +168,21 @@ def deployment_view(
     policy = as_dict(p.get("policy"))
     generator = as_dict(p.get("generator"))
     started, completed = text(p.get("startedAt")), text(p.get("completedAt"))
+    rollout, rollback = as_dict(p.get("rollout")), as_dict(p.get("rollback"))
     return {
+        "rollout": (
+            f"{text(rollout.get('strategy'))}, batch {text(rollout.get('batch'))} of "
+            f"{text(rollout.get('batches'))}"
+            if rollout
+            else ""
+        ),
+        "rollback": {
+            "failed_decision": _link(rollback.get("failedDecision"), entries, env),
+            "failed_deployment": _link(rollback.get("failedDeployment"), entries, env),
+            "reason": text(rollback.get("reason")),
+        }
+        if rollback
+        else None,
         "hex": hex_id,
         "id": f"sha256:{hex_id}",
         "readable": bool(p),

@@ -257,6 +257,10 @@ def test_a_rolling_release_that_fails_its_health_check_is_rolled_back_and_halts_
     assert shop.stella("audit", "verify", "--root", shop.genesis).code == 0
     replay = shop.stella("replay", "--all")
     assert replay.code == 0, replay.out + replay.err
+    out = tmp_path / "report"
+    assert shop.stella("audit", "report", out).code == 0
+    page = (out / "env-dev.html").read_text()
+    assert "rolled back from" in page and "result-rolled-back" in page and "rolling, batch 1 of 3" in page
 
     # a newer good release goes out again, batch after batch
     newer = shop.release("shop-2.1", "good-again")
