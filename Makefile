@@ -34,6 +34,7 @@ bench: $(VENV)/.installed-test
 	$(BIN)/python bench/bench_audit.py
 	$(BIN)/python bench/bench_startup.py
 	$(BIN)/python bench/bench_agent.py
+	$(BIN)/python bench/bench_rollback.py
 
 schemas: $(VENV)/.installed
 	$(BIN)/python -m reconciler.schemas
