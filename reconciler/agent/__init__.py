@@ -282,9 +282,9 @@ def _deploy(context: _Context, outcome: AgentRun) -> None:
     pointer = (
         canonical(new_sticker) if new_sticker is not None else canonical({"target": desired.target.name})
     )
+    stage(context.options.state_dir, statement, context.signer, pointer, desired.target)
     if back:  # owed from here on: a run killed before the rollback record is staged finishes it
         write_owed(context.options.state_dir, decision.evidence, deployment, applied.reason)
-    stage(context.options.state_dir, statement, context.signer, pointer, desired.target)
     if applied.ok and new_sticker is not None:
         write_sticker(context.options.state_dir, new_sticker)
     elif not unreachable:

@@ -5,15 +5,20 @@ digests that ran before, the later batches never touched, and `rollbackSafe: fal
 from __future__ import annotations
 
 import json
+import os
+import signal
 import socket
+import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from tests.support.cli import STELLA
 from tests.support.dockerd import DockerDaemon, start_dockerd
 from tests.support.registry import RegistryServer
-from tests.support.rollout_site import TARGETS, Shop
+from tests.support.rollout_site import SECRET, TARGETS, Shop
 
 
 @pytest.fixture(scope="module")
@@ -196,3 +201,37 @@ def _free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return int(probe.getsockname()[1])
+
+
+@pytest.mark.registry
+def test_an_agent_killed_while_rolling_back_finishes_the_rollback_on_its_next_run(
+    tmp_path: Path, registry: RegistryServer, engine: DockerDaemon
+) -> None:
+    shop = Shop(tmp_path, registry, engine, "{strategy: all-at-once, healthTimeout: 20s}")
+    good = shop.release("shop-1.0", "good")
+    code, done = shop.agent("web-1")
+    assert (code, done["action"]) == (0, "deployed"), done
+    shop.release("shop-2.0", "broken")
+    running = subprocess.Popen(
+        [STELLA, *map(str, shop.agent_argv("web-1"))],
+        env={**os.environ, "DB_PASSWORD": SECRET},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    owed = shop.state("web-1") / "rollback.json"
+    deadline = time.monotonic() + 60
+    while not owed.exists() and running.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert owed.exists(), "the agent never got to its rollback"
+    running.send_signal(signal.SIGKILL)
+    running.wait(timeout=30)
+    code, after = shop.agent("web-1")
+    assert (code, after["action"], after["rollbackResult"]) == (1, "rolled-back", "rolled-back"), after
+    assert not owed.exists()
+    assert shop.running("web-1") == [_digest(good)]
+    rollback = shop.record(after["rollback"])
+    failed = shop.record(rollback["previous"])  # chained after the failed attempt the killed run recorded
+    assert failed["type"] == "deployment" and failed["result"] == "failed"
+    code, again = shop.agent("web-1")
+    assert (code, again["action"]) == (1, "skipped"), again
+    assert shop.stella("audit", "verify", "--root", shop.genesis).code == 0

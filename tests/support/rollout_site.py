@@ -115,8 +115,9 @@ class Shop:
     def stella(self, *args: str | Path) -> Run:
         return stella(*args, "--repo", self.root, env={"STELLA_SIGNING_KEY": str(self.evidence_key)})
 
-    def agent(self, target: str) -> tuple[int, dict[str, object]]:
-        run = stella(
+    def agent_argv(self, target: str) -> list[str | Path]:
+        """`stella agent …` for `target`, once, with JSON output (the arguments after `stella`)."""
+        return [
             "agent",
             "--target",
             target,
@@ -132,8 +133,10 @@ class Shop:
             "20",
             "-o",
             "json",
-            env={"DB_PASSWORD": SECRET},
-        )
+        ]
+
+    def agent(self, target: str) -> tuple[int, dict[str, object]]:
+        run = stella(*self.agent_argv(target), env={"DB_PASSWORD": SECRET})
         assert run.code in (0, 1), run.out + run.err
         done: dict[str, object] = json.loads(run.out)
         return run.code, done
