@@ -17,7 +17,14 @@ from datetime import datetime
 from typing import Any
 
 from . import render
-from .decision import Gathered, decide_inputs, encode_signed, gather_inputs, input_actor
+from .decision import (
+    Gathered,
+    decide_inputs,
+    encode_signed,
+    gather_inputs,
+    history_environments,
+    input_actor,
+)
 from .discover import Plugins
 from .evidence import canonical, decision_statement, pointer, sha256_hex
 from .gates.quota import day_start
@@ -156,8 +163,10 @@ class Decider:
             return outcome
         requester, requested_at = self.requester(promotion_id)
         approvals = self.approvals(promotion_id, requester.commit)
-        history = (
-            tuple(self.index.priors(environment.promotesFrom, lock.id)) if environment.promotesFrom else ()
+        history = tuple(
+            prior
+            for name in history_environments(promotion, environment)
+            for prior in self.index.priors(name, lock.id)
         )
         template_info = None
         if environment.template:
@@ -236,7 +245,11 @@ class Decider:
             release=lock,
             environment=environment.name,
             promotion_id=outcome.promotion_id,
-            promotion={"reason": promotion.reason, "commit": requester.commit},
+            promotion={
+                "reason": promotion.reason,
+                "commit": requester.commit,
+                **({"rollback": True} if promotion.rollback else {}),
+            },
             actors={"requester": _actor_json(requester), "approvers": _approvers_json(outcome, approvals)},
             result=outcome.decision.result,
             gates=outcome.decision.gates,

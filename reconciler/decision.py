@@ -81,6 +81,16 @@ class Gathered:
     template: dict[str, str] | None
 
 
+def history_environments(promotion: Promotion, environment: Environment) -> tuple[str, ...]:
+    """The environments whose earlier decisions (of the same release id) a decision's history holds:
+    the environment it promotes from, and for a rollback the environment itself (a rollback passes
+    the environment-order gate on its own earlier allow there)."""
+    names = [environment.promotesFrom] if environment.promotesFrom else []
+    if promotion.rollback and environment.name not in names:
+        names.append(environment.name)
+    return tuple(names)
+
+
 def gather_inputs(
     gathered: Gathered,
     *,

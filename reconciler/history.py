@@ -273,9 +273,7 @@ class EvidenceIndex:
 
     def carried_out(self, decision: str) -> list[Record]:
         """The deployment records (any target) that carried out `decision`, oldest first."""
-        rows = self._db.execute(
-            "SELECT * FROM records WHERE source = ? AND type = 'deployment'", (decision,)
-        )
+        rows = self._db.execute("SELECT * FROM records WHERE source = ? AND type = 'deployment'", (decision,))
         records = [_record(row) for row in rows]
         records += [r for r in self._added.values() if r.source == decision and r.record_type == "deployment"]
         return sorted(records, key=lambda r: (r.decided_at, r.evidence))

@@ -39,6 +39,9 @@ CONTAINED = ("promotions/", "approvals/", "releases/")
 """Where a bad file holds up only what depends on it (a reconcile pass goes on with the rest)."""
 POLICY_APPROVALS = re.compile(r"^policy-(?P<hex>[0-9a-f]{64})$")
 """`approvals/policy-<hex>/`: approvals of ratifying policy `sha256:<hex>` (not of a promotion)."""
+ROLLBACK_ID = re.compile(r"^(?P<promotion>.+)--rollback-(?P<n>[1-9][0-9]{0,5})$")
+"""`promotions/<release>--<env>--rollback-<n>.yaml` (`stella rollback`): such an id names a rollback of
+exactly that release to exactly that environment."""
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -302,7 +305,7 @@ class Loader:
         loaded_promotions: dict[str, tuple[Promotion, _Doc]] = {}
         for path, stem in self._manifests("promotions", promotions):
             loaded_promotion = self._model(path, Promotion, "Promotion")
-            if loaded_promotion:
+            if loaded_promotion and self._rollback_id(path, stem, *loaded_promotion):
                 loaded_promotions[stem] = loaded_promotion
         wanted = None
         if partial:
@@ -324,6 +327,29 @@ class Loader:
             commit=getattr(self.files, "commit", None),
             problems=tuple(sorted(contained)),
         )
+
+    def _rollback_id(self, path: str, stem: str, promotion: Promotion, doc: _Doc) -> bool:
+        """A rollback id (`<release>--<env>--rollback-<n>`) must name the file's own release and
+        environment, and the file must be a rollback: an id never claims another promotion's name."""
+        expected = f"{promotion.release}--{promotion.environment}"
+        match = ROLLBACK_ID.match(stem)
+        if match is None or stem == expected:  # not a rollback id (an environment may be `rollback-1`)
+            return True
+        if match["promotion"] != expected:
+            line = doc.lines.get(("release",))
+            self.problem(
+                path,
+                line,
+                f"the rollback id {stem!r} names {match['promotion']!r}, but the file promotes "
+                f"{promotion.release} to {promotion.environment} "
+                f"(its id would be {expected}--rollback-{match['n']})",
+            )
+            return False
+        if not promotion.rollback:
+            line = doc.lines.get(("rollback",), doc.lines.get(("kind",)))
+            self.problem(path, line, f"{stem!r} is a rollback id: the file must say rollback: true")
+            return False
+        return True
 
     def _approvals(
         self, promotions: dict[str, tuple[Promotion, _Doc]], only: set[str] | None = None
@@ -403,12 +429,15 @@ class Loader:
                     doc.lines.get(("promotesFrom",)),
                     f"unknown environment {env.promotesFrom!r}",
                 )
-            if env.approvals:
-                for i, group in enumerate(env.approvals.groups):
+            for field_name, policy in (
+                ("approvals", env.approvals),
+                ("rollbackApprovals", env.rollbackApprovals),
+            ):
+                for i, group in enumerate(policy.groups if policy else ()):
                     if known_groups is not None and group not in known_groups:
                         self.problem(
                             path,
-                            doc.lines.get(("approvals", "groups", i)),
+                            doc.lines.get((field_name, "groups", i)),
                             f"unknown approver group {group!r} (groups live in {GROUPS_FILE})",
                         )
             if env.template and self.files.size(env.template) is None:

@@ -373,6 +373,16 @@ class RunningContainer:
     """The manifest digest it runs (from the image's repository digests), None when unknown."""
     state: str
     """`running`, `exited`, `created`, …"""
+    labels: Mapping[str, str] = field(default_factory=dict, hash=False)
+    """The container's labels that Stella set (those starting with `io.stella.`, such as `CONFIG_LABEL`
+    and `CONFIG_FILES_LABEL`); other labels may be left out."""
+
+
+CONFIG_LABEL = "io.stella.config-hash"
+"""The label Stella sets on each service's containers: `sha256:<hex>` over the files the service mounts
+from the agent's state directory, as they were when the container was created (`reconciler.drift`)."""
+CONFIG_FILES_LABEL = "io.stella.config-files"
+"""The label beside `CONFIG_LABEL`: a JSON list of the absolute host paths its hash covers."""
 
 
 @runtime_checkable
@@ -386,15 +396,24 @@ class Engine(Protocol):
         that digest for it; a failure names the digest."""
         ...
 
-    def up(self, project: str, lock: Path, environ: Mapping[str, str], timeout: float) -> DeployStep:
+    def up(
+        self,
+        project: str,
+        lock: Path,
+        environ: Mapping[str, str],
+        timeout: float,
+        labels: Mapping[str, Mapping[str, str]] | None = None,
+    ) -> DeployStep:
         """Bring `project` to exactly the services of the compose file `lock`, waiting at most `timeout`
         seconds for them to be running and healthy, without pulling (`up -d --wait --remove-orphans
         --pull never`). `environ` holds the values the lock interpolates (secrets): the process's
-        environment only, never written anywhere."""
+        environment only, never written anywhere. `labels` adds labels to the containers of each
+        service named (service -> {label: value}), on top of the lock's own (the lock is not changed)."""
         ...
 
     def running(self, project: str) -> list[RunningContainer]:
-        """Every container of `project`, in one engine call where the engine allows it."""
+        """Every container of `project`, in one engine call where the engine allows it, with the labels
+        Stella set on it (`RunningContainer.labels`)."""
         ...
 
     def close(self) -> None: ...

@@ -1,30 +1,35 @@
-"""The people's side of a promotion: request it on a branch (`promote`), approve it (`approve`).
+"""The people's side of a promotion: request it on a branch (`promote`, `rollback`), approve it
+(`approve`).
 
-Both write one manifest and one commit, and nothing else. A request is committed on a new branch
-`promote/<release>--<env>` for a pull request; it is signed when the user's Git configuration signs
-commits with an SSH key. An approval is committed on the current branch of the work tree with an SSH
-signature (`git commit -S`, `gpg.format=ssh`): its identity is what that signature proves, not what the
-file says. No decisions are made here.
+Each writes one manifest and one commit, and nothing else. A request is committed on a new branch
+`promote/<promotion>` for a pull request; it is signed when the user's Git configuration signs
+commits with an SSH key. A rollback is a promotion with `rollback: true` and an id of its own
+(`<release>--<env>--rollback-<n>`: the release's ordinary promotion was decided already); it is
+requested only for a release the evidence branch shows this environment allowed before, and not running
+there now. An approval is committed on the current branch of the work tree with an SSH signature
+(`git commit -S`, `gpg.format=ssh`): its identity is what that signature proves, not what the file
+says. No decisions are made here.
 """
 
 from __future__ import annotations
 
 import os
 import subprocess
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
 from pydantic import TypeAdapter
 
-from .chain import evidence_ref
+from .chain import evidence_ref, keyring_of
 from .discover import Plugins
 from .errors import InvalidInput
 from .governance import Policy, approvals_dir, governed_files
+from .indexing import open_index
 from .locking import read_lock
-from .manifests import load_repository, load_settings
-from .models import Approval, Identity, PolicyApproval, Promotion
+from .manifests import ROLLBACK_ID, load_repository, load_settings
+from .models import Approval, Identity, Name, PolicyApproval, Promotion
 from .repo import Repo
 from .resolve import Resolver, resolve_release
 
@@ -59,6 +64,107 @@ def promote(repo: Repo, branch: str, release: str, environment: str, reason: str
     return repo.commit_files(
         ref, None, {path: data}, message, author=repo.user(), parent=base, sign=repo.signing_configured()
     )
+
+
+@dataclass(frozen=True)
+class Requested:
+    """A promotion requested on a branch of its own, for a pull request."""
+
+    promotion: str
+    path: str
+    branch: str
+    commit: str
+
+
+def rollback(
+    repo: Repo,
+    branch: str,
+    release: str,
+    environment: str,
+    reason: str,
+    evidence: str | None = None,
+) -> Requested:
+    """Commit `promotions/<release>--<env>--rollback-<n>.yaml` (`rollback: true`) on a new branch
+    `promote/<that id>`, for a release `environment` was allowed before and does not run now.
+
+    The evidence branch (`evidence`, default: the ref the reconciler uses) is read only through its
+    verified records: the release lock gives the release id, and the environment must have an `allow`
+    of that id. `n` is one more than the rollbacks of that release to that environment on `branch`,
+    past any id already decided. The work tree is not touched. Raises `InvalidInput` when refused.
+    """
+    base = repo.resolve_ref(f"refs/heads/{branch}")
+    if base is None:
+        raise InvalidInput(f"branch {branch!r} does not exist")
+    source = repo.tree(base)
+    repository = load_repository(source)
+    if release not in repository.releases:
+        raise InvalidInput(f"no release {release!r} on {branch} (releases/{release}.yaml)")
+    if environment not in repository.environments:
+        raise InvalidInput(f"no environment {environment!r} on {branch} (environments/{environment}.yaml)")
+    ref = evidence or evidence_ref(repo, repository.settings)
+    head = repo.resolve_ref(ref)
+    tree = repo.tree(head) if head else None
+    lock = read_lock(tree, release) if tree is not None else None
+    never = InvalidInput(
+        f"{release} was never allowed in {environment}: a rollback goes back to a release "
+        f"{environment} ran before"
+    )
+    if lock is None:
+        raise never
+    index = open_index(repo, ref, head, keyring=keyring_of(tree, source))
+    try:
+        if not any(p.result == "allow" for p in index.priors(environment, lock.id)):
+            raise never
+        current = index.current(environment)
+        if current is not None and current.release_id == lock.id:
+            raise InvalidInput(
+                f"{release} is what {environment} runs now (evidence {current.evidence}): there is "
+                "nothing to roll back; a rollback goes back to an earlier release"
+            )
+        promotion_id = _rollback_id(repository.promotions, f"{release}--{environment}", index.decided)
+    finally:
+        index.close()
+    path = f"promotions/{promotion_id}.yaml"
+    target = f"refs/heads/promote/{promotion_id}"
+    if repo.resolve_ref(target) is not None:
+        raise InvalidInput(
+            f"branch promote/{promotion_id} already exists: a rollback of {release} to {environment} "
+            "is already requested there"
+        )
+    body: dict[str, str | bool] = {"apiVersion": "stella/v1", "kind": "Promotion", "release": release}
+    body["environment"] = environment
+    body["rollback"] = True
+    if reason:
+        body["reason"] = reason
+    Promotion.model_validate(body)
+    message = f"stella: roll {environment} back to {release}\n\nRelease {release} ({lock.id}).\n" + (
+        f"\n{reason}\n" if reason else ""
+    )
+    data = yaml.safe_dump(body, sort_keys=False).encode()
+    commit = repo.commit_files(
+        target, None, {path: data}, message, author=repo.user(), parent=base, sign=repo.signing_configured()
+    )
+    return Requested(promotion_id, path, f"promote/{promotion_id}", commit)
+
+
+def _rollback_id(
+    promotions: Mapping[str, Promotion], prefix: str, decided: Callable[[str], str | None]
+) -> str:
+    """`<prefix>--rollback-<n>`: n is one more than the rollback ids of `prefix` on the branch, and
+    past any id that is on the branch or decided on the evidence branch (an id is decided once)."""
+    ours = [pid for pid in promotions if (m := ROLLBACK_ID.match(pid)) and m["promotion"] == prefix]
+    n = len(ours) + 1
+    while f"{prefix}--rollback-{n}" in promotions or decided(f"{prefix}--rollback-{n}") is not None:
+        n += 1
+    promotion_id = f"{prefix}--rollback-{n}"
+    try:
+        TypeAdapter(Name).validate_python(promotion_id)
+    except ValueError as exc:
+        raise InvalidInput(
+            f"the rollback id {promotion_id!r} is not a valid promotion id (at most 128 letters, "
+            "digits, . _ -): shorten the release or environment name"
+        ) from exc
+    return promotion_id
 
 
 @dataclass(frozen=True)

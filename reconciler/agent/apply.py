@@ -5,7 +5,10 @@ Steps stop at the first failure (a digest the registry does not serve faithfully
 lock is stored content-addressed under the state directory (`artifacts/<hex>/compose.stella.lock.yml`)
 and never overwritten. Secrets (`env:NAME`, `file:/path` in the environment) are resolved here, handed to
 the engine as the process environment of `up` only, and redacted from every output this module returns;
-they are never written. Talks to the engine only through the `Engine` Protocol.
+they are never written. `up` also gets `STELLA_STATE_DIR`, the absolute path of the state directory (not a
+secret: the lock's `${STELLA_STATE_DIR}/…` bind sources), and labels every service's containers with the
+hash of the files it mounts from there (`drift.config_labels`), which `stella drift` compares later.
+Talks to the engine only through the `Engine` Protocol.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
-from .. import render
+from .. import drift, render
 from ..errors import InvalidInput
 from ..evidence import sha256_hex
 from ..models import Environment
@@ -119,7 +122,9 @@ def apply(
             applied.reason = f"pulling {image} failed: {_last_line(step.output)}"
             return applied
     path = lock_path(state_dir, lock)
-    step = _clean(engine.up(project, path, secrets, timeout), secrets)
+    environ_up = {**secrets, render.STATE_DIR_VAR: os.path.abspath(state_dir)}  # the agent's value wins
+    labels = drift.config_labels(lock, state_dir)
+    step = _clean(engine.up(project, path, environ_up, timeout, labels=labels), secrets)
     applied.steps.append(step)
     started = datetime.now(UTC)
     applied.containers = engine.running(project)

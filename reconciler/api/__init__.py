@@ -29,6 +29,8 @@ from ..errors import (
 )
 from ..models import Environment, LockedComponent, Promotion, ReleaseLock, RepoPath
 from ..protocols import (
+    CONFIG_FILES_LABEL,
+    CONFIG_LABEL,
     IN_TOTO_PAYLOAD_TYPE,
     PLUGIN_API_VERSION,
     Actor,
@@ -80,6 +82,8 @@ __all__ = [
     "ACCEPTED_BUNDLE_MEDIA_TYPES",
     "API_VERSION",
     "BUNDLE_MEDIA_TYPE",
+    "CONFIG_FILES_LABEL",
+    "CONFIG_LABEL",
     "DIGEST_RE",
     "IN_TOTO_PAYLOAD_TYPE",
     "PLUGIN_API_VERSION",

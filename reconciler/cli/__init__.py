@@ -17,7 +17,7 @@ import argparse
 from collections.abc import Sequence
 
 from ..version import __version__
-from . import agent, audit, demo, doctor, hook, manifests, passes, status, workflow
+from . import agent, audit, demo, doctor, drift, hook, manifests, passes, status, workflow
 from ._app import (
     BROKEN_PIPE,
     INVALID,
@@ -74,7 +74,7 @@ _ORDER = (
 
 def _commands() -> dict[str, Register]:
     """Every top-level command of every area, in `_ORDER` (a command missing there fails loudly)."""
-    areas = (manifests, workflow, passes, audit, hook, doctor, demo, agent, status)
+    areas = (manifests, workflow, passes, audit, hook, doctor, demo, agent, status, drift)
     found = [(name, add) for area in areas for name, add in area.COMMANDS.items()]
     return dict(sorted(found, key=lambda command: _ORDER.index(command[0])))
 

@@ -5,7 +5,8 @@ earlier batches of a rolling rollout; 1 the deployment failed (a record says why
 earlier release was rolled back to), was skipped as failed before, the rollout is halted by a failure
 in an earlier batch, or the source refused a record (kept under `refused/`); 2 invalid input (a chain
 that does not start at the pinned root, a target or agent key the policy in force does not hold, a bad
-key file); 3 the source or the engine could not be reached. The agent loop and the plugins are imported only when it runs.
+key file); 3 the source or the engine could not be reached. The agent loop and the plugins are imported
+only when it runs.
 """
 
 from __future__ import annotations

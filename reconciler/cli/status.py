@@ -2,8 +2,8 @@
 
 Prints `reconciler.status`'s result: one line per target, or the stable `-o json` object (docs/cli.md).
 Exit codes: 0 every target runs what it should (or has nothing to run); 1 some target is pending,
-waiting, halted, failed, rolled back or unknown; 2 an environment the ratified policy does not have. The evidence machinery is
-imported by the handler, never here (`stella --help` stays fast).
+waiting, halted, failed, rolled back or unknown; 2 an environment the ratified policy does not have.
+The evidence machinery is imported by the handler, never here (`stella --help` stays fast).
 """
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
-"""Commands a person runs to move a release along: `promote`, `approve` (a promotion, or `--policy`)
-and `policy status`.
+"""Commands a person runs to move a release along: `promote`, `rollback`, `approve` (a promotion, or
+`--policy`) and `policy status`.
 
 They write signed commits through `reconciler.workflow` or dry-run a pass to show where a policy
 change stands; this module only parses, calls, and prints. The core is imported by the handlers.
@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ._app import NOT_OK, OK, Parser, Register, Subcommands, Usage, emit, repo_root, say
-from ._session import now, open_session
+from ._session import now, open_repository, open_session
 
 if TYPE_CHECKING:
     from ..policy_change import PolicyChange
@@ -47,6 +47,48 @@ def cmd_promote(args: argparse.Namespace) -> int:
         lambda: say(
             f"wrote promotions/{promotion_id}.yaml on branch {branch} ({result[:12]})\n"
             f"next: git push origin {branch}, and open a pull request into {session.settings.branch}"
+        ),
+    )
+    return OK
+
+
+# --- rollback ------------------------------------------------------------------------------------
+
+
+def add_rollback(sub: Subcommands, common: Parser) -> None:
+    p = sub.add_parser(
+        "rollback",
+        parents=[common],
+        help="request a promotion back to a release the environment ran before (on a new branch)",
+    )
+    p.add_argument("environment", metavar="ENV")
+    p.add_argument("--to", required=True, metavar="RELEASE", help="a release ENV was allowed before")
+    p.add_argument("--reason", default="")
+    p.add_argument("--branch", help="the branch to start from (default: stella.yaml's branch)")
+    p.set_defaults(func=cmd_rollback)
+
+
+def cmd_rollback(args: argparse.Namespace) -> int:
+    from ..workflow import rollback
+
+    repo, settings = open_repository(args)
+    base = args.branch or settings.branch
+    done = rollback(repo, base, args.to, args.environment, args.reason)
+    emit(
+        args,
+        {
+            "promotion": done.promotion,
+            "branch": done.branch,
+            "commit": done.commit,
+            "file": done.path,
+            "release": args.to,
+            "environment": args.environment,
+            "rollback": True,
+        },
+        lambda: say(
+            f"wrote {done.path} (rollback: true) on branch {done.branch} ({done.commit[:12]})\n"
+            f"next: git push origin {done.branch}, and open a pull request into {base}; "
+            f"it goes through {args.environment}'s gates like any promotion"
         ),
     )
     return OK
@@ -204,6 +246,7 @@ def print_policy_change(change: PolicyChange) -> None:
 
 COMMANDS: dict[str, Register] = {
     "promote": add_promote,
+    "rollback": add_rollback,
     "approve": add_approve,
     "policy": add_policy,
 }

@@ -6,16 +6,34 @@ only when it is bound to this release id (and, when it names one, this environme
 descends from the promotion file's last change (else it is `stale`), its commit is signed by a key
 `trust/allowed_signers` gives the identity the file is named after, that identity is in one of the
 environment's groups, and, with separation of duties, it is not the requester's. One counted `reject` denies.
+
+The policy is the environment's `approvals`, except for a rollback (a promotion with `rollback: true`)
+in an environment that sets `rollbackApprovals`: then that one (`approval_policy`).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ..models import ApprovalPolicy
 from ..protocols import ApprovalRecord, GateContext, GateResult, PluginManifest
 from ..version import __version__
 
 GATE = "approvals"
+
+
+def approval_policy(ctx: GateContext) -> ApprovalPolicy | None:
+    """The approvals this promotion needs: the environment's `rollbackApprovals` for a rollback when
+    it sets them, else its `approvals` (None: none)."""
+    env = ctx.environment
+    if ctx.promotion.rollback and env.rollbackApprovals is not None:
+        return env.rollbackApprovals
+    return env.approvals
+
+
+def _rollback_policy(ctx: GateContext) -> bool:
+    """Whether `approval_policy` is the environment's `rollbackApprovals`."""
+    return ctx.promotion.rollback and ctx.environment.rollbackApprovals is not None
 
 
 @dataclass(frozen=True)
@@ -30,7 +48,7 @@ class Judged:
 
 def judge(record: ApprovalRecord, ctx: GateContext, members: set[str] | None) -> Judged:
     """Whether one approval counts for this promotion."""
-    policy = ctx.environment.approvals
+    policy = approval_policy(ctx)
     signer = record.signer
     who = record.identity
     if record.release != ctx.release.id:
@@ -81,7 +99,7 @@ def judge(record: ApprovalRecord, ctx: GateContext, members: set[str] | None) ->
 
 def members_of(ctx: GateContext) -> set[str] | None:
     """Who may approve: the members of the environment's groups (None: no groups, any trusted identity)."""
-    policy = ctx.environment.approvals
+    policy = approval_policy(ctx)
     if policy is None or not policy.groups:
         return None
     return {member for group in policy.groups for member in ctx.groups.get(group, ())}
@@ -97,8 +115,17 @@ class ApprovalsGate:
     )
 
     def evaluate(self, ctx: GateContext) -> GateResult:
-        policy = ctx.environment.approvals
+        policy = approval_policy(ctx)
+        rollback = _rollback_policy(ctx)
         if policy is None or policy.required == 0:
+            if rollback:
+                return GateResult(
+                    GATE,
+                    "pass",
+                    "no-approvals-required",
+                    "no approvals required for a rollback (rollbackApprovals)",
+                    facts={"policy": "rollbackApprovals"},
+                )
             return GateResult(GATE, "pass", "no-approvals-required", "no approvals required")
         members = members_of(ctx)
         judged = [judge(r, ctx, members) for r in sorted(ctx.approvals, key=lambda r: r.identity)]
@@ -115,6 +142,8 @@ class ApprovalsGate:
                 if not j.counts
             ],
         }
+        if rollback:
+            facts["policy"] = "rollbackApprovals"
         excluded = {requester.identity} if policy.separationOfDuties and requester.verified else set()
         if members is not None:
             answered = set(approvers) | {r.identity for r in rejecters}

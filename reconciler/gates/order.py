@@ -5,9 +5,14 @@ release id, that is the same digests) was allowed in `staging`, and, with `soak:
 ago. The earliest `allow` counts. A `deny` in the prior environment is no allow: the gate stays pending
 (a new promotion there may still be allowed), and says so.
 
-PURE: it reads `ctx.environment`, `ctx.release`, `ctx.history` and `ctx.now`; no clock, disk, network
-or Git. Reason codes (stable): `no-prior-environment`, `soaked` (pass); `not-in-prior-environment`,
-`soaking` (pending).
+A rollback (a promotion with `rollback: true`, `stella rollback`) goes back to a release this
+environment ran before: it passes when the same release id was allowed in THIS environment earlier (its
+own allow counts instead of `promotesFrom` and `soak`), and fails otherwise, so that a hand-written
+rollback cannot carry a release the environment never had past the prior environment's checks.
+
+PURE: it reads `ctx.promotion`, `ctx.environment`, `ctx.release`, `ctx.history` and `ctx.now`; no
+clock, disk, network or Git. Reason codes (stable): `no-prior-environment`, `soaked`,
+`allowed-here-before` (pass); `not-in-prior-environment`, `soaking` (pending); `never-allowed-here` (fail).
 """
 
 from __future__ import annotations
@@ -25,17 +30,21 @@ GATE = "environment-order"
 
 
 class EnvironmentOrderGate:
-    """Pending until the release was allowed in `promotesFrom` and has soaked there for `soak`."""
+    """Pending until the release was allowed in `promotesFrom` and has soaked there for `soak`; for a
+    rollback, passes on an earlier allow in this environment and fails without one."""
 
     manifest = PluginManifest(
         name=GATE,
         version=__version__,
         kinds=("gate",),
         network=False,
-        description="a release must be allowed in the prior environment (promotesFrom) and soak there",
+        description="a release must be allowed in the prior environment (promotesFrom) and soak there; "
+        "a rollback, in this environment before",
     )
 
     def evaluate(self, ctx: GateContext) -> GateResult:
+        if ctx.promotion.rollback:
+            return _rollback(ctx)
         env = ctx.environment
         prior = env.promotesFrom
         if prior is None:
@@ -93,6 +102,33 @@ class EnvironmentOrderGate:
             f"(evidence {first.evidence}); {how}",
             facts=facts,
         )
+
+
+def _rollback(ctx: GateContext) -> GateResult:
+    """A rollback passes on an earlier allow of the same release id in this very environment."""
+    env = ctx.environment
+    release = ctx.release
+    here = [d for d in ctx.history if d.environment == env.name and d.release_id == release.id]
+    allows = _by_time(d for d in here if d.result == "allow")
+    if not allows:
+        return GateResult(
+            GATE,
+            "fail",
+            "never-allowed-here",
+            f"rollback: release {release.name} ({release.id}) was never allowed in {env.name}; "
+            f"a rollback goes back to a release {env.name} ran before",
+            facts={"rollback": True},
+        )
+    last = allows[-1]
+    decided = rfc3339(as_utc(last.decided_at, f"decided_at of {last.evidence}"))
+    return GateResult(
+        GATE,
+        "pass",
+        "allowed-here-before",
+        f"rollback: release {release.name} was allowed in {env.name} at {decided} "
+        f"(evidence {last.evidence}); its own earlier allow counts instead of promotesFrom and soak",
+        facts={"rollback": True, "allowedHere": last.evidence, "allowedAt": decided},
+    )
 
 
 def _by_time(decisions: Iterable[PriorDecision]) -> list[PriorDecision]:

@@ -14,9 +14,10 @@ Same inputs, same bytes. `lock_images()` lists every image of a lock, so that ea
 the evidence statement.
 
 This package is the public surface: `render`, `check`, `lock_images`, `RenderError`, `LOCK_FILE`,
-`DEFAULT_TEMPLATE`, `HEADER` and the `RENDER_TIMEOUT` setting. Importing it must not import jinja2 (the
-CLI and the pre-receive hook import it for its constants): only `render()` imports `sandbox`, when it runs
-a template.
+`DEFAULT_TEMPLATE`, `HEADER`, `STATE_DIR_VAR` (the one variable besides secrets a lock may interpolate,
+at the start of a bind source: the agent's state directory) and the `RENDER_TIMEOUT` setting. Importing
+it must not import jinja2 (the CLI and the pre-receive hook import it for its constants): only
+`render()` imports `sandbox`, when it runs a template.
 """
 
 from __future__ import annotations
@@ -27,10 +28,11 @@ from collections.abc import Sequence
 from ..models import Environment, ReleaseLock
 from .compose import HEADER as HEADER  # public: the first line of every lock
 from .compose import _normalise
+from .hostaccess import STATE_DIR_VAR
 from .lockfile import LOCK_FILE, _check, check, lock_images
 from .problems import RenderError
 
-__all__ = ["DEFAULT_TEMPLATE", "LOCK_FILE", "RenderError", "check", "lock_images", "render"]
+__all__ = ["DEFAULT_TEMPLATE", "LOCK_FILE", "STATE_DIR_VAR", "RenderError", "check", "lock_images", "render"]
 
 RenderError.__module__ = __name__  # where callers import it from (reprs, pickling)
 

@@ -25,6 +25,11 @@ Every service's image is a release component's pinned image or exactly one of th
                               (`..` cannot escape it); relative and `~` sources depend on the agent's
                               directory or user: never. Named volumes, anonymous volumes, tmpfs: allowed;
                               other mount types (image, npipe, cluster): refused
+    volumes (agent's own)     a bind source `${STELLA_STATE_DIR}/<path>` is inside the agent's state
+                              directory (the agent hands Compose that variable), not a host path the
+                              environment must list: always allowed, the one interpolation a lock may use
+                              besides its secrets. `${STELLA_STATE_DIR}` alone, with `..`, with another
+                              interpolation after it, or anywhere but a bind source: refused
     the engine socket         /var/run/docker.sock, /run/docker.sock, containerd's, any */docker.sock, or a
                               directory holding one (/var/run, /run, /var, /): control of the engine is root
                               on the host; needs `dockerSocket`, even under an allowed `hostPaths` prefix
@@ -45,7 +50,9 @@ Every service's image is a release component's pinned image or exactly one of th
                               namespace is the host's, so they change the container only
     extra_hosts, ulimits, tmpfs, cap_drop, dns, labels
 
-A value those rules read may not be a Compose interpolation (a secret could hide `host` or `../..`).
+A value those rules read may not be a Compose interpolation (a secret could hide `host` or `../..`),
+but for the leading `${STELLA_STATE_DIR}` of a bind source (`_state_dir_sources` lists those scalars for
+`lockfile`'s interpolation check).
 This module only judges a lock's node tree; it must not change it, nor import jinja2.
 """
 
@@ -81,6 +88,9 @@ _FALSE = frozenset({"", "false", "no", "n", "off", "0"})
 _VOLUME_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 _WINDOWS_PATH_RE = re.compile(r"^(?:[A-Za-z]:[\\/]|\\\\)")
 _NO_NEW_PRIVILEGES_RE = re.compile(r"^no-new-privileges(?:[:=]true)?$")
+STATE_DIR_VAR = "STELLA_STATE_DIR"
+"""The variable the agent hands Compose: the absolute path of its state directory on the host."""
+STATE_DIR_REF = "${" + STATE_DIR_VAR + "}"
 
 
 def _set(node: Node) -> bool:
@@ -115,6 +125,40 @@ def _literal(node: Node, what: str) -> str:
         )
     value: str = node.value
     return value.replace("$$", "$")
+
+
+def _state_dir_sources(services: MappingNode) -> set[int]:
+    """The ids of the scalars that are bind sources starting with `${STELLA_STATE_DIR}` (short syntax:
+    the whole `SRC:DST[:MODE]` item; long syntax: its `source`), whose leading variable `lockfile`'s
+    interpolation check lets through; `_check_mount` judges the rest of them."""
+    found: set[int] = set()
+    for _, service in services.value:
+        volumes = _get(service, "volumes") if isinstance(service, MappingNode) else None
+        if not isinstance(volumes, SequenceNode):
+            continue
+        for item in volumes.value:
+            node = _get(item, "source") if isinstance(item, MappingNode) else item
+            if isinstance(node, ScalarNode) and node.value.startswith(STATE_DIR_REF):
+                found.add(id(node))
+    return found
+
+
+def _state_dir_problem(source: str) -> str | None:
+    """Why bind source `source` (which starts with `${STELLA_STATE_DIR}`) is not a path inside the
+    agent's state directory, or None."""
+    rest = source[len(STATE_DIR_REF) :]
+    if "$" in rest.replace("$$", ""):
+        return f"binds {source!r}: after {STATE_DIR_REF} the path must be written out (no interpolation)"
+    if rest and not rest.startswith("/"):
+        return f"binds {source!r}: write {STATE_DIR_REF}/<path inside the agent's state directory>"
+    if ".." in rest.split("/"):
+        return f"binds {source!r}: '..' may not step out of the agent's state directory ({STATE_DIR_REF})"
+    if posixpath.normpath("/" + rest.lstrip("/")) == "/":
+        return (
+            f"binds {source!r}, the agent's whole state directory: only a path inside it may be bound "
+            f"({STATE_DIR_REF}/config/…)"
+        )
+    return None
 
 
 def _prefixes(access: HostAccess) -> str:
@@ -173,7 +217,42 @@ def _is_path(source: str) -> bool:
     return source[:1] in (".", "/", "~", "\\") or bool(_WINDOWS_PATH_RE.match(source))
 
 
+def _check_state_dir_mount(what: str, item: Node) -> bool:
+    """Judge a mount whose source starts with `${STELLA_STATE_DIR}` (True), or say it is not one."""
+    if isinstance(item, MappingNode):
+        node = _get(item, "source")
+        if not isinstance(node, ScalarNode) or not node.value.startswith(STATE_DIR_REF):
+            return False
+        kind = _get(item, "type")
+        kind_value = None if kind is None else _literal(kind, f"{what} type")
+        if kind_value != "bind":
+            raise _YamlProblem(
+                f"{what}: only a bind mount may take its source from {STATE_DIR_REF} (type: bind)",
+                node.start_mark,
+            )
+        problem = _state_dir_problem(node.value)
+        if problem is not None:
+            raise _YamlProblem(f"{what} {problem}", node.start_mark)
+        return True
+    if not isinstance(item, ScalarNode) or not item.value.startswith(STATE_DIR_REF):
+        return False
+    source, colon, rest = item.value.partition(":")
+    problem = _state_dir_problem(source)
+    if problem is None and not colon:
+        problem = f"binds {source!r} to no path in the container (write SRC:DST)"
+    if problem is not None:
+        raise _YamlProblem(f"{what} {problem}", item.start_mark)
+    if "$" in rest.replace("$$", ""):
+        raise _YamlProblem(
+            f"{what} {item.value!r}: the container path and mode must be written out (no interpolation)",
+            item.start_mark,
+        )
+    return True
+
+
 def _check_mount(what: str, item: Node, access: HostAccess) -> None:
+    if _check_state_dir_mount(what, item):
+        return
     if isinstance(item, MappingNode):
         kind = _get(item, "type")
         kind_value = None if kind is None else _literal(kind, f"{what} type")

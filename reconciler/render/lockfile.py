@@ -3,8 +3,9 @@
 A lock is valid UTF-8 YAML with a non-empty `services` mapping of digest-pinned images (`compose`);
 every component of the release run by a service labelled with it; `x-stella` naming the release; no
 secret's value anywhere, raw or once Compose's `$$` escapes are undone; no Compose interpolation other
-than `${NAME}` of a declared secret (a literal `$` is `$$`); and only approved images and host access
-(`hostaccess`). This module reads bytes and raises; it must not change them, nor import jinja2.
+than `${NAME}` of a declared secret (a literal `$` is `$$`) or the `${STELLA_STATE_DIR}` that begins a
+bind source; and only approved images and host access (`hostaccess`). This module reads bytes and
+raises; it must not change them, nor import jinja2.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from yaml.nodes import MappingNode, ScalarNode
 
 from ..models import Environment, HostAccess, ReleaseLock
 from .compose import _LABEL_COMPONENT, _LABEL_DIGEST, _LABEL_RELEASE_ID, _service_images, _services
-from .hostaccess import _check_approved
+from .hostaccess import STATE_DIR_REF, STATE_DIR_VAR, _check_approved, _state_dir_sources
 from .problems import RenderError, _output_error, _YamlProblem
 from .yamlnodes import _get, _parse, _scalars
 
@@ -43,12 +44,20 @@ def lock_images(data: bytes) -> list[str]:
     return sorted({image.value for _, _, image in _service_images(services)})
 
 
-def _interpolation_problem(text: str, secrets: Collection[str] | None) -> str | None:
-    """Why `text` would make Compose interpolate something other than a declared secret, or None."""
+def _interpolation_problem(text: str, secrets: Collection[str] | None, state_dir: bool = False) -> str | None:
+    """Why `text` would make Compose interpolate something other than a declared secret, or None.
+    `state_dir`: `text` is a bind source, which may begin with `${STELLA_STATE_DIR}` (and only there)."""
     for match in _DOLLAR_RE.finditer(text):
         if match.group(0) == "$$":
             continue
         braced = match.group("braced")
+        if braced == STATE_DIR_VAR:
+            if state_dir and match.start() == 0:
+                continue
+            return (
+                f"{STATE_DIR_REF} may only begin the source of a bind mount "
+                f"({STATE_DIR_REF}/<path>:<container path>)"
+            )
         if braced is not None and _NAME_RE.match(braced):
             if secrets is None or braced in secrets:
                 continue
@@ -119,6 +128,7 @@ def _check(
             )
         for service_name, service, image in _service_images(services):
             _check_labels(service_name, service, image, release)
+        state_dir_sources = _state_dir_sources(services)
         for scalar in _scalars(root):
             for candidate in {scalar.value, scalar.value.replace("$$", "$")}:
                 if any(value in candidate for value in values):
@@ -126,7 +136,7 @@ def _check(
                         "contains the value of a secret; secrets must appear only as ${NAME} references",
                         scalar.start_mark,
                     )
-            problem = _interpolation_problem(scalar.value, secrets)
+            problem = _interpolation_problem(scalar.value, secrets, id(scalar) in state_dir_sources)
             if problem is not None:
                 raise _YamlProblem(problem, scalar.start_mark)
         if environment is None:
@@ -158,10 +168,11 @@ def check(
     one service, each such service labelled with its component, the release id and the digest;
     `x-stella` naming the release; no non-empty string of `forbidden` (secret values the
     caller knows) anywhere, raw or once Compose's `$$` escapes are undone; and no Compose interpolation
-    other than `${NAME}` (a literal `$` is written `$$`). Every image is a component's or one of
-    `environment`'s `allowedImages`, and the lock takes from the host only what its `hostAccess` allows
-    (see the module's docstring); with `environment` given, interpolations may name only its secrets.
-    Without it: no extra image, no host access.
+    other than `${NAME}` (a literal `$` is written `$$`), where `${STELLA_STATE_DIR}` may only begin a
+    bind source (`${STELLA_STATE_DIR}/<path>`, inside the agent's state directory). Every image is a
+    component's or one of `environment`'s `allowedImages`, and the lock takes from the host only what
+    its `hostAccess` allows (see the module's docstring); with `environment` given, interpolations may
+    name only its secrets. Without it: no extra image, no host access.
     """
     secrets = None if environment is None else frozenset(environment.secrets)
     _check(data, release, forbidden, secrets, LOCK_FILE, environment)

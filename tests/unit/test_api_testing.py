@@ -50,6 +50,8 @@ def test_the_public_api_is_pinned() -> None:
             "ACCEPTED_BUNDLE_MEDIA_TYPES",
             "API_VERSION",
             "BUNDLE_MEDIA_TYPE",
+            "CONFIG_FILES_LABEL",
+            "CONFIG_LABEL",
             "DIGEST_RE",
             "IN_TOTO_PAYLOAD_TYPE",
             "PLUGIN_API_VERSION",

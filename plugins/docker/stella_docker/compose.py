@@ -14,12 +14,15 @@ Discovery (`find_compose`), first match wins:
 
 Nothing found: a `PluginError` listing everything looked at and why each was passed over.
 
-`run_up` runs `<compose> -H <endpoint> --ansi never -p <project> -f <lock> up -d --wait --wait-timeout
-<T> --remove-orphans --pull never` (for the CLI plugin, `docker -H <endpoint> compose …`) in the
-lock's directory, with the agent's environment plus `environ` (the values the lock interpolates,
+`run_up` runs `<compose> -H <endpoint> --ansi never -p <project> -f <lock> [-f <labels>] up -d --wait
+--wait-timeout <T> --remove-orphans --pull never` (for the CLI plugin, `docker -H <endpoint> compose …`)
+in the lock's directory, with the agent's environment plus `environ` (the values the lock interpolates,
 secrets included) and stdin closed, and returns a `DeployStep`: the command line as a person would type
 it (no environment values in it), Compose's exit status, and the last 4 KiB of its combined output.
-A Compose that outlives `T` plus a grace period is killed: exit code 124.
+A Compose that outlives `T` plus a grace period is killed: exit code 124. When the agent adds labels to
+services (`labels`: service -> {label: value}, e.g. the config hash of `reconciler.api.CONFIG_LABEL`),
+they go in a second Compose file holding only `services: {svc: {labels: {…}}}`, written to a private
+temporary directory (mode 0700) and removed when Compose has finished; the lock itself is never changed.
 
 What it must not do: log, print or write `environ` or its values anywhere; pull images; pass through
 the variables that would change what is deployed or where (`DOCKER_HOST`, `DOCKER_CONTEXT`,
@@ -29,13 +32,16 @@ the variables that would change what is deployed or where (`DOCKER_HOST`, `DOCKE
 from __future__ import annotations
 
 import importlib.util
+import json
 import math
 import os
 import re
 import shlex
 import shutil
 import subprocess
-from collections.abc import Callable, Mapping, Sequence
+import tempfile
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -49,6 +55,8 @@ GRACE = 60.0
 """Seconds Compose may run beyond its `--wait-timeout` before it is killed."""
 TIMEOUT_EXIT = 124
 PROBE_TIMEOUT = 15.0
+OVERRIDE_FILE = "stella.labels.yml"
+"""The second Compose file `up` is given when the agent adds labels to services."""
 
 _VERSION_RE = re.compile(r"v?(\d+)\.(\d+)(?:\.(\d+))?")
 _DROPPED = frozenset(
@@ -81,15 +89,19 @@ class Compose:
     """`("/usr/bin/docker", "compose")` for the CLI plugin, `("/path/docker-compose",)` otherwise."""
     version: str
 
-    def up_command(self, endpoint: str, project: str, lock: Path, timeout: float) -> list[str]:
-        """The `up` command line for `project` from `lock` on the engine at `endpoint`."""
+    def up_command(
+        self, endpoint: str, project: str, lock: Path, timeout: float, override: Path | None = None
+    ) -> list[str]:
+        """The `up` command line for `project` from `lock` (and `override`, a second Compose file merged
+        over it) on the engine at `endpoint`."""
         head = [self.argv[0], "-H", endpoint, *self.argv[1:]]  # `docker -H X compose`, `docker-compose -H X`
         wait = str(max(1, math.ceil(timeout)))
+        files = ["-f", str(lock)] + (["-f", str(override)] if override is not None else [])
         return [
             *head,
             "--ansi", "never",
             "-p", project,
-            "-f", str(lock),
+            *files,
             "up", "-d", "--wait", "--wait-timeout", wait, "--remove-orphans", "--pull", "never",
         ]  # fmt: skip
 
@@ -202,6 +214,37 @@ def _tail(data: bytes) -> str:
     return data[-OUTPUT_TAIL:].decode(errors="replace")
 
 
+def labels_override(labels: Mapping[str, Mapping[str, str]]) -> bytes:
+    """A Compose file that only adds `labels` to services (service -> {label: value}): JSON, which
+    Compose reads as YAML, with every `$` written `$$` so that Compose interpolates nothing in it."""
+    services = {
+        service: {"labels": {name: value.replace("$", "$$") for name, value in sorted(values.items())}}
+        for service, values in sorted(labels.items())
+    }
+    return (json.dumps({"services": services}, indent=2, sort_keys=True) + "\n").encode()
+
+
+@contextmanager
+def _override_file(labels: Mapping[str, Mapping[str, str]] | None) -> Iterator[Path | None]:
+    """The labels' override file in a private temporary directory, removed afterwards (None: no labels)."""
+    if not labels:
+        yield None
+        return
+    try:
+        directory = Path(tempfile.mkdtemp(prefix="stella-compose-"))  # mode 0700
+    except OSError as exc:
+        raise PluginError(f"cannot make a temporary directory for the labels' Compose file: {exc}") from exc
+    try:
+        path = directory / OVERRIDE_FILE
+        try:
+            path.write_bytes(labels_override(labels))
+        except OSError as exc:
+            raise PluginError(f"cannot write the labels' Compose file {path}: {exc}") from exc
+        yield path
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)
+
+
 def run_up(
     compose: Compose,
     *,
@@ -211,11 +254,27 @@ def run_up(
     base: Mapping[str, str],
     environ: Mapping[str, str],
     timeout: float,
+    labels: Mapping[str, Mapping[str, str]] | None = None,
     now: Clock = utcnow,
 ) -> DeployStep:
     """Run Compose `up` (see the module docstring); failures are in the step, never raised, except a
     Compose that cannot be started at all (`PluginError`)."""
-    argv = compose.up_command(endpoint, project, lock, timeout)
+    with _override_file(labels) as override:
+        return _run_up(compose, endpoint, project, lock, override, base, environ, timeout, now)
+
+
+def _run_up(
+    compose: Compose,
+    endpoint: str,
+    project: str,
+    lock: Path,
+    override: Path | None,
+    base: Mapping[str, str],
+    environ: Mapping[str, str],
+    timeout: float,
+    now: Clock,
+) -> DeployStep:
+    argv = compose.up_command(endpoint, project, lock, timeout, override)
     command = shlex.join(argv)
     env = {**base_environment(base), **environ}
     limit = max(1, math.ceil(timeout)) + GRACE

@@ -7,14 +7,16 @@
   and its `RepoDigests` must hold exactly `repo@digest` (Docker Hub names compared in their familiar
   form, `nginx` for `docker.io/library/nginx`); a mismatch fails, naming the expected digest and what
   was found. Registry credentials are the agent user's Docker config, as for `docker pull`.
-- `up(project, lock, environ, timeout)`: Compose v2 `up -d --wait --remove-orphans --pull never` (see
-  `compose.py`, which also finds Compose: once per engine, at the first `up`).
+- `up(project, lock, environ, timeout, labels)`: Compose v2 `up -d --wait --remove-orphans --pull never`
+  (see `compose.py`, which also finds Compose: once per engine, at the first `up`); `labels` (service
+  -> {label: value}) go on the services' containers through a second Compose file.
 - `running(project)`: one `GET /containers/json?all=1` filtered on the label
   `com.docker.compose.project=<project>`, then one image inspect per distinct image id whose
   container reference carries no digest. A container's `image` is its reference as the engine reports
   it (`repo@sha256:…` as written in a Stella lock; the image id when that reference no longer names the
   image the container runs); its `digest` is the reference's digest, else the single digest of the
-  image's `RepoDigests` for that repository (None when there is none, or several).
+  image's `RepoDigests` for that repository (None when there is none, or several); its `labels` are
+  its labels starting with `io.stella.`, from the same list call.
 
 An engine that cannot be reached at all (socket missing, nothing listening, daemon stopped, connection
 dropped mid-call) raises `Transient("cannot reach the Docker Engine at <endpoint>: …")`, from every
@@ -50,6 +52,8 @@ log = logging.getLogger(__name__)
 
 PROJECT_LABEL = "com.docker.compose.project"
 SERVICE_LABEL = "com.docker.compose.service"
+STELLA_LABELS = "io.stella."
+"""The prefix of the labels `running()` keeps on each container (`CONFIG_LABEL`, `CONFIG_FILES_LABEL`)."""
 _CONNECTION_ERRORS = (OSError, urllib3.exceptions.HTTPError)
 """What a dropped or refused connection raises (requests' errors are OSErrors; a stream read raw is
 urllib3's)."""
@@ -223,7 +227,14 @@ class DockerEngine:
 
     # -- up ---------------------------------------------------------------------------------------
 
-    def up(self, project: str, lock: Path, environ: Mapping[str, str], timeout: float) -> DeployStep:
+    def up(
+        self,
+        project: str,
+        lock: Path,
+        environ: Mapping[str, str],
+        timeout: float,
+        labels: Mapping[str, Mapping[str, str]] | None = None,
+    ) -> DeployStep:
         self._ping()
         if self._compose is None:
             self._compose = find_compose(self._environ)
@@ -236,6 +247,7 @@ class DockerEngine:
             base=self._environ,
             environ=environ,
             timeout=timeout,
+            labels=labels,
             now=self._now,
         )
         if not step.ok:
@@ -271,6 +283,9 @@ class DockerEngine:
                         image=reference,
                         digest=digest,
                         state=str(entry.get("State", "")),
+                        labels={
+                            str(k): str(v) for k, v in labels.items() if str(k).startswith(STELLA_LABELS)
+                        },
                     )
                 )
         except docker.errors.APIError as exc:
