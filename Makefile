@@ -35,6 +35,7 @@ bench: $(VENV)/.installed-test
 	$(BIN)/python bench/bench_startup.py
 	$(BIN)/python bench/bench_agent.py
 	$(BIN)/python bench/bench_rollback.py
+	$(BIN)/python bench/bench_drift.py
 
 schemas: $(VENV)/.installed
 	$(BIN)/python -m reconciler.schemas

@@ -39,8 +39,10 @@ POINTER_FILE = "stella.version.json"
 TARGETS = "targets"
 DEPLOYMENT = "deployment"
 ROLLBACK = "rollback"
-DEPLOYMENT_TYPES = (DEPLOYMENT, ROLLBACK)
-"""Record types an agent signs (with its own key), chained per target."""
+DRIFT = "drift"
+DEPLOYMENT_TYPES = (DEPLOYMENT, ROLLBACK, DRIFT)
+"""Record types an agent signs (with its own key), chained per target: what it deployed, rolled back
+to, or observed (a `drift` observation, written when the target's drift state changes)."""
 BUNDLE_SUFFIX = ".sigstore.json"
 WITNESS_SUFFIX = ".keyless.sigstore.json"
 """`evidence/<hex>.keyless.sigstore.json`: a keyless bundle over a record first signed with a key."""

@@ -9,10 +9,13 @@ holds the records that verify under the policy they name. For each environment o
 - `sticker`: `targets/<env>/<target>/stella.version.json`, what the agent says the target runs. The file
   is not signed, so it is believed only when the deployment record it names is indexed (it verifies), is
   of this target's chain, carried out the decision the sticker names, and succeeded;
-- `last`: the head of the target's chain of deployment records (`@target:<env>/<target>`);
-- `state` (`target_state`): `in-sync`, `pending`, `waiting` (a rolling rollout's earlier batches have
-  not deployed it yet), `halted` (an earlier batch failed it), `failed`, `rolled-back` (it failed here,
-  and the release before runs again), `never` or `unknown`;
+- `last`: the newest deployment or rollback record of the target's chain (`@target:<env>/<target>`),
+  and `drift`: the newest drift observation the agent made since (the engine's state, as the agent
+  saw it when it changed);
+- `state` (`target_state`): `in-sync`, `drifted` (in sync by its records, but the agent's newest
+  observation says what runs differs from the lock), `pending`, `waiting` (a rolling rollout's earlier
+  batches have not deployed it yet), `halted` (an earlier batch failed it), `failed`, `rolled-back` (it
+  failed here, and the release before runs again), `never` or `unknown`;
 - per environment, the rollout of what should run (`rollout`): its strategy, and whether it is
   complete, in progress or halted (where, and why).
 
@@ -29,7 +32,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from .errors import InvalidInput
 from .evidence import sha256_hex
-from .ledger import DEPLOYMENT_TYPES, ROLLBACK, target_chain, target_pointer_path
+from .ledger import DEPLOYMENT, DRIFT, ROLLBACK, target_chain, target_pointer_path
 from .timefmt import evidence_time
 
 if TYPE_CHECKING:
@@ -37,9 +40,12 @@ if TYPE_CHECKING:
     from .models import Environment
     from .repo import GitTree, Repo
 
-State = Literal["in-sync", "pending", "waiting", "halted", "failed", "rolled-back", "never", "unknown"]
+State = Literal[
+    "in-sync", "drifted", "pending", "waiting", "halted", "failed", "rolled-back", "never", "unknown"
+]
 STATES: tuple[State, ...] = (
     "in-sync",
+    "drifted",
     "pending",
     "waiting",
     "halted",
@@ -87,10 +93,21 @@ class TargetStatus:
     """The head of the target's chain of deployment records (None: none yet)."""
     reason: str
     """The state in a few words."""
+    drift: Record | None = None
+    """The newest drift observation since the last deployment (None: none)."""
 
     def as_json(self) -> dict[str, Any]:
-        last = self.last
+        last, drift = self.last, self.drift
         return {
+            "drift": (
+                {
+                    "evidence": drift.evidence,
+                    "result": drift.result,
+                    "observedAt": evidence_time(drift.decided_at),
+                }
+                if drift is not None
+                else None
+            ),
             "name": self.name,
             "project": self.project,
             "agent": self.agent,
@@ -236,8 +253,7 @@ def _environment_status(
     targets = []
     for target in environment.targets:
         chain = target_chain(environment.name, target.name)
-        head = index.chain_head(chain)
-        last = index.record(head) if head is not None else None
+        last, observed = _last_records(index, index.chain_head(chain))
         raw = evidence.read(target_pointer_path(environment.name, target.name)) if evidence else None
         sticker = believe(parse_sticker(raw), index, chain) if raw is not None else None
         state, reason = target_state(should_run, sticker, last)
@@ -257,10 +273,32 @@ def _environment_status(
             position = rollout.position(environment, target.name, should_run.evidence, carried, reasons)
             if position.state != rollout.GO:
                 state, reason = position.state, position.reason
-        targets.append(TargetStatus(target.name, target.project, target.agent, state, sticker, last, reason))
+        if state == "in-sync" and observed is not None and observed.result == "drifted":
+            state = "drifted"
+            reason = f"runs {should_run.release_name if should_run else '?'}, but {reasons(observed)}"
+        targets.append(
+            TargetStatus(target.name, target.project, target.agent, state, sticker, last, reason, observed)
+        )
     return EnvironmentStatus(
         environment.name, should_run, targets, _rollout(environment, should_run, carried, targets, reasons)
     )
+
+
+def _last_records(index: EvidenceIndex, head: str | None) -> tuple[Record | None, Record | None]:
+    """(the newest deployment or rollback record of a target's chain, the newest drift observation
+    made since: None when there is none)."""
+    observed = None
+    seen: set[str] = set()
+    while head is not None and head not in seen:
+        seen.add(head)
+        record = index.record(head)
+        if record is None:
+            break
+        if record.record_type != DRIFT:
+            return record, observed
+        observed = observed or record
+        head = record.previous
+    return None, observed
 
 
 def reason_after_rollback(record: Record) -> str:
@@ -293,7 +331,7 @@ def _rollout(
             + (f" ({why})" if why else ""),
             halted_at=name,
         )
-    done = sum(1 for t in targets if t.state == "in-sync")
+    done = sum(1 for t in targets if t.state in ("in-sync", "drifted"))
     if done == len(targets):
         return RolloutStatus(strategy, size, "complete", f"{should_run.release_name} runs on every target")
     return RolloutStatus(
@@ -368,7 +406,7 @@ def _disbelief(sticker: Sticker, index: EvidenceIndex, chain: str) -> str | None
     record = index.record(sticker.deployment)
     if record is None:
         return f"it names {sticker.deployment}, which is no verified record on the evidence branch"
-    if record.record_type not in DEPLOYMENT_TYPES or record.environment != chain:
+    if record.record_type not in (DEPLOYMENT, ROLLBACK) or record.environment != chain:
         return f"{sticker.deployment} is not a deployment record of this target"
     if record.source != sticker.decision:
         return f"{sticker.deployment} carried out {record.source}, not the decision it names"

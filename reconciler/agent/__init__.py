@@ -29,21 +29,22 @@ import json
 import logging
 import os
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 
+from .. import drift
 from ..errors import InvalidInput, Transient
 from ..evidence import canonical, sha256_hex
-from ..ledger import ROLLBACK, rfc3339
+from ..ledger import DRIFT, ROLLBACK, rfc3339
 from ..models import ReleaseLock
-from ..protocols import AgentPlugin, Signer
+from ..protocols import AgentPlugin, DeployStep, Signer
 from ..render import lock_images
 from . import health, rollout
 from .apply import Applied, apply
-from .desired import Desired, read_desired
+from .desired import Desired, Running, read_desired
 from .mirror import Mirror
 from .record import deployment_statement, push_pending, stage
 from .sticker import VERSION, read_sticker, write_sticker
@@ -92,6 +93,13 @@ class AgentRun:
     """Staged records the source's hook refused outright (kept under `refused/`, with why)."""
     unreachable: bool = False
     """The engine could not be reached: the failure is recorded, and the decision tried again next run."""
+    drift: list[dict[str, object]] | None = None
+    """The drift items found (None: not checked this run)."""
+    drift_record: str | None = None
+    """The `drift` observation recorded by this run (the drift state changed)."""
+    remediation: str | None = None
+    """The deployment record of a remediation (`driftPolicy: remediate`) by this run."""
+    remediation_result: str | None = None
     batch: int | None = None
     batches: int | None = None
 
@@ -184,22 +192,93 @@ def _run(
         _rollback(context, owed, outcome)
     elif sticker is not None and sticker.get("decision") == desired.decision.evidence:
         outcome.reason = "already running it"
-        return outcome
+        _check_drift(context, outcome)
     elif desired.decision.evidence in (failed := read_failed(options.state_dir)):
         outcome.action, outcome.reason = (
             "skipped",
             f"it failed here before ({failed[desired.decision.evidence]})",
         )
-        return outcome
+        _check_drift(context, outcome)
     elif desired.position is not None and desired.position.state != rollout.GO:
         outcome.action, outcome.reason = desired.position.state, desired.position.reason
-        return outcome
+        _check_drift(context, outcome)
     else:
         _deploy(context, outcome)
     pushed, refused = push_pending(mirror, options.state_dir)
     outcome.pushed += pushed
     outcome.refused += refused
     return outcome
+
+
+def _check_drift(context: _Context, outcome: AgentRun) -> None:
+    """Compare what runs with the lock of the decision the sticker names (one engine call); record a
+    `drift` observation when the drift state changed since the last one, and with `driftPolicy:
+    remediate` apply that lock again."""
+    desired, state_dir = context.desired, context.options.state_dir
+    running = desired.running
+    if running is None:
+        return
+    plugin = context.plugin(desired.agent)
+    started = context.now()
+    try:
+        engine = plugin.open(desired.target, context.environ)
+        try:
+            containers = engine.running(desired.target.project)
+        finally:
+            engine.close()
+    except Transient as exc:  # nothing known about drift: said, not recorded
+        outcome.unreachable = True
+        outcome.reason = _also(outcome.reason, f"drift not checked: {exc}")
+        return
+    completed = context.now()
+    items = drift.compare(desired.target.name, running.lock, containers)
+    outcome.drift = [item.as_json() for item in items]
+    state = drift_state(items)
+    if state == read_drift(state_dir):
+        return
+    summary = (
+        f"{len(items)} difference(s): " + ", ".join(f"{i.service or '?'} {i.kind}" for i in items)
+        if items
+        else "runs its lock again"
+    )
+    statement = canonical(
+        deployment_statement(
+            tenant=desired.tenant,
+            target=desired.target,
+            agent=plugin.manifest.name,
+            decision=running.decision.evidence,
+            release={"id": running.decision.release_id, "name": running.decision.release_name},
+            policy={"id": desired.policy.id, "record": desired.policy_record},
+            result="drifted" if items else "in-sync",
+            reason=summary,
+            steps=[
+                DeployStep(
+                    "inspect",
+                    f"list the containers of project {desired.target.project}",
+                    1 if items else 0,
+                    "\n".join(
+                        f"{i.service} {i.kind}: expected {i.expected}, actual {i.actual}" for i in items
+                    ),
+                    started,
+                    completed,
+                )
+            ],
+            containers=containers,
+            lock=running.lock,
+            images=lock_images(running.lock),
+            started_at=started,
+            completed_at=completed,
+            previous=desired.previous_deployment,
+            kind=DRIFT,
+            extra={"drift": [item.as_json() for item in items]},
+        )
+    )
+    pointer = _pointer(desired, context.sticker)
+    outcome.drift_record = stage(state_dir, statement, context.signer, pointer, desired.target)
+    remember_drift(state_dir, state)
+    if items and desired.environment.driftPolicy == "remediate":
+        remedy = replace(context, desired=replace(desired, previous_deployment=outcome.drift_record))
+        _deploy(remedy, outcome, running=running, why=f"remediating drift ({summary})")
 
 
 def _apply(context: _Context, lock: bytes) -> tuple[Applied, bool]:
@@ -234,17 +313,22 @@ def _apply(context: _Context, lock: bytes) -> tuple[Applied, bool]:
     return applied, False
 
 
-def _deploy(context: _Context, outcome: AgentRun) -> None:
+def _deploy(context: _Context, outcome: AgentRun, running: Running | None = None, why: str = "") -> None:
+    """Apply the lock of the decision that should run (or, to remediate drift, of `running`: the one
+    the target runs), record it, and roll back when that is owed."""
     desired = context.desired
-    assert desired.decision is not None and desired.lock is not None
-    decision, lock = desired.decision, desired.lock
+    if running is not None:
+        decision, lock, release_lock = running.decision, running.lock, running.release
+    else:
+        assert desired.decision is not None and desired.lock is not None
+        decision, lock, release_lock = desired.decision, desired.lock, desired.release
     plugin = context.plugin(desired.agent)
     started = context.now()
     applied, unreachable = _apply(context, lock)
     completed = context.now()
     result = "succeeded" if applied.ok else "failed"
-    back, note = _rollback_plan(context, applied, unreachable)
-    reason = _also(applied.reason, note) if note else applied.reason
+    back, note = _rollback_plan(context, applied, unreachable) if running is None else (False, "")
+    reason = _also(why, _also(applied.reason, note))
     release = {"id": decision.release_id, "name": decision.release_name}
     extra: dict[str, object] = {}
     if desired.environment.rollout.strategy == "rolling" and desired.position is not None:
@@ -275,25 +359,32 @@ def _deploy(context: _Context, outcome: AgentRun) -> None:
     )
     deployment = f"sha256:{sha256_hex(statement)}"
     new_sticker = (
-        _sticker(desired, desired.release, decision.evidence, deployment, completed, context.sticker)
+        _sticker(desired, release_lock, decision.evidence, deployment, completed, context.sticker)
         if applied.ok
         else context.sticker
     )
-    pointer = (
-        canonical(new_sticker) if new_sticker is not None else canonical({"target": desired.target.name})
-    )
+    pointer = _pointer(desired, new_sticker)
     stage(context.options.state_dir, statement, context.signer, pointer, desired.target)
     if back:  # owed from here on: a run killed before the rollback record is staged finishes it
         write_owed(context.options.state_dir, decision.evidence, deployment, applied.reason)
     if applied.ok and new_sticker is not None:
         write_sticker(context.options.state_dir, new_sticker)
-    elif not unreachable:
+        remember_drift(context.options.state_dir, drift_state([]))  # what it deployed runs: in sync
+    elif not unreachable and running is None:
         remember_failed(context.options.state_dir, decision.evidence, applied.reason)
     outcome.unreachable = unreachable
+    if running is not None:  # remediation: the run's action stays what it was
+        outcome.remediation, outcome.remediation_result = deployment, result
+        return
     outcome.action = "deployed" if applied.ok else "failed"
     outcome.result, outcome.reason, outcome.deployment = result, reason, deployment
     if back:
         _rollback(context, read_owed(context.options.state_dir) or {}, outcome)
+
+
+def _pointer(desired: Desired, sticker: Mapping[str, object] | None) -> bytes:
+    """`targets/<env>/<target>/stella.version.json`: the sticker's bytes (a placeholder before any)."""
+    return canonical(dict(sticker) if sticker is not None else {"target": desired.target.name})
 
 
 def _rollback_plan(context: _Context, applied: Applied, unreachable: bool) -> tuple[bool, str]:
@@ -381,12 +472,11 @@ def _rollback(context: _Context, owed: Mapping[str, str], outcome: AgentRun) -> 
         if applied.ok
         else context.sticker
     )
-    pointer = (
-        canonical(new_sticker) if new_sticker is not None else canonical({"target": desired.target.name})
-    )
+    pointer = _pointer(desired, new_sticker)
     stage(state_dir, statement, context.signer, pointer, desired.target)
     if applied.ok and new_sticker is not None:
         write_sticker(state_dir, new_sticker)
+        remember_drift(state_dir, drift_state([]))
     remember_failed(state_dir, failed_decision, why or "failed")
     clear_owed(state_dir)
     outcome.action = "rolled-back" if applied.ok else "failed"
@@ -397,7 +487,8 @@ def _rollback(context: _Context, owed: Mapping[str, str], outcome: AgentRun) -> 
 
 
 def _also(reason: str, more: str) -> str:
-    return f"{reason}; {more}" if reason else more
+    """`reason; more`, either of them possibly empty."""
+    return f"{reason}; {more}" if reason and more else reason or more
 
 
 def _sticker(
@@ -479,6 +570,28 @@ def write_owed(state_dir: Path, decision: str, deployment: str, reason: str) -> 
 
 def clear_owed(state_dir: Path) -> None:
     (state_dir / OWED).unlink(missing_ok=True)
+
+
+DRIFT_STATE = "drift.json"
+
+
+def drift_state(items: Sequence[drift.DriftItem]) -> str:
+    """The identity of a drift state: the hash of its items (of none: in sync)."""
+    return sha256_hex(canonical([item.as_json() for item in items]))
+
+
+def read_drift(state_dir: Path) -> str:
+    """The drift state last recorded (in sync when none was)."""
+    try:
+        value = json.loads((state_dir / DRIFT_STATE).read_text())
+    except (OSError, ValueError):
+        return drift_state([])
+    state = value.get("state") if isinstance(value, dict) else None
+    return state if isinstance(state, str) else drift_state([])
+
+
+def remember_drift(state_dir: Path, state: str) -> None:
+    _write_json(state_dir / DRIFT_STATE, {"state": state})
 
 
 def _write_json(path: Path, value: object) -> None:

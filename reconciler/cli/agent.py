@@ -1,7 +1,8 @@
 """`stella agent`: run one target's deployment agent, once or on an interval (DESIGN §9).
 
 Exit codes: 0 the target runs what the evidence says (deployed now, or already), or waits for the
-earlier batches of a rolling rollout; 1 the deployment failed (a record says why, and whether the
+earlier batches of a rolling rollout; 1 the target drifted from its lock (and no remediation put it
+right), the deployment failed (a record says why, and whether the
 earlier release was rolled back to), was skipped as failed before, the rollout is halted by a failure
 in an earlier batch, or the source refused a record (kept under `refused/`); 2 invalid input (a chain
 that does not start at the pinned root, a target or agent key the policy in force does not hold, a bad
@@ -65,6 +66,10 @@ def _run_json(run: AgentRun) -> dict[str, Any]:
         "deployment": run.deployment,
         "rollback": run.rollback,
         "rollbackResult": run.rollback_result,
+        "drift": run.drift,
+        "driftRecord": run.drift_record,
+        "remediation": run.remediation,
+        "remediationResult": run.remediation_result,
         "batch": run.batch,
         "batches": run.batches,
         "pushed": run.pushed,
@@ -83,8 +88,19 @@ def _print_run(run: AgentRun) -> None:
         say(f"deployment record {run.deployment} ({run.result})")
     if run.rollback:
         say(f"rollback record {run.rollback} ({run.rollback_result})")
+    for item in run.drift or []:
+        say(f"drift: {item['service']} {item['kind']}: expected {item['expected']}, got {item['actual']}")
+    if run.drift_record:
+        say(f"drift observation {run.drift_record} (the drift state changed)")
+    if run.remediation:
+        say(f"remediation deployment record {run.remediation} ({run.remediation_result})")
     for refused in run.refused:
         say(f"deployment record {refused} refused by the source: kept under refused/ in the state directory")
+
+
+def _drifted(run: AgentRun) -> bool:
+    """The target differs from its lock, and no remediation this run put it right."""
+    return bool(run.drift) and run.remediation_result != "succeeded"
 
 
 def _source(repo: str) -> str:
@@ -124,7 +140,7 @@ def cmd_agent(args: argparse.Namespace) -> int:
         emit(args, _run_json(result), lambda: _print_run(result))
         if result.unreachable:
             return TRANSIENT
-        return NOT_OK if result.action in _NOT_OK or result.refused else OK
+        return NOT_OK if result.action in _NOT_OK or result.refused or _drifted(result) else OK
     if args.interval <= 0:
         raise Usage("--interval must be a positive number of seconds")
     return run(

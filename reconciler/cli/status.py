@@ -70,7 +70,11 @@ def _seen(target: TargetStatus) -> str:
         return f"{says}; no deployment yet"
     when = evidence_time(last.decided_at)
     kind = "last deployment" if last.record_type == "deployment" else f"last {last.record_type}"
-    return f"{says}; {kind} {last.release_name} {last.result} at {when} ({last.evidence[:19]}…)"
+    seen = f"{says}; {kind} {last.release_name} {last.result} at {when} ({last.evidence[:19]}…)"
+    if target.drift is not None:
+        observed = evidence_time(target.drift.decided_at)
+        seen += f"; agent observed {target.drift.result} at {observed} ({target.drift.evidence[:19]}…)"
+    return seen
 
 
 COMMANDS: dict[str, Register] = {"status": add_status}

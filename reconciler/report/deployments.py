@@ -33,7 +33,7 @@ if TYPE_CHECKING:
     from ..protocols import FileSource
     from ..repo import GitTree
 
-RESULTS = ("succeeded", "failed", "rolled-back")
+RESULTS = ("succeeded", "failed", "rolled-back", "drifted", "in-sync")
 """Results a deployment record may carry (anything else is shown as stored, in a neutral colour)."""
 
 
@@ -170,6 +170,15 @@ def deployment_view(
     started, completed = text(p.get("startedAt")), text(p.get("completedAt"))
     rollout, rollback = as_dict(p.get("rollout")), as_dict(p.get("rollback"))
     return {
+        "drift": [
+            {
+                "service": text(i.get("service")),
+                "kind": text(i.get("kind")),
+                "expected": text(i.get("expected")),
+                "actual": text(i.get("actual")),
+            }
+            for i in dicts(p.get("drift"))
+        ],
         "rollout": (
             f"{text(rollout.get('strategy'))}, batch {text(rollout.get('batch'))} of "
             f"{text(rollout.get('batches'))}"
