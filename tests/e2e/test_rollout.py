@@ -11,10 +11,17 @@ import socket
 import subprocess
 import time
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 
+from reconciler.agent.record import deployment_statement
+from reconciler.evidence import canonical, sha256_hex
+from reconciler.ledger import bundle_path, evidence_path
+from reconciler.protocols import AgentTarget
+from reconciler.repo import Repo
+from reconciler.sign import KeySigner, load_private_key
 from tests.support.cli import STELLA
 from tests.support.dockerd import DockerDaemon, start_dockerd
 from tests.support.registry import RegistryServer
@@ -235,3 +242,55 @@ def test_an_agent_killed_while_rolling_back_finishes_the_rollback_on_its_next_ru
     code, again = shop.agent("web-1")
     assert (code, again["action"]) == (1, "skipped"), again
     assert shop.stella("audit", "verify", "--root", shop.genesis).code == 0
+
+
+@pytest.mark.registry
+def test_a_succeeded_record_forged_for_an_earlier_batch_does_not_move_the_rollout(
+    tmp_path: Path, registry: RegistryServer, engine: DockerDaemon
+) -> None:
+    """Someone with push access and web-2's agent key writes a `succeeded` record of web-1 for the
+    decision: web-1's record verifies only with web-1's key, so web-2 still waits, and audit says why."""
+    shop = Shop(tmp_path, registry, engine, "{strategy: rolling, batchSize: 1, healthTimeout: 20s}")
+    shop.release("shop-1.0", "good")
+    [dev] = shop.stella("status", "dev", "-o", "json").json()["environments"]
+    decision = dev["shouldRun"]["evidence"]
+    made = shop.record(decision)
+    [artifact] = made["artifacts"]  # type: ignore[misc]
+    lock = subprocess.run(
+        ["git", "cat-file", "blob", f"stella/evidence:artifacts/{artifact['sha256']}/{artifact['name']}"],
+        cwd=shop.root,
+        check=True,
+        capture_output=True,
+    ).stdout
+    now = datetime.now(UTC)
+    statement = canonical(
+        deployment_statement(
+            tenant="shop",
+            target=AgentTarget("dev", "web-1", shop.engine.endpoint, "shopweb-1"),
+            agent="docker",
+            decision=decision,
+            release=made["release"],  # type: ignore[arg-type]
+            policy=made["policy"],  # type: ignore[arg-type]
+            result="succeeded",
+            reason="",
+            steps=[],
+            containers=[],
+            lock=lock,
+            images=[],
+            started_at=now,
+            completed_at=now,
+            previous=None,
+        )
+    )
+    hex_id = sha256_hex(statement)
+    forger = KeySigner(load_private_key(shop.keys / "web-2.pem"))
+    repo = Repo(shop.root)
+    head = repo.resolve_ref("refs/heads/stella/evidence")
+    files = {evidence_path(hex_id): statement, bundle_path(hex_id): forger.sign(statement)}
+    repo.commit_files("refs/heads/stella/evidence", head, files, "web-1 deployed it", parent=head)
+
+    code, waiting = shop.agent("web-2")
+    assert (code, waiting["action"]) == (0, "waiting"), waiting
+    assert shop.running("web-2") == []
+    verify = shop.stella("audit", "verify", "--root", shop.genesis)
+    assert verify.code == 1 and f"evidence/{hex_id}" in verify.out, verify.out
