@@ -134,7 +134,10 @@ def allowed_signers_check(tree: GitTree, repository: Repository | None) -> Check
     needing = sorted(
         env
         for env, environment in (repository.environments.items() if repository else ())
-        if environment.approvals is not None and environment.approvals.required > 0
+        if any(
+            policy is not None and policy.required > 0
+            for policy in (environment.approvals, environment.rollbackApprovals)
+        )
     )
     raw = tree.read(ALLOWED_SIGNERS)
     lines = [
