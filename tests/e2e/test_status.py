@@ -84,6 +84,7 @@ def test_status_before_and_after_the_agent_deploys(
         "reason": "shop-1.0 is allowed, nothing deployed yet",
         "sticker": None,
         "lastDeployment": None,
+        "drift": None,
     }
     assert before["ok"] is False and before["evidenceRef"] == "refs/heads/stella/evidence"
     assert before["policy"] is not None
@@ -120,6 +121,7 @@ def test_status_before_and_after_the_agent_deploys(
             "release": {"id": release["id"], "name": "shop-1.0"},
             "completedAt": deployed["deployedAt"],
         },
+        "drift": None,
     }
     text = site.stella("status")
     assert text.code == 0, text.out + text.err
