@@ -364,13 +364,13 @@ def read_expected(repo: Repo, environment: str | None = None, target: str | None
     `stella status` reads it (`reconciler.status`), with the lock of each decision."""
     from .chain import open_evidence
     from .passes import source_commit
-    from .status import _environments
+    from .status import environments_in_force
 
     source = repo.tree(source_commit(repo)[1])
     _, head, index = open_evidence(repo, source)
     try:
         evidence = repo.tree(head) if head else None
-        policy, environments = _environments(index, evidence, source)
+        policy, environments = environments_in_force(index, evidence, source)
         where = f"the ratified policy ({policy})" if policy else "the branch (nothing ratified yet)"
         if environment is not None:
             if environment not in environments:

@@ -210,7 +210,7 @@ def read_status(repo: Repo, environment: str | None = None) -> Status:
     ref, head, index = open_evidence(repo, source)
     try:
         evidence = repo.tree(head) if head else None
-        policy, environments = _environments(index, evidence, source)
+        policy, environments = environments_in_force(index, evidence, source)
         if environment is not None:
             if environment not in environments:
                 where = f"the ratified policy ({policy})" if policy else "the branch (nothing ratified yet)"
@@ -223,7 +223,7 @@ def read_status(repo: Repo, environment: str | None = None) -> Status:
     return Status(ref, head, policy, found)
 
 
-def _environments(
+def environments_in_force(
     index: EvidenceIndex, evidence: GitTree | None, source: GitTree
 ) -> tuple[str | None, dict[str, Environment]]:
     """(the ratified policy, its environments); before any genesis (None, the branch's)."""
