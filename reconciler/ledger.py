@@ -12,6 +12,7 @@ PURE: paths and parsing only; no Git, disk, network or clock of its own.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 from collections.abc import Iterator
@@ -175,6 +176,16 @@ class Ledger:
         if raw is None:
             return None
         return parse_statement(hex_id, raw)
+
+    def predicate(self, evidence_id: str) -> dict[str, Any] | None:
+        """The predicate of record `sha256:<hex>` when its bytes hash to its id (None otherwise): for
+        re-reading a field of a record the index already verified."""
+        hex_id = hex_of(evidence_id)
+        raw = self.statement_raw(hex_id)
+        if raw is None or hashlib.sha256(raw).hexdigest() != hex_id:
+            return None
+        statement = parse_statement(hex_id, raw)
+        return statement.predicate if statement is not None else None
 
     def statements(self, needle: bytes | None = None) -> Iterator[Statement]:
         """Every statement, in id order; with `needle`, only those whose bytes contain it (cheap filter)."""

@@ -31,7 +31,6 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
 from .errors import InvalidInput
-from .evidence import sha256_hex
 from .ledger import DEPLOYMENT, DRIFT, ROLLBACK, target_chain, target_pointer_path
 from .timefmt import evidence_time
 
@@ -341,18 +340,10 @@ def _rollout(
 
 def _reasons(evidence: GitTree | None) -> Callable[[Record], str]:
     """The `reason` a deployment record gives, read from its statement (checked against its id)."""
+    from .ledger import Ledger
 
     def reason(record: Record) -> str:
-        if evidence is None:
-            return ""
-        hex_id = record.evidence.removeprefix("sha256:")
-        raw = evidence.read(f"evidence/{hex_id}.json")
-        if raw is None or sha256_hex(raw) != hex_id:
-            return ""
-        try:
-            why = json.loads(raw).get("predicate", {}).get("reason")
-        except (ValueError, AttributeError):
-            return ""
+        why = (Ledger(evidence).predicate(record.evidence) or {}).get("reason") if evidence else None
         return why if isinstance(why, str) else ""
 
     return reason

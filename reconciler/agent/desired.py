@@ -10,9 +10,7 @@ index cache inside it.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
-from typing import Any
 
 from ..errors import InvalidInput
 from ..evidence import sha256_hex
@@ -56,8 +54,6 @@ class Desired:
     `release.rollbackSafe`)."""
     position: Position | None = None
     """Where the target stands in the decision's rollout."""
-    last_deployment: Record | None = None
-    """The record at the head of this target's chain."""
     running: Running | None = None
     """What the target ran before (its sticker's decision), as the branch verifies it."""
 
@@ -139,7 +135,6 @@ def _desired(
         release=read_lock(tree, decision.release_name) if decision is not None else None,
         rollback_safe=_rollback_safe(tree, decision) if decision is not None else True,
         position=position,
-        last_deployment=index.record(head) if head is not None else None,
         running=_running(tree, index, environment.name, running) if running else None,
     )
 
@@ -156,27 +151,18 @@ def _running(tree: GitTree, index: EvidenceIndex, environment: str, decision_id:
     return Running(record, lock, read_lock(tree, record.release_name), _rollback_safe(tree, record))
 
 
-def _statement(tree: GitTree, record: Record) -> dict[str, Any]:
-    """The predicate of a record the index verified, read again and checked against its id."""
-    hex_id = record.evidence.removeprefix("sha256:")
-    raw = Ledger(tree).statement_raw(hex_id)
-    if raw is None or sha256_hex(raw) != hex_id:
-        raise InvalidInput(f"evidence/{hex_id}.json: missing, or its bytes do not hash to its name")
-    predicate = json.loads(raw).get("predicate")
-    return predicate if isinstance(predicate, dict) else {}
-
-
 def _rollback_safe(tree: GitTree, record: Record) -> bool:
-    """A decision's `release.rollbackSafe` as its signed statement says (absent: true)."""
-    release = _statement(tree, record).get("release")
+    """A decision's `release.rollbackSafe` as its signed statement says (absent: true; a statement
+    that does not hash to its id, which the index would not hold, says nothing: false, the safe side)."""
+    predicate = Ledger(tree).predicate(record.evidence)
+    if predicate is None:
+        return False
+    release = predicate.get("release")
     return not (isinstance(release, dict) and release.get("rollbackSafe") is False)
 
 
 def _reason(tree: GitTree, record: Record) -> str:
-    try:
-        reason = _statement(tree, record).get("reason")
-    except InvalidInput:
-        return ""
+    reason = (Ledger(tree).predicate(record.evidence) or {}).get("reason")
     return reason if isinstance(reason, str) else ""
 
 
