@@ -3,13 +3,15 @@
 #   scripts/setup.sh          the virtual environment with the core and every plugin (enough for the demo)
 #   scripts/setup.sh --test   also what the tests use: the CNCF registry, skopeo, Node.js (tests/js: an
 #                             independent Sigstore verifier and a Sigstore stand-in), Chromium (report tests),
-#                             a Docker Engine and a static busybox (the docker agent plugin's tests)
+#                             a Docker Engine and a static busybox (the docker agent plugin's tests),
+#                             Debian's PostgreSQL (the fleet's tests start a throwaway cluster of their own)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 VENV=${VENV:-.venv}
 PYTHON=${PYTHON:-python3}
 TEST=0
+need_postgres=0
 [ "${1:-}" = "--test" ] && TEST=1
 
 need_apt=()
@@ -24,16 +26,40 @@ if [ "$TEST" = 1 ]; then
     dpkg-query -W -f='${Status}' busybox-static 2>/dev/null | grep -q "install ok installed" || need_apt+=(busybox-static)
     command -v chromium >/dev/null || need_apt+=(chromium)
     { command -v node >/dev/null && command -v npm >/dev/null; } || need_apt+=(nodejs npm)
+    # PostgreSQL's server binaries for the fleet's tests (tests/support/postgres.py runs initdb itself).
+    # postgresql-common first, so that the package makes no cluster of its own (below): on a machine
+    # without systemd that cluster could fail to start and fail the install, and the tests never use it.
+    if ! compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null; then
+        need_postgres=1
+        command -v pg_conftool >/dev/null || need_apt+=(postgresql-common)
+    fi
 fi
-if [ ${#need_apt[@]} -gt 0 ]; then
+if [ ${#need_apt[@]} -gt 0 ] || [ "$need_postgres" = 1 ]; then
     if [ "$(id -u)" != 0 ]; then
-        echo "setup: missing system packages: ${need_apt[*]} (run as root, or: sudo apt-get install ${need_apt[*]})" >&2
+        missing="${need_apt[*]}"
+        [ "$need_postgres" = 1 ] && missing="$missing postgresql"
+        echo "setup: missing system packages:$missing (run as root, or: sudo apt-get install$missing)" >&2
         exit 2
     fi
-    echo "setup: apt-get install ${need_apt[*]}"
     export DEBIAN_FRONTEND=noninteractive
     apt-get update -qq
-    apt-get install -y -qq --no-install-recommends "${need_apt[@]}" >/dev/null
+    if [ ${#need_apt[@]} -gt 0 ]; then
+        echo "setup: apt-get install ${need_apt[*]}"
+        apt-get install -y -qq --no-install-recommends "${need_apt[@]}" >/dev/null
+    fi
+fi
+if [ "$need_postgres" = 1 ]; then
+    # With create_main_cluster off, postgresql-NN's postinst makes no "main" cluster (configure_version
+    # in postgresql-common's maintscripts-functions), so there is nothing to start and nothing on 5432.
+    if [ -z "$(pg_conftool /etc/postgresql-common/createcluster.conf show -bs create_main_cluster 2>/dev/null)" ]; then
+        pg_conftool /etc/postgresql-common/createcluster.conf set create_main_cluster false
+    fi
+    echo "setup: apt-get install postgresql"
+    apt-get install -y -qq --no-install-recommends postgresql >/dev/null
+    compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null || {
+        echo "setup: postgresql was installed but no /usr/lib/postgresql/*/bin/initdb exists" >&2
+        exit 2
+    }
 fi
 
 if [ ! -x "$VENV/bin/python" ]; then

@@ -6,9 +6,10 @@ stable: every command prints one JSON object on stdout, documented in docs/cli.m
 
 The commands live by area, each module declaring its parsers beside their handlers (`COMMANDS`):
 `manifests` (validate, release, keys, init), `workflow` (promote, approve, policy), `passes`
-(reconcile, plan, why, usage), `audit` (audit, replay), `hook`, `doctor`, `demo`, `agent` and
-`status`; `_app` is the shared plumbing. Building the parser imports no part of the core: each handler
-imports what it needs, so that `stella --help` and the pre-receive hook start fast.
+(reconcile, plan, why, usage), `audit` (audit, replay), `hook`, `doctor`, `demo`, `agent`, `status`,
+`drift` and `fleet` (fleet migrate, fleet token); `_app` is the shared plumbing. Building the parser
+imports no part of the core: each handler imports what it needs, so that `stella --help` and the
+pre-receive hook start fast.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import argparse
 from collections.abc import Sequence
 
 from ..version import __version__
-from . import agent, audit, demo, doctor, drift, hook, manifests, passes, status, workflow
+from . import agent, audit, demo, doctor, drift, fleet, hook, manifests, passes, status, workflow
 from ._app import (
     BROKEN_PIPE,
     INVALID,
@@ -65,6 +66,7 @@ _ORDER = (
     "doctor",
     "reconcile",
     "agent",
+    "fleet",
     "keys",
     "init",
     "demo",
@@ -74,7 +76,7 @@ _ORDER = (
 
 def _commands() -> dict[str, Register]:
     """Every top-level command of every area, in `_ORDER` (a command missing there fails loudly)."""
-    areas = (manifests, workflow, passes, audit, hook, doctor, demo, agent, status, drift)
+    areas = (manifests, workflow, passes, audit, hook, doctor, demo, agent, status, drift, fleet)
     found = [(name, add) for area in areas for name, add in area.COMMANDS.items()]
     return dict(sorted(found, key=lambda command: _ORDER.index(command[0])))
 

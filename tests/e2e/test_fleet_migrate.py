@@ -1,0 +1,358 @@
+"""`stella fleet migrate` and `stella fleet token create` against a real PostgreSQL (DESIGN §10).
+
+Migrating twice changes nothing the second time; the tables, the row-level security and the service
+role are there; as the service role a query without `stella.tenant` sees no evidence rows, with a
+tenant set only that tenant's, an insert for another tenant is refused and UPDATE and DELETE are not
+allowed at all, while procrastinate's defer and worker work. A token is printed once and only its SHA-256
+is stored. A bad fleet.yaml is exit 2 naming file and line; a database that does not answer, exit 3.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+from psycopg import sql
+from psycopg.conninfo import make_conninfo
+
+from tests.support.cli import Run, stella
+from tests.support.postgres import ScratchDatabase
+from tests.support.registry import free_port
+
+TENANTS = ("shop", "blog")
+
+
+def write_fleet(directory: Path, role: str, tenants: tuple[str, ...] = TENANTS) -> Path:
+    lines = [
+        "apiVersion: stella/v1",
+        "kind: Fleet",
+        "database: env:STELLA_DATABASE_URL",
+        f"serviceRole: {role}",
+        "workdir: /var/lib/stella/fleet",
+        "tenants:",
+    ]
+    for name in tenants:
+        lines += [
+            f"  - name: {name}",
+            f'    repo: "git://git.example.com/{name}.git"',
+            f"    signingKey: file:/etc/stella/{name}.pem",
+            f"    webhookSecret: env:{name.upper()}_WEBHOOK_SECRET",
+        ]
+    path = directory / "fleet.yaml"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def fleet(db: ScratchDatabase, *args: str | Path) -> Run:
+    return stella("fleet", *args, env={"STELLA_DATABASE_URL": db.url})
+
+
+@contextmanager
+def connect(db: ScratchDatabase, role: str | None = None) -> Iterator[psycopg.Connection[Any]]:
+    """A connection to the test's database, as the superuser or (`role`) as that role from the start."""
+    url = db.url if role is None else make_conninfo(db.url, options=f"-c role={role}")
+    with psycopg.connect(url, autocommit=True) as conn:
+        yield conn
+
+
+def scalar(conn: psycopg.Connection[Any], query: Any, params: tuple[Any, ...] = ()) -> Any:
+    row = conn.execute(query, params).fetchone()
+    assert row is not None
+    return row[0]
+
+
+@pytest.fixture
+def migrated(pg_database: ScratchDatabase, tmp_path: Path) -> ScratchDatabase:
+    run = fleet(pg_database, "migrate", "--config", write_fleet(tmp_path, pg_database.role))
+    assert run.code == 0, run.err
+    return pg_database
+
+
+def test_migrate_twice_creates_then_finds_everything(pg_database: ScratchDatabase, tmp_path: Path) -> None:
+    config = write_fleet(tmp_path, pg_database.role)
+    first = fleet(pg_database, "migrate", "--config", config, "-o", "json")
+    assert first.code == 0, first.err
+    assert first.json() == {
+        "procrastinate": {"schema": "created", "version": first.json()["procrastinate"]["version"]},
+        "tables": {"stella_tenants": "created", "stella_tokens": "created", "stella_evidence": "created"},
+        "rowLevelSecurity": {
+            "table": "stella_evidence",
+            "policy": "stella_tenant_isolation",
+            "setting": "stella.tenant",
+        },
+        "serviceRole": {"name": pg_database.role, "state": "created"},
+        "tenants": {"added": ["blog", "shop"], "unlisted": []},
+    }
+    second = fleet(pg_database, "migrate", "--config", config, "-o", "json")
+    assert second.code == 0, second.err
+    assert second.json() == {
+        **first.json(),
+        "procrastinate": {"schema": "present", "version": first.json()["procrastinate"]["version"]},
+        "tables": {"stella_tenants": "present", "stella_tokens": "present", "stella_evidence": "present"},
+        "serviceRole": {"name": pg_database.role, "state": "present"},
+        "tenants": {"added": [], "unlisted": []},
+    }
+    third = fleet(
+        pg_database, "migrate", "--config", write_fleet(tmp_path, pg_database.role, ("shop", "news"))
+    )
+    assert third.code == 0, third.err
+    assert third.out.splitlines()[1:] == [
+        "table stella_tenants: present",
+        "table stella_tokens: present",
+        "table stella_evidence: present",
+        "row-level security: stella_evidence (ENABLE, FORCE; rows of current_setting('stella.tenant'))",
+        f"service role {pg_database.role}: present (evidence: SELECT, INSERT only)",
+        "tenants added: news",
+        f"tenants kept but no longer in {tmp_path / 'fleet.yaml'}: blog",
+    ]
+    assert third.out.startswith("procrastinate schema: present (procrastinate ")
+
+    with connect(pg_database) as conn:
+        tenants = [r[0] for r in conn.execute("SELECT name FROM stella_tenants ORDER BY name")]
+        assert tenants == ["blog", "news", "shop"]
+        role = conn.execute(
+            "SELECT rolsuper, rolbypassrls, rolcanlogin, rolcreaterole, rolcreatedb FROM pg_roles WHERE rolname = %s",
+            (pg_database.role,),
+        ).fetchone()
+        assert role == (False, False, False, False, False)
+        rls = conn.execute(
+            "SELECT relrowsecurity, relforcerowsecurity FROM pg_class WHERE relname = 'stella_evidence'"
+        ).fetchone()
+        assert rls == (True, True)
+        policies = conn.execute(
+            "SELECT count(*) FROM pg_policies WHERE tablename = 'stella_evidence'"
+        ).fetchone()
+        assert policies == (1,)
+        granted = {
+            (table, privilege): scalar(
+                conn, "SELECT has_table_privilege(%s, %s, %s)", (pg_database.role, table, privilege)
+            )
+            for table in ("stella_evidence", "stella_tenants", "stella_tokens")
+            for privilege in ("SELECT", "INSERT", "UPDATE", "DELETE", "TRUNCATE")
+        }
+        assert {key for key, allowed in granted.items() if allowed} == {
+            ("stella_evidence", "SELECT"),
+            ("stella_evidence", "INSERT"),
+            ("stella_tenants", "SELECT"),
+            ("stella_tokens", "SELECT"),
+        }
+
+
+def _evidence(conn: psycopg.Connection[Any], tenant: str, id_: str) -> None:
+    conn.execute(
+        "INSERT INTO stella_evidence (tenant, id, type, environment, statement) VALUES (%s, %s, 'decision', 'prod', %s)",
+        (tenant, id_, json.dumps({"id": id_})),
+    )
+
+
+def test_the_service_role_sees_and_writes_only_its_tenant(migrated: ScratchDatabase) -> None:
+    with connect(migrated) as conn:  # the superuser bypasses row-level security
+        for tenant, id_ in (("shop", "s1"), ("shop", "s2"), ("blog", "b1")):
+            _evidence(conn, tenant, id_)
+
+    with connect(migrated, migrated.role) as conn:
+        assert scalar(conn, "SELECT current_user") == migrated.role
+        assert conn.execute("SELECT tenant, id FROM stella_evidence").fetchall() == []
+        with conn.transaction():
+            conn.execute("SELECT set_config('stella.tenant', 'shop', true)")
+            rows = conn.execute("SELECT tenant, id FROM stella_evidence ORDER BY id").fetchall()
+            assert rows == [("shop", "s1"), ("shop", "s2")]
+            _evidence(conn, "shop", "s3")
+        assert conn.execute("SELECT count(*) FROM stella_evidence").fetchone() == (0,)  # the setting ended
+
+        refused = {
+            "another tenant's row": lambda: _evidence(conn, "blog", "b2"),
+            "update": lambda: conn.execute("UPDATE stella_evidence SET result = 'allow'"),
+            "delete": lambda: conn.execute("DELETE FROM stella_evidence"),
+            "upsert": lambda: conn.execute(
+                "INSERT INTO stella_evidence (tenant, id, type, statement) VALUES ('shop', 's1', 'x', '{}')"
+                " ON CONFLICT (tenant, id) DO UPDATE SET result = 'allow'"
+            ),
+            "token insert": lambda: conn.execute(
+                "INSERT INTO stella_tokens (tenant, token_hash) VALUES ('shop', %s)", ("0" * 64,)
+            ),
+        }
+        messages = {}
+        for what, attempt in refused.items():
+            with pytest.raises(psycopg.errors.InsufficientPrivilege) as caught, conn.transaction():
+                conn.execute("SELECT set_config('stella.tenant', 'shop', true)")
+                attempt()
+            messages[what] = str(caught.value).splitlines()[0]
+        assert messages == {
+            "another tenant's row": 'new row violates row-level security policy for table "stella_evidence"',
+            "update": "permission denied for table stella_evidence",
+            "delete": "permission denied for table stella_evidence",
+            "upsert": "permission denied for table stella_evidence",
+            "token insert": "permission denied for table stella_tokens",
+        }
+        with conn.transaction():
+            conn.execute("SELECT set_config('stella.tenant', 'blog', true)")
+            assert conn.execute("SELECT tenant, id FROM stella_evidence").fetchall() == [("blog", "b1")]
+
+    with connect(migrated) as conn:
+        rows = conn.execute("SELECT tenant, id, result FROM stella_evidence ORDER BY tenant, id").fetchall()
+        assert rows == [
+            ("blog", "b1", None),
+            ("shop", "s1", None),
+            ("shop", "s2", None),
+            ("shop", "s3", None),
+        ]
+
+
+def test_a_login_role_in_the_service_role_is_bound_by_it(migrated: ScratchDatabase) -> None:
+    """The way docs/fleet.md says to connect: a login role that is a member of the service role."""
+    login = f"{migrated.role}_login"
+    with connect(migrated) as conn:
+        conn.execute(
+            sql.SQL("CREATE ROLE {} LOGIN IN ROLE {}").format(
+                sql.Identifier(login), sql.Identifier(migrated.role)
+            )
+        )
+        _evidence(conn, "shop", "s1")
+    try:
+        with psycopg.connect(make_conninfo(migrated.url, user=login), autocommit=True) as conn:
+            assert conn.execute("SELECT count(*) FROM stella_evidence").fetchone() == (0,)
+            with conn.transaction():
+                conn.execute("SELECT set_config('stella.tenant', 'shop', true)")
+                assert conn.execute("SELECT tenant, id FROM stella_evidence").fetchall() == [("shop", "s1")]
+            with pytest.raises(
+                psycopg.errors.InsufficientPrivilege, match="permission denied for table stella_evidence"
+            ):
+                conn.execute("DELETE FROM stella_evidence")
+    finally:
+        with connect(migrated) as conn:
+            conn.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(login)))
+
+
+def test_a_service_role_that_bypasses_rls_is_refused(pg_database: ScratchDatabase, tmp_path: Path) -> None:
+    with connect(pg_database) as conn:
+        conn.execute(sql.SQL("CREATE ROLE {} NOLOGIN BYPASSRLS").format(sql.Identifier(pg_database.role)))
+        owner = scalar(conn, "SELECT current_user")
+    run = fleet(pg_database, "migrate", "--config", write_fleet(tmp_path, pg_database.role))
+    assert (run.code, run.out) == (2, "")
+    assert run.err.strip() == (
+        f"error: the service role '{pg_database.role}' exists and is a superuser or bypasses row-level security: refusing to use it"
+    )
+    run = fleet(pg_database, "migrate", "--config", write_fleet(tmp_path, owner))
+    assert (run.code, run.out) == (2, "")
+    assert (
+        run.err.strip()
+        == f"error: the service role '{owner}' is the role migrating (the owner): use another serviceRole"
+    )
+    with connect(pg_database) as conn:  # one transaction: nothing was left behind
+        assert conn.execute(
+            "SELECT to_regclass('stella_tenants'), to_regclass('procrastinate_jobs')"
+        ).fetchone() == (None, None)
+
+
+def test_procrastinate_runs_as_the_service_role(migrated: ScratchDatabase) -> None:
+    from procrastinate import App, PsycopgConnector
+
+    ran: list[str] = []
+    app = App(
+        connector=PsycopgConnector(conninfo=make_conninfo(migrated.url, options=f"-c role={migrated.role}"))
+    )
+
+    @app.task(name="reconcile", lock="shop", queueing_lock="shop")
+    def reconcile(tenant: str) -> None:
+        ran.append(tenant)
+
+    with app.open():
+        reconcile.defer(tenant="shop")
+    app.run_worker(wait=False, install_signal_handlers=False, listen_notify=False, delete_jobs="never")
+    assert ran == ["shop"]
+    with connect(migrated) as conn:
+        jobs = conn.execute("SELECT task_name, status FROM procrastinate_jobs").fetchall()
+        assert jobs == [("reconcile", "succeeded")]
+
+
+def test_token_create_stores_only_the_hash(migrated: ScratchDatabase, tmp_path: Path) -> None:
+    config = tmp_path / "fleet.yaml"
+    first = fleet(migrated, "token", "create", "shop", "--config", config)
+    second = fleet(migrated, "token", "create", "shop", "--config", config, "-o", "json")
+    assert (first.code, first.err, second.code, second.err) == (0, "", 0, "")
+    token = first.out.removesuffix("\n")
+    assert "\n" not in token and token.startswith("stl_") and len(token) == 4 + 43
+    other = second.json()
+    assert other.keys() == {"tenant", "token"} and other["tenant"] == "shop" and other["token"] != token
+
+    with connect(migrated) as conn:
+        stored = conn.execute(
+            "SELECT tenant, token_hash FROM stella_tokens ORDER BY created_at, token_hash"
+        ).fetchall()
+        expected = {("shop", hashlib.sha256(t.encode()).hexdigest()) for t in (token, other["token"])}
+        assert set(stored) == expected and len(stored) == 2
+        dump = conn.execute("SELECT string_agg(t::text, '|') FROM (SELECT * FROM stella_tokens) t").fetchone()
+        assert dump is not None and token not in dump[0] and other["token"] not in dump[0]
+
+
+def test_token_for_an_unknown_tenant_is_refused(migrated: ScratchDatabase, tmp_path: Path) -> None:
+    run = fleet(migrated, "token", "create", "nobody", "--config", tmp_path / "fleet.yaml")
+    assert (run.code, run.out) == (2, "")
+    assert run.err.strip() == "error: unknown tenant 'nobody': fleet.yaml does not list it"
+    with connect(migrated) as conn:
+        assert conn.execute("SELECT count(*) FROM stella_tokens").fetchone() == (0,)
+
+
+def test_token_before_migrate_says_to_migrate(pg_database: ScratchDatabase, tmp_path: Path) -> None:
+    run = fleet(pg_database, "token", "create", "shop", "--config", write_fleet(tmp_path, pg_database.role))
+    assert (run.code, run.out) == (2, "")
+    assert run.err.startswith("error: the fleet database has no Stella schema (")
+    assert run.err.strip().endswith("run `stella fleet migrate`")
+
+
+HEAD = "apiVersion: stella/v1\nkind: Fleet\nworkdir: /var/lib/stella/fleet\ntenants:\n"
+SHOP = "  - {name: shop, repo: /srv/git/shop.git, signingKey: env:K, webhookSecret: env:W}\n"
+BAD_CONFIGS = [
+    pytest.param(HEAD + SHOP + "extra: 1\n", "6: unknown field 'extra'", id="unknown-field"),
+    pytest.param(
+        HEAD + SHOP + SHOP.replace("env:K", "env:K2"), "6: duplicate tenant 'shop'", id="duplicate-tenant"
+    ),
+    pytest.param(
+        HEAD + SHOP + SHOP.replace("shop", "news").replace("env:K", "/etc/key.pem"),
+        "6: tenants.1.signingKey: String should match pattern",
+        id="bad-ref",
+    ),
+    pytest.param(
+        HEAD.replace("kind: Fleet", "kind: Fleets"), "2: kind must be 'Fleet', not 'Fleets'", id="bad-kind"
+    ),
+    pytest.param(HEAD + "  - [\n", "6: YAML syntax error", id="bad-yaml"),
+]
+
+
+@pytest.mark.parametrize(("text", "where"), BAD_CONFIGS)
+def test_bad_fleet_yaml_is_exit_2_with_file_and_line(tmp_path: Path, text: str, where: str) -> None:
+    config = tmp_path / "fleet.yaml"
+    config.write_text(text)
+    for command in (("migrate",), ("token", "create", "shop")):
+        run = stella(
+            "fleet", *command, "--config", config, env={"STELLA_DATABASE_URL": "postgresql://127.0.0.1:1/x"}
+        )
+        assert (run.code, run.out) == (2, ""), run.err
+        assert run.err.startswith(f"error: {config}:{where}"), run.err
+        assert "Traceback" not in run.err
+
+
+def test_unreachable_database_is_exit_3(tmp_path: Path) -> None:
+    url = f"postgresql://stella@127.0.0.1:{free_port()}/fleet"
+    config = write_fleet(tmp_path, "stella_service")
+    for command in (("migrate",), ("token", "create", "shop")):
+        run = stella("fleet", *command, "--config", config, env={"STELLA_DATABASE_URL": url})
+        assert (run.code, run.out) == (3, ""), run.err
+        assert run.err.startswith("error: cannot connect to the fleet database: "), run.err
+        assert "Traceback" not in run.err and len(run.err.strip().splitlines()) == 1
+
+
+def test_database_url_from_an_unset_variable_is_exit_2(tmp_path: Path) -> None:
+    config = write_fleet(tmp_path, "stella_service")
+    run = stella("fleet", "migrate", "--config", config, env={"STELLA_DATABASE_URL": ""})
+    assert (run.code, run.out) == (2, "")
+    assert run.err.strip() == (
+        "error: the database URL (env:STELLA_DATABASE_URL): environment variable STELLA_DATABASE_URL is not set or empty"
+    )
