@@ -70,6 +70,8 @@ _ORDER = (
     "keys",
     "init",
     "demo",
+    "serve",
+    "worker",
 )
 """The order `stella --help` lists the commands in."""
 

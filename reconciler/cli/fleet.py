@@ -1,4 +1,4 @@
-"""`stella fleet migrate` and `stella fleet token create TENANT`: the fleet's database (DESIGN §10).
+"""`stella fleet migrate`, `stella fleet token create TENANT` and `stella serve` (DESIGN §10).
 
 Both read `--config fleet.yaml` (bad config: exit 2, naming the file and line) and connect to the
 database URL (`STELLA_DATABASE_URL`, else the `database` reference of fleet.yaml) as its owner role; a
@@ -9,13 +9,17 @@ so that `stella --help` does not pay for them.
 "rowLevelSecurity", "serviceRole": {"name", "state"}, "tenants": {"added", "unlisted"}}`).
 `token create` prints one new token on one line (`-o json`: `{"tenant", "token"}`); only its SHA-256
 is stored.
+
+`serve` binds `--listen` (bad or busy: exit 2), resolves every tenant's webhook secret (one that does
+not resolve: exit 2, naming the reference), prints `listening on http://HOST:PORT` and serves
+`reconciler.fleet.server`'s app until SIGTERM or SIGINT (exit 0).
 """
 
 from __future__ import annotations
 
 import argparse
 
-from ._app import OK, Parser, Register, Subcommands, emit, say
+from ._app import OK, Parser, Register, Subcommands, Usage, emit, say
 
 
 def add_fleet(sub: Subcommands, common: Parser) -> None:
@@ -32,6 +36,12 @@ def add_fleet(sub: Subcommands, common: Parser) -> None:
     p.add_argument("tenant", metavar="TENANT")
     _config(p)
     p.set_defaults(func=cmd_fleet_token_create)
+    p = fsub.add_parser(
+        "reconcile", parents=[common], help="queue one reconcile of TENANT (a manual trigger)"
+    )
+    p.add_argument("tenant", metavar="TENANT")
+    _config(p)
+    p.set_defaults(func=cmd_fleet_reconcile)
 
 
 def _config(p: Parser) -> None:
@@ -69,4 +79,82 @@ def cmd_fleet_token_create(args: argparse.Namespace) -> int:
     return OK
 
 
-COMMANDS: dict[str, Register] = {"fleet": add_fleet}
+def add_serve(sub: Subcommands, common: Parser) -> None:
+    p = sub.add_parser(
+        "serve", parents=[common], help="the fleet's webhooks, API, /metrics and /healthz (HTTP)"
+    )
+    _config(p)
+    p.add_argument(
+        "--listen",
+        default="127.0.0.1:8080",
+        metavar="HOST:PORT",
+        help="where to listen (default 127.0.0.1:8080; port 0: any free port)",
+    )
+    p.set_defaults(func=cmd_serve)
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    """Serve until SIGTERM or SIGINT. Prints `listening on http://HOST:PORT` once the socket is bound
+    (connections wait in its backlog until the app has started)."""
+    import sys
+
+    from ..fleet.config import database_url, load_fleet
+    from ..fleet.server import bind, parse_listen, serve
+
+    try:
+        host, port = parse_listen(args.listen)
+    except ValueError as exc:
+        raise Usage(f"--listen: {exc}") from None
+    fleet = load_fleet(args.config)
+    url = database_url(fleet)
+    try:
+        sock = bind(host, port)
+    except OSError as exc:
+        raise Usage(f"--listen {args.listen}: cannot listen there: {exc.strerror or exc}") from exc
+
+    def ready() -> None:
+        bound = sock.getsockname()
+        shown = f"[{bound[0]}]" if ":" in bound[0] else bound[0]
+        say(f"listening on http://{shown}:{bound[1]}")
+        sys.stdout.flush()
+
+    with sock:
+        serve(fleet, url, sock, ready)
+    return OK
+
+
+def add_worker(sub: Subcommands, common: Parser) -> None:
+    p = sub.add_parser("worker", parents=[common], help="run the fleet's reconcile jobs (procrastinate)")
+    _config(p)
+    p.add_argument("--concurrency", type=int, default=2, metavar="N", help="jobs run at once (default 2)")
+    p.set_defaults(func=cmd_worker)
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    """Run reconcile jobs, polls and stalled-job recovery until SIGTERM or SIGINT (exit 0)."""
+    from ..fleet.config import database_url, load_fleet
+    from ..fleet.jobs import run_worker
+
+    if args.concurrency < 1:
+        raise Usage("--concurrency must be at least 1")
+    fleet = load_fleet(args.config)
+    run_worker(fleet, database_url(fleet), args.concurrency)
+    return OK
+
+
+def cmd_fleet_reconcile(args: argparse.Namespace) -> int:
+    """Queue one manual reconcile of TENANT: `queued`, or `collapsed` into one already queued."""
+    from ..errors import InvalidInput
+    from ..fleet.config import database_url, load_fleet
+    from ..fleet.jobs import defer_reconcile, make_app
+
+    fleet = load_fleet(args.config)
+    if fleet.tenant(args.tenant) is None:
+        raise InvalidInput(f"tenant {args.tenant!r} is not in {args.config}")
+    with make_app(database_url(fleet)).open() as app:
+        state = "queued" if defer_reconcile(app, args.tenant, "manual") else "collapsed"
+    emit(args, {"tenant": args.tenant, "state": state}, lambda: say(f"{args.tenant}: {state}"))
+    return OK
+
+
+COMMANDS: dict[str, Register] = {"fleet": add_fleet, "serve": add_serve, "worker": add_worker}
