@@ -140,9 +140,10 @@ def dummy_token(
     *,
     audience: str = "sigstore",
     issued_at: int | None = None,
-    lifetime: int = 600,
+    lifetime: int = 86_400,
 ) -> str:
-    """An HS256 JWT with `iss`, `sub`, `aud`, `iat`, `exp`, signed with a dummy secret."""
+    """An HS256 JWT with `iss`, `sub`, `aud`, `iat`, `exp`, signed with a dummy secret. Valid for a day
+    by default: tokens made while pytest collects (in `parametrize`) must outlive the whole run."""
     now = int(time.time()) if issued_at is None else issued_at
     header = _b64url(json.dumps({"alg": "HS256", "typ": "JWT"}).encode())
     claims = {"iss": issuer, "sub": subject, "aud": audience, "iat": now, "exp": now + lifetime}
