@@ -330,6 +330,11 @@ class EvidenceIndex:
     def count(self) -> int:
         return int(self._db.execute("SELECT count(*) FROM records").fetchone()[0]) + len(self._added)
 
+    def evidence_ids(self) -> set[str]:
+        """The id of every indexed record: every statement on the branch that verified."""
+        stored = {str(row[0]) for row in self._db.execute("SELECT evidence FROM records")}
+        return stored | set(self._added)
+
     # --- changing -------------------------------------------------------------------------------
 
     def add(self, record: Record) -> None:

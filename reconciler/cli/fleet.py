@@ -59,7 +59,10 @@ def cmd_fleet_migrate(args: argparse.Namespace) -> int:
         say(f"procrastinate schema: {done.procrastinate} (procrastinate {done.procrastinate_version})")
         for table, state in done.tables.items():
             say(f"table {table}: {state}")
-        say("row-level security: stella_evidence (ENABLE, FORCE; rows of current_setting('stella.tenant'))")
+        say(
+            "row-level security: stella_evidence, stella_pending"
+            " (ENABLE, FORCE; rows of current_setting('stella.tenant'))"
+        )
         say(f"service role {done.role}: {done.role_state} (evidence: SELECT, INSERT only)")
         say(f"tenants added: {', '.join(done.tenants_added) or 'none'}")
         if done.tenants_unlisted:

@@ -30,8 +30,10 @@ import logging
 import os
 import re
 import shutil
+import sqlite3
 import subprocess
 import sys
+import time
 import zlib
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -96,11 +98,19 @@ def make_app(conninfo: str, fleet: Fleet | None = None) -> procrastinate.App:
     def reconcile(tenant: str, trigger: str) -> dict[str, Any]:
         if fleet is None:
             raise JobFailed("this app has no fleet.yaml: only a worker runs reconcile jobs")
+        started = time.monotonic()
+        outcome, summary = "failed", None
         try:
-            return reconcile_tenant(fleet, tenant, trigger, conninfo)
+            summary = reconcile_tenant(fleet, tenant, trigger, conninfo)
+            outcome = "ok"
+            return summary
         except RetryLater as exc:
+            outcome = "transient"
             log.warning("tenant %s: %s (retried with backoff)", tenant, exc)
             raise
+        finally:
+            if fleet.tenant(tenant) is not None:
+                record_pass(conninfo, fleet.serviceRole, tenant, outcome, time.monotonic() - started, summary)
 
     if fleet is None:
         return app
@@ -236,11 +246,20 @@ def reconcile_tenant(fleet: Fleet, name: str, trigger: str, conninfo: str) -> di
         lease = f"--force-with-lease={evidence_ref}:{before or ''}"
         git.run("push", "--quiet", lease, "--", tenant.repo, f"{after}:{evidence_ref}", what=f"push {name}")
         pushed = True
-    indexed = index_evidence(conninfo, fleet.serviceRole, name, git, after) if after else 0
+    indexed = index_evidence(conninfo, fleet.serviceRole, name, git, evidence_ref, after) if after else 0
+    decided: dict[str, int] = {}
+    for outcome in _outcomes(result):
+        if outcome.get("evidence") and isinstance(outcome.get("decision"), str):
+            decided[outcome["decision"]] = decided.get(outcome["decision"], 0) + 1
     summary = {
         "tenant": name,
         "trigger": trigger,
-        "decisions": len(result.get("decisions") or []),
+        "decisions": decided,
+        "pending": [
+            {"id": o.get("promotion"), "environment": o.get("environment"), "release": o.get("release")}
+            for o in _outcomes(result)
+            if o.get("decision") == "pending" and isinstance(o.get("promotion"), str)
+        ],
         "evidenceCommit": after,
         "pushed": pushed,
         "indexed": indexed,
@@ -334,7 +353,7 @@ def run_pass(tenant: Tenant, home: Path, clone: Path) -> dict[str, Any]:
 
 def evidence_rows(tenant: str, statements: Mapping[str, bytes]) -> list[tuple[Any, ...]]:
     """Rows of `stella_evidence` for statements by their hex id (bytes whose SHA-256 is not their id,
-    or that are no JSON object, are skipped). Pure."""
+    or that are no JSON object, are skipped). Pure: the caller passes only statements that verified."""
     rows = []
     for hex_id, data in sorted(statements.items()):
         if hashlib.sha256(data).hexdigest() != hex_id:
@@ -365,6 +384,11 @@ def evidence_rows(tenant: str, statements: Mapping[str, bytes]) -> list[tuple[An
     return rows
 
 
+def _outcomes(result: Mapping[str, Any]) -> list[dict[str, Any]]:
+    decisions = result.get("decisions")
+    return [o for o in decisions if isinstance(o, dict)] if isinstance(decisions, list) else []
+
+
 def _obj(value: object) -> dict[str, Any]:
     return value if isinstance(value, dict) else {}
 
@@ -373,8 +397,8 @@ def _text(value: object) -> str | None:
     return value if isinstance(value, str) else None
 
 
-def _statements(git: _Git, commit: str, skip: set[str]) -> dict[str, bytes]:
-    """The statements `evidence/<hex>.json` of `commit` whose id is not in `skip`, by hex id."""
+def _statements(git: _Git, commit: str, wanted_ids: set[str]) -> dict[str, bytes]:
+    """The statements `evidence/<hex>.json` of `commit` whose id is in `wanted_ids`, by hex id."""
     listing = git.run("ls-tree", "-r", "-z", commit, "--", "evidence/", what="ls-tree")
     wanted: dict[str, str] = {}
     for entry in listing.split(b"\0"):
@@ -382,7 +406,7 @@ def _statements(git: _Git, commit: str, skip: set[str]) -> dict[str, bytes]:
             continue
         meta, _, path = entry.decode(errors="replace").partition("\t")
         match = _EVIDENCE_FILE.match(path)
-        if match and f"sha256:{match[1]}" not in skip:
+        if match and f"sha256:{match[1]}" in wanted_ids:
             wanted[meta.split()[2]] = match[1]
     if not wanted:
         return {}
@@ -401,19 +425,38 @@ def _statements(git: _Git, commit: str, skip: set[str]) -> dict[str, bytes]:
     return found
 
 
-def index_evidence(conninfo: str, role: str, tenant: str, git: _Git, commit: str) -> int:
-    """Insert the statements of `commit`'s evidence not indexed yet, as the service role with the tenant
-    set; returns how many rows were added."""
-    import psycopg
-    from psycopg import sql
+def verified_ids(git: _Git, ref: str, commit: str) -> set[str]:
+    """The ids of the statements on `ref` at `commit` that verify under the policy they name: the
+    reconciler's own evidence index of the clone (brought up to date, verifying what it has not seen).
+    A statement that does not verify (unsigned, signed by a key its policy does not trust, under a
+    policy never ratified) is left out and logged: the fleet's index believes what a pass would."""
+    from ..indexing import open_index
+    from ..repo import Repo
 
     try:
+        index = open_index(Repo(git.path), ref, commit)
+    except (StellaError, sqlite3.Error) as exc:
+        raise RetryLater(f"the evidence index of {ref}: {exc}") from exc
+    try:
+        for path, code, message in index.rejected():
+            log.warning("not indexed: %s (%s): %s", path, code, message)
+        return index.evidence_ids()
+    finally:
+        index.close()
+
+
+def index_evidence(conninfo: str, role: str, tenant: str, git: _Git, ref: str, commit: str) -> int:
+    """Insert the statements of `commit`'s evidence that verify and are not indexed yet, as the service
+    role with the tenant set; returns how many rows were added."""
+    import psycopg
+
+    verified = verified_ids(git, ref, commit)
+    try:
         with psycopg.connect(conninfo, connect_timeout=10) as conn, conn.transaction(), conn.cursor() as cur:
-            cur.execute(sql.SQL("SET LOCAL ROLE {}").format(sql.Identifier(role)))
-            cur.execute("SELECT set_config('stella.tenant', %s, true)", (tenant,))
+            _as_tenant(cur, role, tenant)
             cur.execute("SELECT id FROM stella_evidence")
             known = {str(row[0]) for row in cur.fetchall()}
-            rows = evidence_rows(tenant, _statements(git, commit, known))
+            rows = evidence_rows(tenant, _statements(git, commit, verified - known))
             cur.executemany(
                 "INSERT INTO stella_evidence (tenant, id, type, environment, promotion, release_name,"
                 " release_id, result, decided_at, statement)"
@@ -425,6 +468,65 @@ def index_evidence(conninfo: str, role: str, tenant: str, git: _Git, commit: str
         raise RetryLater(f"tenant {tenant}: the evidence index: {exc}") from exc
     except psycopg.Error as exc:
         raise JobFailed(f"tenant {tenant}: the evidence index refused: {exc}") from exc
+
+
+def _as_tenant(cur: Any, role: str, tenant: str) -> None:
+    from psycopg import sql
+
+    cur.execute(sql.SQL("SET LOCAL ROLE {}").format(sql.Identifier(role)))
+    cur.execute("SELECT set_config('stella.tenant', %s, true)", (tenant,))
+
+
+# --- what a pass leaves for the API and the metrics ---------------------------------------------------
+
+PASS_BUCKETS: tuple[float, ...] = (0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0)
+"""Upper bounds (seconds) of the pass duration histogram's buckets (and `+Inf`)."""
+INF = "+Inf"
+
+
+def pass_counters(
+    outcome: str, seconds: float, summary: Mapping[str, Any] | None
+) -> list[tuple[str, str, float]]:
+    """The (metric, label, increment) rows one job adds to `stella_counters`. Pure."""
+    rows: list[tuple[str, str, float]] = [("passes", outcome, 1.0), ("pass_seconds_sum", "", seconds)]
+    rows += [("pass_seconds_bucket", _le(bound), 1.0) for bound in PASS_BUCKETS if seconds <= bound]
+    rows.append(("pass_seconds_bucket", INF, 1.0))
+    decided = summary.get("decisions") if summary else None
+    if isinstance(decided, dict):
+        rows += [("decisions", str(result), float(n)) for result, n in sorted(decided.items()) if n]
+    return rows
+
+
+def _le(bound: float) -> str:
+    return repr(float(bound))
+
+
+def record_pass(
+    conninfo: str, role: str, tenant: str, outcome: str, seconds: float, summary: Mapping[str, Any] | None
+) -> None:
+    """Add the job to the fleet's counters and, after a pass that ran (`summary`), replace the tenant's
+    pending promotions: one transaction as the service role with the tenant set. Best effort: a
+    database that fails here is logged (the job's own outcome stands)."""
+    import psycopg
+
+    try:
+        with psycopg.connect(conninfo, connect_timeout=10) as conn, conn.transaction(), conn.cursor() as cur:
+            _as_tenant(cur, role, tenant)
+            cur.executemany(
+                "INSERT INTO stella_counters (tenant, metric, label, value) VALUES (%s, %s, %s, %s)"
+                " ON CONFLICT (tenant, metric, label)"
+                " DO UPDATE SET value = stella_counters.value + EXCLUDED.value",
+                [(tenant, *row) for row in pass_counters(outcome, seconds, summary)],
+            )
+            if summary is not None:
+                cur.execute("DELETE FROM stella_pending")
+                cur.executemany(
+                    "INSERT INTO stella_pending (tenant, promotion, environment, release_name)"
+                    " VALUES (%s, %s, %s, %s) ON CONFLICT DO NOTHING",
+                    [(tenant, p["id"], p["environment"], p["release"]) for p in summary.get("pending", [])],
+                )
+    except psycopg.Error as exc:
+        log.warning("tenant %s: the pass was not counted (%s)", tenant, type(exc).__name__)
 
 
 # --- the worker ---------------------------------------------------------------------------------------

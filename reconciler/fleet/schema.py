@@ -8,12 +8,17 @@ that it is idempotent and two migrations at once do not interleave. It applies p
   reported, never deleted here);
 - `stella_tokens(tenant, token_hash, created_at)`: API tokens as SHA-256 hex, never in plain;
 - `stella_evidence(tenant, id, …)`: the evidence index, with row-level security (ENABLE and FORCE) and
-  one policy: a row is visible and insertable only when `tenant = current_setting('stella.tenant')`.
+  one policy: a row is visible and insertable only when `tenant = current_setting('stella.tenant')`;
+- `stella_pending(tenant, promotion, …)`: the promotions each tenant's last pass left pending (replaced
+  by every pass), under the same row-level security;
+- `stella_counters(tenant, metric, label, value)`: what the workers count for `/metrics` (passes by
+  outcome, decisions by result, the pass duration histogram), added to by upsert.
 
 It makes the service role (default `stella_service`; NOLOGIN, NOSUPERUSER, NOBYPASSRLS) and grants it
-exactly: SELECT, INSERT on `stella_evidence` (no UPDATE, no DELETE), SELECT on the tenants and tokens,
-and what procrastinate's workers and defers need (its tables, sequences and functions). An existing
-role that is a superuser or bypasses RLS is refused, as is a service role equal to the owner.
+exactly: SELECT, INSERT on `stella_evidence` (no UPDATE, no DELETE), SELECT, INSERT, DELETE on
+`stella_pending`, SELECT, INSERT, UPDATE on `stella_counters`, SELECT on the tenants and tokens, and
+what procrastinate's workers and defers need (its tables, sequences and functions). An existing role
+that is a superuser or bypasses RLS is refused, as is a service role equal to the owner.
 
 Errors are translated here: a database that cannot be reached is `Transient` (exit 3); a role without
 the privileges to migrate, or a database without the schema, is `InvalidInput` (exit 2).
@@ -39,7 +44,9 @@ log = logging.getLogger(__name__)
 CONNECT_TIMEOUT = 10
 """Seconds to wait for the database to answer a connection."""
 _LOCK_KEY = 0x5354454C4C41  # "STELLA": the advisory lock every migration takes
-TABLES = ("stella_tenants", "stella_tokens", "stella_evidence")
+TABLES = ("stella_tenants", "stella_tokens", "stella_evidence", "stella_pending", "stella_counters")
+ISOLATED = ("stella_evidence", "stella_pending")
+"""The tables under row-level security by tenant."""
 POLICY = "stella_tenant_isolation"
 
 _CREATE: dict[str, sql.SQL] = {
@@ -71,6 +78,25 @@ _CREATE: dict[str, sql.SQL] = {
             PRIMARY KEY (tenant, id)
         )"""
     ),
+    "stella_pending": sql.SQL(
+        """CREATE TABLE IF NOT EXISTS stella_pending (
+            tenant text NOT NULL REFERENCES stella_tenants (name),
+            promotion text NOT NULL,
+            environment text,
+            release_name text,
+            seen_at timestamptz NOT NULL DEFAULT now(),
+            PRIMARY KEY (tenant, promotion)
+        )"""
+    ),
+    "stella_counters": sql.SQL(
+        """CREATE TABLE IF NOT EXISTS stella_counters (
+            tenant text NOT NULL REFERENCES stella_tenants (name),
+            metric text NOT NULL,
+            label text NOT NULL,
+            value double precision NOT NULL,
+            PRIMARY KEY (tenant, metric, label)
+        )"""
+    ),
 }
 
 TableState = Literal["created", "present"]
@@ -93,7 +119,12 @@ class Migration:
         return {
             "procrastinate": {"schema": self.procrastinate, "version": self.procrastinate_version},
             "tables": dict(self.tables),
-            "rowLevelSecurity": {"table": "stella_evidence", "policy": POLICY, "setting": "stella.tenant"},
+            "rowLevelSecurity": {
+                "table": "stella_evidence",
+                "tables": list(ISOLATED),
+                "policy": POLICY,
+                "setting": "stella.tenant",
+            },
             "serviceRole": {"name": self.role, "state": self.role_state},
             "tenants": {"added": list(self.tenants_added), "unlisted": list(self.tenants_unlisted)},
         }
@@ -176,18 +207,19 @@ def _create_table(cur: psycopg.Cursor[Any], name: str) -> TableState:
 
 
 def _row_level_security(cur: psycopg.Cursor[Any]) -> None:
-    """ENABLE + FORCE row-level security on the evidence index, and its one policy (replaced, so that a
-    policy changed by hand is put back)."""
-    cur.execute("ALTER TABLE stella_evidence ENABLE ROW LEVEL SECURITY")
-    cur.execute("ALTER TABLE stella_evidence FORCE ROW LEVEL SECURITY")
-    cur.execute(sql.SQL("DROP POLICY IF EXISTS {} ON stella_evidence").format(sql.Identifier(POLICY)))
-    cur.execute(
-        sql.SQL(
-            "CREATE POLICY {} ON stella_evidence FOR ALL"
-            " USING (tenant = current_setting('stella.tenant', true))"
-            " WITH CHECK (tenant = current_setting('stella.tenant', true))"
-        ).format(sql.Identifier(POLICY))
-    )
+    """ENABLE + FORCE row-level security on the tables of `ISOLATED`, each with its one policy (replaced,
+    so that a policy changed by hand is put back)."""
+    for table in map(sql.Identifier, ISOLATED):
+        cur.execute(sql.SQL("ALTER TABLE {} ENABLE ROW LEVEL SECURITY").format(table))
+        cur.execute(sql.SQL("ALTER TABLE {} FORCE ROW LEVEL SECURITY").format(table))
+        cur.execute(sql.SQL("DROP POLICY IF EXISTS {} ON {}").format(sql.Identifier(POLICY), table))
+        cur.execute(
+            sql.SQL(
+                "CREATE POLICY {} ON {} FOR ALL"
+                " USING (tenant = current_setting('stella.tenant', true))"
+                " WITH CHECK (tenant = current_setting('stella.tenant', true))"
+            ).format(sql.Identifier(POLICY), table)
+        )
 
 
 def _service_role(cur: psycopg.Cursor[Any], role: str) -> TableState:
@@ -227,6 +259,8 @@ def _grant(cur: psycopg.Cursor[Any], role: str) -> None:
     for table in TABLES:
         cur.execute(sql.SQL("REVOKE ALL ON {} FROM {}").format(sql.Identifier(table), who))
     cur.execute(sql.SQL("GRANT SELECT, INSERT ON stella_evidence TO {}").format(who))
+    cur.execute(sql.SQL("GRANT SELECT, INSERT, DELETE ON stella_pending TO {}").format(who))
+    cur.execute(sql.SQL("GRANT SELECT, INSERT, UPDATE ON stella_counters TO {}").format(who))
     cur.execute(sql.SQL("GRANT SELECT ON stella_tenants, stella_tokens TO {}").format(who))
     cur.execute(
         "SELECT c.relname, c.relkind FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace"

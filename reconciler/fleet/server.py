@@ -15,11 +15,13 @@ until SIGTERM or SIGINT. The app enqueues and reads; it never reconciles (that i
   the service role (`SET LOCAL ROLE`) with `stella.tenant` set, so that row-level security, not this
   code, keeps the tenants apart.
 - `GET /healthz`: 200 `{"ok": true}` when the database answers, else 503 `{"ok": false}`.
-- `GET /metrics`: Prometheus text from the app's own registry; the queue depth is read at scrape.
+- `GET /metrics`: Prometheus text from the app's own registry (webhooks accepted and rejected, triggers
+  queued and collapsed); read at scrape, the queue depth and the workers' counters (passes by outcome,
+  decisions by result, the pass duration histogram, which every worker adds to in `stella_counters`),
+  so that any server shows the whole fleet's figures.
 
 Secrets (webhook secrets, tokens) are never logged; the secrets are resolved once, when the app is built
-(`InvalidInput` naming the reference when one does not resolve). The worker's metrics (passes,
-decisions, pass duration) are its own process's and are not served here.
+(`InvalidInput` naming the reference when one does not resolve).
 """
 
 from __future__ import annotations
@@ -28,13 +30,15 @@ import hashlib
 import hmac
 import logging
 import os
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, generate_latest
+from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.registry import Collector
 from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from starlette.applications import Starlette
@@ -107,6 +111,43 @@ def procrastinate_enqueue(app: procrastinate.App) -> Enqueue:
     return enqueue
 
 
+class WorkerCounters(Collector):
+    """The workers' counters (`stella_counters`, which every worker adds to after each job), as read at
+    the last scrape: `stella_passes_total{tenant,outcome}` (ok, transient, failed),
+    `stella_decisions_total{tenant,result}` and the histogram `stella_pass_duration_seconds{tenant}`."""
+
+    def __init__(self) -> None:
+        self.rows: list[tuple[str, str, str, float]] = []
+
+    def collect(self) -> Iterator[Metric]:
+        passes = CounterMetricFamily(
+            "stella_passes", "Reconcile jobs run by the workers, by outcome", labels=["tenant", "outcome"]
+        )
+        decisions = CounterMetricFamily(
+            "stella_decisions", "Decisions recorded by the workers' passes", labels=["tenant", "result"]
+        )
+        duration = HistogramMetricFamily(
+            "stella_pass_duration_seconds",
+            "Duration of a reconcile job (fetch, pass, push, index)",
+            labels=["tenant"],
+        )
+        buckets: dict[str, dict[str, float]] = {}
+        sums: dict[str, float] = {}
+        for tenant, metric, label, value in sorted(self.rows):
+            if metric == "passes":
+                passes.add_metric([tenant, label], value)
+            elif metric == "decisions":
+                decisions.add_metric([tenant, label], value)
+            elif metric == "pass_seconds_bucket":
+                buckets.setdefault(tenant, {})[label] = value
+            elif metric == "pass_seconds_sum":
+                sums[tenant] = value
+        for tenant, counts in sorted(buckets.items()):
+            ordered = sorted(counts.items(), key=lambda item: float(item[0]))
+            duration.add_metric([tenant], buckets=ordered, sum_value=sums.get(tenant, 0.0))
+        yield from (passes, decisions, duration)
+
+
 @dataclass(frozen=True)
 class Metrics:
     """The server's metrics, in a registry of their own."""
@@ -117,10 +158,13 @@ class Metrics:
     enqueued: Counter
     collapsed: Counter
     queue_depth: Gauge
+    workers: WorkerCounters
 
     @classmethod
     def make(cls) -> Metrics:
         registry = CollectorRegistry(auto_describe=True)
+        workers = WorkerCounters()
+        registry.register(workers)
         return cls(
             registry=registry,
             accepted=Counter(
@@ -147,6 +191,7 @@ class Metrics:
                 ["tenant"],
                 registry=registry,
             ),
+            workers=workers,
         )
 
 
@@ -306,7 +351,12 @@ def build_app(
             " FROM stella_evidence WHERE type = 'release_decision' AND promotion IS NOT NULL"
             " ORDER BY promotion, decided_at DESC NULLS LAST, id"
         )
-        rows = await cur.fetchall()
+        rows = list(await cur.fetchall())
+        decided = {row[0] for row in rows}
+        cur = await conn.execute("SELECT promotion, environment, release_name FROM stella_pending")
+        rows += [
+            (p, env, release, "pending", None) for p, env, release in await cur.fetchall() if p not in decided
+        ]
         return JSONResponse(
             [
                 {"id": p, "environment": env, "release": release, "state": result, "evidence": id_}
@@ -389,8 +439,10 @@ def build_app(
                     (TASK,),
                 )
                 depth = {name: count for name, count in await cur.fetchall() if name is not None}
+                cur = await conn.execute("SELECT tenant, metric, label, value FROM stella_counters")
+                stats.workers.rows = [row for row in await cur.fetchall() if row[0] in secrets]
         except Exception as exc:
-            log.warning("metrics: cannot read the queue depth: %s", type(exc).__name__)
+            log.warning("metrics: cannot read the queue and the counters: %s", type(exc).__name__)
         else:
             for name in sorted({*secrets, *depth}):
                 stats.queue_depth.labels(name).set(depth.get(name, 0))

@@ -21,6 +21,7 @@ import pytest
 from psycopg import sql
 from psycopg.conninfo import make_conninfo
 
+from reconciler.fleet.schema import TABLES
 from tests.support.cli import Run, stella
 from tests.support.postgres import ScratchDatabase
 from tests.support.registry import free_port
@@ -80,9 +81,10 @@ def test_migrate_twice_creates_then_finds_everything(pg_database: ScratchDatabas
     assert first.code == 0, first.err
     assert first.json() == {
         "procrastinate": {"schema": "created", "version": first.json()["procrastinate"]["version"]},
-        "tables": {"stella_tenants": "created", "stella_tokens": "created", "stella_evidence": "created"},
+        "tables": {name: "created" for name in TABLES},
         "rowLevelSecurity": {
             "table": "stella_evidence",
+            "tables": ["stella_evidence", "stella_pending"],
             "policy": "stella_tenant_isolation",
             "setting": "stella.tenant",
         },
@@ -94,7 +96,7 @@ def test_migrate_twice_creates_then_finds_everything(pg_database: ScratchDatabas
     assert second.json() == {
         **first.json(),
         "procrastinate": {"schema": "present", "version": first.json()["procrastinate"]["version"]},
-        "tables": {"stella_tenants": "present", "stella_tokens": "present", "stella_evidence": "present"},
+        "tables": {name: "present" for name in TABLES},
         "serviceRole": {"name": pg_database.role, "state": "present"},
         "tenants": {"added": [], "unlisted": []},
     }
@@ -106,7 +108,9 @@ def test_migrate_twice_creates_then_finds_everything(pg_database: ScratchDatabas
         "table stella_tenants: present",
         "table stella_tokens: present",
         "table stella_evidence: present",
-        "row-level security: stella_evidence (ENABLE, FORCE; rows of current_setting('stella.tenant'))",
+        "table stella_pending: present",
+        "table stella_counters: present",
+        "row-level security: stella_evidence, stella_pending (ENABLE, FORCE; rows of current_setting('stella.tenant'))",
         f"service role {pg_database.role}: present (evidence: SELECT, INSERT only)",
         "tenants added: news",
         f"tenants kept but no longer in {tmp_path / 'fleet.yaml'}: blog",
@@ -133,15 +137,25 @@ def test_migrate_twice_creates_then_finds_everything(pg_database: ScratchDatabas
             (table, privilege): scalar(
                 conn, "SELECT has_table_privilege(%s, %s, %s)", (pg_database.role, table, privilege)
             )
-            for table in ("stella_evidence", "stella_tenants", "stella_tokens")
+            for table in TABLES
             for privilege in ("SELECT", "INSERT", "UPDATE", "DELETE", "TRUNCATE")
         }
         assert {key for key, allowed in granted.items() if allowed} == {
             ("stella_evidence", "SELECT"),
             ("stella_evidence", "INSERT"),
+            ("stella_pending", "SELECT"),
+            ("stella_pending", "INSERT"),
+            ("stella_pending", "DELETE"),
+            ("stella_counters", "SELECT"),
+            ("stella_counters", "INSERT"),
+            ("stella_counters", "UPDATE"),
             ("stella_tenants", "SELECT"),
             ("stella_tokens", "SELECT"),
         }
+        rls = conn.execute(
+            "SELECT relrowsecurity, relforcerowsecurity FROM pg_class WHERE relname = 'stella_pending'"
+        ).fetchone()
+        assert rls == (True, True)
 
 
 def _evidence(conn: psycopg.Connection[Any], tenant: str, id_: str) -> None:
