@@ -41,7 +41,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import procrastinate
-from procrastinate.exceptions import AlreadyEnqueued
+from procrastinate.exceptions import AlreadyEnqueued, UniqueViolation
 
 from ..errors import StellaError
 from .config import Fleet, Tenant, resolve_ref
@@ -64,6 +64,9 @@ STALLED_AFTER = 10.0
 """A job whose worker has sent no heartbeat for this long is retried (its worker is dead)."""
 POLLING = 1.0
 """Seconds between a worker's polls of the queue, besides LISTEN/NOTIFY (which a restart can lose)."""
+HOUSEKEEPING = 100
+"""The priority of the polls and of stalled-job recovery: taken before any reconcile job (priority 0),
+so that a backed-up queue does not delay them behind every pass waiting."""
 MAX_RETRIES = 5
 GIT_TIMEOUT = 300.0
 PASS_TIMEOUT = 1800.0
@@ -93,6 +96,7 @@ def make_app(conninfo: str, fleet: Fleet | None = None) -> procrastinate.App:
     """The procrastinate app of the fleet on the database `conninfo`. With `fleet` (a worker), it also
     runs the jobs and has the periodic tasks (polls, stalled-job recovery)."""
     app = procrastinate.App(connector=procrastinate.PsycopgConnector(conninfo=conninfo))
+    _yield_retries_to_queued_triggers(app)
 
     @app.task(name=RECONCILE, retry=RETRY)
     def reconcile(tenant: str, trigger: str) -> dict[str, Any]:
@@ -116,7 +120,7 @@ def make_app(conninfo: str, fleet: Fleet | None = None) -> procrastinate.App:
         return app
 
     @app.periodic(cron=f"* * * * * */{POLL_TICK}", periodic_id=POLL)
-    @app.task(name=POLL, queueing_lock=POLL)
+    @app.task(name=POLL, queueing_lock=POLL, priority=HOUSEKEEPING)
     async def poll(timestamp: int) -> list[str]:
         due = [t.name for t in fleet.tenants if due_for_poll(t, timestamp)]
         for name in due:
@@ -124,21 +128,37 @@ def make_app(conninfo: str, fleet: Fleet | None = None) -> procrastinate.App:
         return due
 
     @app.periodic(cron=f"* * * * * */{STALLED_TICK}", periodic_id=RETRY_STALLED)
-    @app.task(name=RETRY_STALLED, queueing_lock=RETRY_STALLED)
+    @app.task(name=RETRY_STALLED, queueing_lock=RETRY_STALLED, priority=HOUSEKEEPING)
     async def retry_stalled(timestamp: int) -> list[int]:
         retried = []
         for job in await app.job_manager.get_stalled_jobs(seconds_since_heartbeat=STALLED_AFTER):
             log.warning("job %s (%s, lock %s) lost its worker: retrying it", job.id, job.task_name, job.lock)
-            try:
-                await app.job_manager.retry_job(job)
-            except Exception as exc:  # a trigger of the same tenant is queued already: it does the work
-                log.warning("job %s cannot be retried (%s): marking it failed", job.id, type(exc).__name__)
-                await app.job_manager.finish_job(job, procrastinate.jobs.Status.FAILED, delete_job=False)
+            await app.job_manager.retry_job(job)
             assert job.id is not None
             retried.append(job.id)
         return retried
 
     return app
+
+
+def _yield_retries_to_queued_triggers(app: procrastinate.App) -> None:
+    """Make a retry that a queued trigger of the same tenant already covers mark the job failed instead.
+
+    A retry puts the job back in the queue, where its `queueing_lock` allows one job per tenant: with a
+    trigger queued meanwhile, procrastinate's retry fails on that lock (`UniqueViolation`), and the job
+    would stay `doing` under a live worker, its `lock` holding up the queued trigger for ever. The
+    queued trigger does the same work, so the job that cannot go back ends `failed` (both for a
+    `RetryLater` and for a stalled job taken back)."""
+    retry_job = app.job_manager.retry_job
+
+    async def retry_or_yield(job: procrastinate.jobs.Job, *args: Any, **kwargs: Any) -> None:
+        try:
+            await retry_job(job, *args, **kwargs)
+        except UniqueViolation:
+            log.warning("job %s is not retried: a trigger of its tenant is queued and does the work", job.id)
+            await app.job_manager.finish_job(job, procrastinate.jobs.Status.FAILED, delete_job=False)
+
+    app.job_manager.retry_job = retry_or_yield  # type: ignore[method-assign]
 
 
 def defer_reconcile(app: procrastinate.App, tenant: str, trigger: str) -> bool:
@@ -224,7 +244,10 @@ def tenant_dir(fleet: Fleet, tenant: str) -> Path:
 
 
 def reconcile_tenant(fleet: Fleet, name: str, trigger: str, conninfo: str) -> dict[str, Any]:
-    """One job: fetch, pass in its own process, push by compare-and-swap, index. Returns a summary."""
+    """One job: fetch, pass in its own process, push by compare-and-swap, index. Returns a summary.
+
+    The pass is skipped when no branch moved since a pass that left nothing open (`left_open`): it
+    would decide nothing, and a no-op poll then costs a fetch and an index check, not a process."""
     tenant = fleet.tenant(name)
     if tenant is None:
         raise JobFailed(f"tenant {name!r} is not in the fleet file")
@@ -239,7 +262,13 @@ def reconcile_tenant(fleet: Fleet, name: str, trigger: str, conninfo: str) -> di
     except (StellaError, ValueError) as exc:
         raise JobFailed(f"tenant {name}: cannot read stella.yaml on its branch: {exc}") from exc
     before = git.ref(evidence_ref)
-    result = run_pass(tenant, home, git.path)
+    quiet = home / QUIET
+    skipped = _read_quiet(quiet) == branch_heads(git)
+    if skipped:
+        result: dict[str, Any] = {}
+    else:
+        quiet.unlink(missing_ok=True)
+        result = run_pass(tenant, home, git.path)
     after = git.ref(evidence_ref)
     pushed = False
     if after is not None and after != before:
@@ -247,6 +276,8 @@ def reconcile_tenant(fleet: Fleet, name: str, trigger: str, conninfo: str) -> di
         git.run("push", "--quiet", lease, "--", tenant.repo, f"{after}:{evidence_ref}", what=f"push {name}")
         pushed = True
     indexed = index_evidence(conninfo, fleet.serviceRole, name, git, evidence_ref, after) if after else 0
+    if not skipped and not left_open(result):
+        _write_quiet(quiet, branch_heads(git))
     decided: dict[str, int] = {}
     for outcome in _outcomes(result):
         if outcome.get("evidence") and isinstance(outcome.get("decision"), str):
@@ -263,9 +294,43 @@ def reconcile_tenant(fleet: Fleet, name: str, trigger: str, conninfo: str) -> di
         "evidenceCommit": after,
         "pushed": pushed,
         "indexed": indexed,
+        "skipped": skipped,
     }
     log.info("tenant %s (%s): %s", name, trigger, summary)
     return summary
+
+
+QUIET = "quiet.json"
+"""In the tenant's directory: the branch heads at the end of a pass that left nothing open."""
+
+
+def left_open(result: Mapping[str, Any]) -> bool:
+    """Whether a pass's result leaves something that a later pass may decide without a new commit:
+    a pending promotion (a soak or a freeze window ends, a scan arrives), a promotion it could not
+    decide, a problem, something unavailable, a limit reached, a race, a policy change under way. Pure."""
+    if any(o.get("decision") not in ("allow", "deny") or o.get("problem") for o in _outcomes(result)):
+        return True
+    return any(result.get(key) for key in ("problems", "transient", "limits", "races", "policyChange"))
+
+
+def branch_heads(git: _Git) -> str:
+    """The SHA-256 of every branch of the clone and its commit."""
+    listing = git.run("for-each-ref", "--format=%(objectname) %(refname)", "refs/heads/", what="for-each-ref")
+    return hashlib.sha256(listing).hexdigest()
+
+
+def _read_quiet(path: Path) -> str | None:
+    try:
+        value = json.loads(path.read_text(encoding="utf-8")).get("heads")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return value if isinstance(value, str) else None
+
+
+def _write_quiet(path: Path, heads: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps({"heads": heads}), encoding="utf-8")
+    os.replace(tmp, path)
 
 
 def sync_clone(tenant: Tenant, home: Path) -> _Git:
@@ -533,12 +598,76 @@ def record_pass(
 
 
 def run_worker(fleet: Fleet, conninfo: str, concurrency: int) -> None:
-    """Run jobs until SIGTERM or SIGINT (the jobs running then finish first)."""
-    app = make_app(conninfo, fleet)
-    app.run_worker(
-        concurrency=concurrency,
-        update_heartbeat_interval=HEARTBEAT,
-        stalled_worker_timeout=STALLED_AFTER,
-        fetch_job_polling_interval=POLLING,
-        install_signal_handlers=True,
-    )
+    """Run jobs until SIGTERM or SIGINT (the jobs running then finish first), then return.
+
+    procrastinate's worker stops by itself when the database goes away: at once when a restart ends its
+    LISTEN connection, after its pool's 30 s wait when the database stays down. It is then started
+    again, with a new pool, after 1 s, doubling up to 30 s while it keeps stopping (1 s again after a
+    run of a minute). A job it had not finished is taken back by `stella.retry_stalled` once its
+    heartbeat is old. A signal stops it at any time, also while it waits to start again. `Transient`
+    when the database cannot be reached at start (after procrastinate's pool waited 30 s)."""
+    import asyncio
+    import signal
+
+    from ..errors import Transient
+
+    first_wait, last_wait, steady = 1.0, 30.0, 60.0
+    opened = False
+
+    async def run_once() -> None:
+        nonlocal opened
+        app = make_app(conninfo, fleet)
+        try:
+            await app.open_async()
+            opened = True
+            await app.run_worker_async(
+                concurrency=concurrency,
+                update_heartbeat_interval=HEARTBEAT,
+                stalled_worker_timeout=STALLED_AFTER,
+                fetch_job_polling_interval=POLLING,
+                install_signal_handlers=False,
+            )
+        finally:
+            try:
+                await app.close_async()
+            except Exception as exc:  # the pool of a database that is gone: nothing to give back
+                log.debug("closing the worker's pool: %s", type(exc).__name__)
+
+    def reason(error: BaseException | None) -> str:
+        if error is None:  # a side task (LISTEN, heartbeat) failed: procrastinate logged it
+            return "see the error above"
+        cause = error.__cause__ or error
+        return f"{type(cause).__name__}: {' '.join(str(cause).split())}"[:300]
+
+    async def supervise() -> None:
+        loop = asyncio.get_running_loop()
+        stop = asyncio.Event()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        wait = first_wait
+        while True:
+            started = loop.time()
+            run = asyncio.create_task(run_once(), name="procrastinate worker")
+            stopping = asyncio.create_task(stop.wait())
+            await asyncio.wait((run, stopping), return_when=asyncio.FIRST_COMPLETED)
+            if not run.done():
+                run.cancel()  # procrastinate's worker takes it as a stop: its running jobs finish first
+                await asyncio.wait((run,))
+            stopping.cancel()
+            error = None if run.cancelled() else run.exception()
+            if stop.is_set():
+                if error is not None:
+                    log.warning("the worker stopped with an error: %s", reason(error))
+                return
+            if not opened:
+                raise Transient(f"the worker cannot reach the fleet database: {reason(error)}")
+            if loop.time() - started >= steady:
+                wait = first_wait
+            log.error("the worker stopped on its own (%s): starting it again in %.0f s", reason(error), wait)
+            try:
+                await asyncio.wait_for(stop.wait(), wait)
+                return
+            except TimeoutError:
+                wait = min(2 * wait, last_wait)
+
+    asyncio.run(supervise())

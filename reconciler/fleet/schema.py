@@ -12,7 +12,8 @@ that it is idempotent and two migrations at once do not interleave. It applies p
 - `stella_pending(tenant, promotion, …)`: the promotions each tenant's last pass left pending (replaced
   by every pass), under the same row-level security;
 - `stella_counters(tenant, metric, label, value)`: what the workers count for `/metrics` (passes by
-  outcome, decisions by result, the pass duration histogram), added to by upsert.
+  outcome, decisions by result, the pass duration histogram), added to by upsert; under row-level
+  security to write (a session adds to its own tenant's counters only), readable by all.
 
 It makes the service role (default `stella_service`; NOLOGIN, NOSUPERUSER, NOBYPASSRLS) and grants it
 exactly: SELECT, INSERT on `stella_evidence` (no UPDATE, no DELETE), SELECT, INSERT, DELETE on
@@ -46,7 +47,11 @@ CONNECT_TIMEOUT = 10
 _LOCK_KEY = 0x5354454C4C41  # "STELLA": the advisory lock every migration takes
 TABLES = ("stella_tenants", "stella_tokens", "stella_evidence", "stella_pending", "stella_counters")
 ISOLATED = ("stella_evidence", "stella_pending")
-"""The tables under row-level security by tenant."""
+"""The tables under row-level security by tenant, to read and to write."""
+COUNTERS = "stella_counters"
+"""Under row-level security to write only: a session adds to its own tenant's counters; `/metrics` reads
+them all (they are public there anyway)."""
+READ_POLICY = "stella_counters_read"
 POLICY = "stella_tenant_isolation"
 
 _CREATE: dict[str, sql.SQL] = {
@@ -207,19 +212,25 @@ def _create_table(cur: psycopg.Cursor[Any], name: str) -> TableState:
 
 
 def _row_level_security(cur: psycopg.Cursor[Any]) -> None:
-    """ENABLE + FORCE row-level security on the tables of `ISOLATED`, each with its one policy (replaced,
-    so that a policy changed by hand is put back)."""
-    for table in map(sql.Identifier, ISOLATED):
+    """ENABLE + FORCE row-level security on the tables of `ISOLATED`, each with its one policy, and on
+    `COUNTERS`, readable by all and writable per tenant (replaced, so that a policy changed by hand is
+    put back)."""
+    own = sql.SQL("tenant = current_setting('stella.tenant', true)")
+    rules: dict[str, dict[str, sql.Composable]] = {
+        table: {POLICY: sql.SQL("FOR ALL USING ({}) WITH CHECK ({})").format(own, own)} for table in ISOLATED
+    }
+    rules[COUNTERS] = {
+        READ_POLICY: sql.SQL("FOR SELECT USING (true)"),
+        f"{POLICY}_insert": sql.SQL("FOR INSERT WITH CHECK ({})").format(own),
+        f"{POLICY}_update": sql.SQL("FOR UPDATE USING ({}) WITH CHECK ({})").format(own, own),
+    }
+    for name, policies in rules.items():
+        table = sql.Identifier(name)
         cur.execute(sql.SQL("ALTER TABLE {} ENABLE ROW LEVEL SECURITY").format(table))
         cur.execute(sql.SQL("ALTER TABLE {} FORCE ROW LEVEL SECURITY").format(table))
-        cur.execute(sql.SQL("DROP POLICY IF EXISTS {} ON {}").format(sql.Identifier(POLICY), table))
-        cur.execute(
-            sql.SQL(
-                "CREATE POLICY {} ON {} FOR ALL"
-                " USING (tenant = current_setting('stella.tenant', true))"
-                " WITH CHECK (tenant = current_setting('stella.tenant', true))"
-            ).format(sql.Identifier(POLICY), table)
-        )
+        for policy, rule in policies.items():
+            cur.execute(sql.SQL("DROP POLICY IF EXISTS {} ON {}").format(sql.Identifier(policy), table))
+            cur.execute(sql.SQL("CREATE POLICY {} ON {} {}").format(sql.Identifier(policy), table, rule))
 
 
 def _service_role(cur: psycopg.Cursor[Any], role: str) -> TableState:

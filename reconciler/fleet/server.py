@@ -88,10 +88,12 @@ def as_role(url: str, role: str) -> str:
 
 
 def procrastinate_app(url: str, role: str) -> procrastinate.App:
-    """A procrastinate app on the fleet's database, acting as the service role."""
+    """A procrastinate app on the fleet's database, acting as the service role. Its pool waits at most
+    `DB_TIMEOUT` for a connection, so that a webhook during a database outage is answered 503 before
+    its sender gives up (GitHub waits 10 s)."""
     from procrastinate import App, PsycopgConnector
 
-    return App(connector=PsycopgConnector(conninfo=as_role(url, role)))
+    return App(connector=PsycopgConnector(conninfo=as_role(url, role), timeout=DB_TIMEOUT))
 
 
 def procrastinate_enqueue(app: procrastinate.App) -> Enqueue:

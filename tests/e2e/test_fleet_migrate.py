@@ -219,6 +219,32 @@ def test_the_service_role_sees_and_writes_only_its_tenant(migrated: ScratchDatab
         ]
 
 
+def test_the_service_role_adds_to_its_own_tenants_counters_only(migrated: ScratchDatabase) -> None:
+    upsert = (
+        "INSERT INTO stella_counters (tenant, metric, label, value) VALUES (%s, 'passes', 'ok', 1)"
+        " ON CONFLICT (tenant, metric, label) DO UPDATE SET value = stella_counters.value + 1"
+    )
+    with connect(migrated) as conn:
+        conn.execute(upsert, ("blog",))
+    with connect(migrated, migrated.role) as conn:
+        with conn.transaction():
+            conn.execute("SELECT set_config('stella.tenant', 'shop', true)")
+            conn.execute(upsert, ("shop",))
+            conn.execute(upsert, ("shop",))
+            assert conn.execute("UPDATE stella_counters SET value = 0 WHERE tenant = 'blog'").rowcount == 0
+        with (
+            pytest.raises(psycopg.errors.InsufficientPrivilege, match="row-level security"),
+            conn.transaction(),
+        ):
+            conn.execute("SELECT set_config('stella.tenant', 'shop', true)")
+            conn.execute(upsert, ("blog",))
+        with pytest.raises(psycopg.errors.InsufficientPrivilege, match="permission denied"):
+            conn.execute("DELETE FROM stella_counters")
+        # readable by all, tenant set or not: `/metrics` shows every tenant's counters
+        rows = conn.execute("SELECT tenant, value FROM stella_counters ORDER BY tenant").fetchall()
+        assert rows == [("blog", 1.0), ("shop", 2.0)]
+
+
 def test_a_login_role_in_the_service_role_is_bound_by_it(migrated: ScratchDatabase) -> None:
     """The way docs/fleet.md says to connect: a login role that is a member of the service role."""
     login = f"{migrated.role}_login"

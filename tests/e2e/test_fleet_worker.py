@@ -24,12 +24,13 @@ import psycopg
 import pytest
 
 from reconciler.fleet.config import Tenant
-from reconciler.fleet.jobs import defer_reconcile, due_for_poll, evidence_rows, make_app
+from reconciler.fleet.jobs import defer_reconcile, due_for_poll, evidence_rows, left_open, make_app
 from tests.support.cli import STELLA, stella
 from tests.support.gitdaemon import start_git_daemon
 from tests.support.pipeline import Workspace, decision_records, example_workspace
 from tests.support.postgres import ScratchDatabase
 from tests.support.registry import free_port
+from tests.support.repos import commit_all
 
 DEADLINE = 45.0
 
@@ -64,6 +65,21 @@ def jobs(db: ScratchDatabase, tenant: str) -> list[tuple[str, int]]:
             (f"tenant:{tenant}",),
         ).fetchall()
     return [(str(status), int(attempts)) for status, attempts in rows]
+
+
+def pending(db: ScratchDatabase, tenant: str) -> list[str]:
+    with psycopg.connect(db.url) as conn:
+        rows = conn.execute("SELECT promotion FROM stella_pending WHERE tenant = %s ORDER BY 1", (tenant,))
+        return [str(promotion) for (promotion,) in rows.fetchall()]
+
+
+def counter(db: ScratchDatabase, tenant: str, metric: str, label: str) -> float | None:
+    with psycopg.connect(db.url) as conn:
+        row = conn.execute(
+            "SELECT value FROM stella_counters WHERE tenant = %s AND metric = %s AND label = %s",
+            (tenant, metric, label),
+        ).fetchone()
+    return None if row is None else float(row[0])
 
 
 def wait_for(
@@ -164,6 +180,25 @@ def test_worker_reconciles_each_tenant_in_isolation(tmp_path: Path, pg_database:
                 log,
                 pg_database,
             )
+            # the first pass left nothing open, and no branch moved since: the second ran no pass
+            quiet = tmp_path / "work" / "shop" / "quiet.json"
+            assert quiet.exists() and pending(pg_database, "shop") == []
+            assert counter(pg_database, "shop", "passes", "ok") == 2.0
+            # a new commit: the next job runs a pass again, which leaves the new promotion pending
+            (shop.root / "promotions" / "shop-1.4.0--staging.yaml").write_text(
+                "apiVersion: stella/v1\nkind: Promotion\nrelease: shop-1.4.0\nenvironment: staging\n"
+            )
+            commit_all(shop.root, "request staging")
+            with make_app(pg_database.url).open() as app:
+                assert defer_reconcile(app, "shop", "manual") is True
+            wait_for(
+                "the third job of shop",
+                lambda: pending(pg_database, "shop") == ["shop-1.4.0--staging"],
+                worker,
+                log,
+                pg_database,
+            )
+            assert not quiet.exists()
             worker.send_signal(signal.SIGTERM)
             assert worker.wait(timeout=30) == 0, log.read_text()
     finally:
@@ -178,7 +213,7 @@ def test_worker_reconciles_each_tenant_in_isolation(tmp_path: Path, pg_database:
     assert shop.git("rev-parse", "refs/heads/stella/evidence") == head
     assert not bad.git("for-each-ref", "refs/heads/stella/evidence")
     assert jobs(pg_database, "bad") == [("failed", 1)]  # one run, no retry
-    assert jobs(pg_database, "shop") == jobs(pg_database, "blog")[:1] * 2 == [("succeeded", 1)] * 2
+    assert jobs(pg_database, "shop") == jobs(pg_database, "blog")[:1] * 3 == [("succeeded", 1)] * 3
 
     # the evidence index: every statement of each branch, under its own tenant only (read as the
     # superuser, which row-level security does not restrict)
@@ -253,3 +288,21 @@ def test_index_rows_only_for_statements_that_hash_to_their_name() -> None:
             data.decode(),
         )
     ]
+
+
+@pytest.mark.parametrize(
+    ("result", "open_"),
+    [
+        ({"decisions": []}, False),
+        ({"decisions": [{"decision": "allow", "evidence": "sha256:1"}, {"decision": "deny"}]}, False),
+        ({"decisions": [{"decision": "pending", "evidence": None}]}, True),
+        ({"decisions": [{"decision": "error", "problem": "bad release"}]}, True),
+        ({"decisions": [], "transient": ["registry unreachable"]}, True),
+        ({"decisions": [], "problems": [{"file": "releases/x.yaml"}]}, True),
+        ({"decisions": [], "limits": ["quota"]}, True),
+        ({"decisions": [], "policyChange": {"state": "pending"}}, True),
+    ],
+    ids=["nothing", "decided", "pending", "error", "transient", "problem", "limit", "policy-change"],
+)
+def test_only_a_pass_that_left_nothing_open_lets_the_next_skip(result: dict[str, Any], open_: bool) -> None:
+    assert left_open(result) is open_

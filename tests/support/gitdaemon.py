@@ -102,6 +102,11 @@ def _start(base: Path, port: int) -> GitDaemon:
     return daemon
 
 
+def restart_git_daemon(base: Path, port: int) -> GitDaemon:
+    """Serve `base` again on `port`, the port of a daemon stopped before (a Git server that is back)."""
+    return _start(base, port)
+
+
 def start_git_daemon(base: Path, attempts: int = 5) -> GitDaemon:
     """Serve every repository under `base` on a free loopback port, read and write."""
     probe = base / PROBE

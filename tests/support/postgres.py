@@ -7,7 +7,8 @@ directory under /tmp (mode 755: postgres must traverse it; short, for the unix s
 pg_ctl gets a log file (`-l`) and stdout/stderr on /dev/null (the postmaster would otherwise hold a
 pipe of ours open forever). Run as root, initdb and pg_ctl run as the `postgres` user (`runuser`):
 PostgreSQL refuses to run as root. `PostgresServer.stop()` stops it (`-m immediate`) and removes the
-directory.
+directory; `restart()` (`pg_ctl -m fast restart`), `halt()` (`-m immediate`) and `start()` stop and
+start it in place, on the same port, for tests of a database that goes away.
 
 `external_postgres()` uses `STELLA_TEST_DATABASE_URL` instead (a role that may create databases and
 roles). Either way `new_database()` makes a fresh database per test and `drop_database()` removes it
@@ -95,6 +96,42 @@ class PostgresServer:
             check=False,
         )
         shutil.rmtree(self.root, ignore_errors=True)
+
+    def restart(self) -> None:
+        """`pg_ctl -m fast restart` of the cluster this started: every session is ended, and it comes back
+        on the same port and socket (its settings are in postgresql.auto.conf, not in `-o`)."""
+        self._pg_ctl("-m", "fast", "restart")
+
+    def halt(self) -> None:
+        """Stop the cluster this started as a crash would (`-m immediate`: sessions end at once, no
+        checkpoint), keeping its directory: `start()` brings it back."""
+        self._pg_ctl("-m", "immediate", "stop")
+
+    def start(self) -> None:
+        """Start again the cluster `halt()` stopped, on the same port and socket."""
+        self._pg_ctl("start")
+
+    def _pg_ctl(self, *args: str) -> None:
+        if self.data_dir is None or self.root is None or self.bin_dir is None:
+            raise RuntimeError("only a cluster start_postgres() made can be stopped and started")
+        log = self.root / "sock" / "postgres.log"
+        pg_ctl = [str(self.bin_dir / "pg_ctl"), "-D", str(self.data_dir), "-l", str(log), "-w"]
+        command = [*_as_postgres(), *pg_ctl, "-t", str(START_TIMEOUT), *args]
+        try:  # pg_ctl gives up first (-t), so that its failure, not ours, is reported
+            done = subprocess.run(
+                command,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+                timeout=START_TIMEOUT + 30,
+                check=False,
+            )
+            failure = f"exit {done.returncode}" if done.returncode != 0 else ""
+        except subprocess.TimeoutExpired:
+            failure = f"no answer in {START_TIMEOUT + 30} s"
+        if failure:
+            tail = log.read_text(errors="replace")[-2000:] if log.exists() else ""
+            raise RuntimeError(f"{' '.join(command)}: {failure}; the server's log ends with:\n{tail}")
 
 
 @dataclass
