@@ -2,6 +2,9 @@
 VENV ?= .venv
 BIN := $(VENV)/bin
 SOURCES := reconciler plugins tests bench
+TEST_JOBS ?= 2
+# pytest-xdist processes for `make test`: each module runs whole in one of them (`--dist loadfile`),
+# and each starts its own registry, Docker Engine and PostgreSQL when its tests need them.
 
 .PHONY: setup demo test lint unit bench schemas clean
 
@@ -26,7 +29,7 @@ unit: $(VENV)/.installed
 	$(BIN)/pytest tests/unit
 
 test: $(VENV)/.installed-test lint
-	$(BIN)/pytest
+	$(BIN)/pytest -n $(TEST_JOBS) --dist loadfile --durations=25
 
 bench: $(VENV)/.installed-test
 	$(BIN)/python bench/bench_resolve.py
@@ -36,6 +39,7 @@ bench: $(VENV)/.installed-test
 	$(BIN)/python bench/bench_agent.py
 	$(BIN)/python bench/bench_rollback.py
 	$(BIN)/python bench/bench_drift.py
+	$(BIN)/python bench/bench_fleet.py
 
 schemas: $(VENV)/.installed
 	$(BIN)/python -m reconciler.schemas

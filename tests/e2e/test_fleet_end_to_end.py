@@ -23,6 +23,7 @@ import psycopg
 from tests.e2e.test_fleet_server import SECRETS, Server, _first_line, signed
 from tests.e2e.test_fleet_worker import decisions, evidence_ids, running_worker, wait_for
 from tests.support.cli import STELLA, stella
+from tests.support.fleet import TenantEntry, write_fleet_yaml
 from tests.support.gitdaemon import start_git_daemon
 from tests.support.pipeline import Workspace, example_workspace
 from tests.support.postgres import ScratchDatabase
@@ -33,19 +34,9 @@ EVIDENCE_REF = "refs/heads/stella/evidence"
 
 
 def write_fleet(tmp_path: Path, role: str, repos: dict[str, str], keys: dict[str, Path]) -> Path:
-    lines = ["apiVersion: stella/v1", "kind: Fleet", f"serviceRole: {role}", f"workdir: {tmp_path / 'work'}"]
-    lines.append("tenants:")
-    for name, repo in repos.items():
-        lines += [
-            f"  - name: {name}",
-            f'    repo: "{repo}"',
-            f'    signingKey: "file:{keys[name]}"',
-            f"    webhookSecret: env:{name.upper()}_WEBHOOK_SECRET",
-            "    pollInterval: 24h",  # no poll decides a tenant during the test: only its webhook does
-        ]
-    path = tmp_path / "fleet.yaml"
-    path.write_text("\n".join(lines) + "\n")
-    return path
+    # pollInterval 24h: no poll decides a tenant during the test, only its webhook does
+    entries = (TenantEntry(name, repo, f"file:{keys[name]}", "24h") for name, repo in repos.items())
+    return write_fleet_yaml(tmp_path / "fleet.yaml", role, tmp_path / "work", entries)
 
 
 @contextmanager

@@ -23,6 +23,7 @@ from psycopg.conninfo import make_conninfo
 
 from reconciler.fleet.schema import TABLES
 from tests.support.cli import Run, stella
+from tests.support.fleet import TenantEntry, write_fleet_yaml
 from tests.support.postgres import ScratchDatabase
 from tests.support.registry import free_port
 
@@ -30,24 +31,11 @@ TENANTS = ("shop", "blog")
 
 
 def write_fleet(directory: Path, role: str, tenants: tuple[str, ...] = TENANTS) -> Path:
-    lines = [
-        "apiVersion: stella/v1",
-        "kind: Fleet",
-        "database: env:STELLA_DATABASE_URL",
-        f"serviceRole: {role}",
-        "workdir: /var/lib/stella/fleet",
-        "tenants:",
-    ]
-    for name in tenants:
-        lines += [
-            f"  - name: {name}",
-            f'    repo: "git://git.example.com/{name}.git"',
-            f"    signingKey: file:/etc/stella/{name}.pem",
-            f"    webhookSecret: env:{name.upper()}_WEBHOOK_SECRET",
-        ]
-    path = directory / "fleet.yaml"
-    path.write_text("\n".join(lines) + "\n")
-    return path
+    entries = (
+        TenantEntry(name, f"git://git.example.com/{name}.git", f"file:/etc/stella/{name}.pem")
+        for name in tenants
+    )
+    return write_fleet_yaml(directory / "fleet.yaml", role, "/var/lib/stella/fleet", entries)
 
 
 def fleet(db: ScratchDatabase, *args: str | Path) -> Run:

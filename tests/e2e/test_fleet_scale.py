@@ -47,6 +47,7 @@ from tests.e2e.test_fleet_end_to_end import EVIDENCE_REF, PROMOTION, running_ser
 from tests.e2e.test_fleet_server import Server
 from tests.e2e.test_fleet_worker import running_worker
 from tests.support.cli import stella
+from tests.support.fleet import TenantEntry, write_fleet_yaml
 from tests.support.gitdaemon import GitDaemon, start_git_daemon
 from tests.support.pipeline import example_workspace, promotion
 from tests.support.postgres import PostgresServer, ScratchDatabase
@@ -139,24 +140,16 @@ def statements(repo: Path) -> dict[str, bytes]:
 
 
 def write_fleet(path: Path, role: str, workdir: Path, repos: dict[str, str], key: Path) -> Path:
-    lines = [
-        "apiVersion: stella/v1",
-        "kind: Fleet",
-        f"serviceRole: {role}",
-        f"workdir: {workdir}",
-        "tenants:",
-    ]
-    for i, (name, repo) in enumerate(repos.items()):
-        interval = "365d" if name in WEBHOOK_TENANTS else POLL_INTERVALS[i % len(POLL_INTERVALS)]
-        lines += [
-            f"  - name: {name}",
-            f'    repo: "{repo}"',
-            f'    signingKey: "file:{key}"',
-            f"    webhookSecret: env:{name.upper()}_WEBHOOK_SECRET",
-            f"    pollInterval: {interval}",
-        ]
-    path.write_text("\n".join(lines) + "\n")
-    return path
+    entries = (
+        TenantEntry(
+            name,
+            repo,
+            f"file:{key}",
+            "365d" if name in WEBHOOK_TENANTS else POLL_INTERVALS[i % len(POLL_INTERVALS)],
+        )
+        for i, (name, repo) in enumerate(repos.items())
+    )
+    return write_fleet_yaml(path, role, workdir, entries)
 
 
 # --- the queue ----------------------------------------------------------------------------------------

@@ -29,6 +29,7 @@ import pytest
 from reconciler.fleet.config import load_fleet
 from reconciler.fleet.schema import create_token, migrate
 from tests.support.cli import STELLA, stella
+from tests.support.fleet import TenantEntry, write_fleet_yaml
 from tests.support.postgres import ScratchDatabase
 
 SECRETS = {"shop": "shop-secret-1", "blog": "blog-secret-2"}
@@ -67,23 +68,11 @@ class Server:
 
 
 def write_fleet(directory: Path, role: str) -> Path:
-    lines = [
-        "apiVersion: stella/v1",
-        "kind: Fleet",
-        f"serviceRole: {role}",
-        "workdir: /srv/fleet",
-        "tenants:",
-    ]
-    for name in SECRETS:
-        lines += [
-            f"  - name: {name}",
-            f"    repo: git://git.example.com/{name}.git",
-            f"    signingKey: file:/etc/stella/{name}.pem",
-            f"    webhookSecret: env:{name.upper()}_WEBHOOK_SECRET",
-        ]
-    path = directory / "fleet.yaml"
-    path.write_text("\n".join(lines) + "\n")
-    return path
+    entries = (
+        TenantEntry(name, f"git://git.example.com/{name}.git", f"file:/etc/stella/{name}.pem")
+        for name in SECRETS
+    )
+    return write_fleet_yaml(directory / "fleet.yaml", role, "/srv/fleet", entries)
 
 
 def _first_line(process: subprocess.Popen[bytes]) -> str:

@@ -26,6 +26,7 @@ import pytest
 from reconciler.fleet.config import Tenant
 from reconciler.fleet.jobs import defer_reconcile, due_for_poll, evidence_rows, left_open, make_app
 from tests.support.cli import STELLA, stella
+from tests.support.fleet import TenantEntry, write_fleet_yaml
 from tests.support.gitdaemon import start_git_daemon
 from tests.support.pipeline import Workspace, decision_records, example_workspace
 from tests.support.postgres import ScratchDatabase
@@ -36,24 +37,10 @@ DEADLINE = 45.0
 
 
 def write_fleet(tmp_path: Path, db: ScratchDatabase, repos: dict[str, tuple[str, str]]) -> Path:
-    lines = [
-        "apiVersion: stella/v1",
-        "kind: Fleet",
-        f"serviceRole: {db.role}",
-        f"workdir: {tmp_path / 'work'}",
-        "tenants:",
-    ]
-    for name, (repo, key) in repos.items():
-        lines += [
-            f"  - name: {name}",
-            f'    repo: "{repo}"',
-            f'    signingKey: "{key}"',
-            "    webhookSecret: env:UNUSED_SECRET",
-            "    pollInterval: 24h",
-        ]
-    path = tmp_path / "fleet.yaml"
-    path.write_text("\n".join(lines) + "\n")
-    return path
+    entries = (
+        TenantEntry(name, repo, key, "24h", "env:UNUSED_SECRET") for name, (repo, key) in repos.items()
+    )
+    return write_fleet_yaml(tmp_path / "fleet.yaml", db.role, tmp_path / "work", entries)
 
 
 def jobs(db: ScratchDatabase, tenant: str) -> list[tuple[str, int]]:
