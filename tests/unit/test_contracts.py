@@ -92,3 +92,22 @@ def test_every_builtin_gate_and_signer_loads() -> None:
     )
     assert {"key", "keyless"} <= set(plugins.signers)
     assert not plugins.broken, plugins.broken
+
+
+def test_discovering_the_plugins_imports_neither_sigstore_nor_httpx() -> None:
+    """Every process imports every installed plugin at start-up; most never sign keylessly nor reach a
+    registry, so those libraries (about 0.25 s of imports) are imported where they are used."""
+    import subprocess
+    import sys
+
+    probe = (
+        "import sys\n"
+        "from reconciler.discover import GROUPS, discover\n"
+        "discover(kinds=tuple(GROUPS))\n"
+        "heavy = {'sigstore', 'sigstore_models', 'id', 'httpx', 'httpcore', 'tuf'}\n"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in heavy))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, timeout=60, check=True
+    )
+    assert done.stdout.strip() == "[]", done.stdout

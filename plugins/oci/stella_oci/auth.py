@@ -8,6 +8,9 @@ Bearer (a token from the realm for the request's scope, anonymous or with creden
 scope until it expires) or Basic; then it tries once more. Still 401, or 403: `InvalidInput`, since
 wrong or missing credentials are configuration and retrying will not fix them.
 
+httpx is imported in the method that uses it: every Stella process imports this plugin at start-up,
+most never reach a registry, and importing httpx would cost each of them about 0.08 s.
+
 What it must not do: log or report secrets (passwords, tokens, `Authorization` headers): an error
 names where credentials came from (`env:NAME`, a file path), never their value; send credentials to a
 plain-HTTP token endpoint that is not on loopback unless the entry is `insecure`; retry by itself
@@ -28,8 +31,6 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final
-
-import httpx
 
 from reconciler.api import InvalidInput, RegistryUnavailable
 
@@ -312,6 +313,8 @@ class Authenticator:
         attempts: int | None = None,
         timeout: float | None = None,
     ) -> _Token:
+        import httpx
+
         realm = challenge.params.get("realm", "")
         try:
             realm_url = httpx.URL(realm)

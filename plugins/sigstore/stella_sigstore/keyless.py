@@ -21,7 +21,8 @@ the instance's trust config), `keyless_signer` (tokens, Fulcio, Rekor) and `keyl
 (offline verification).
 
 This module signs exactly the bytes it is given and never re-serialises a payload. It never prints;
-verification never touches the network.
+verification never touches the network. Importing it (as plugin discovery does in every process) does
+not import sigstore: the siblings import it where it is used.
 """
 
 from __future__ import annotations

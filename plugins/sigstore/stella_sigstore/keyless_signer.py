@@ -9,7 +9,8 @@ that never answers costs a `Transient` error, never a hung pass; every failure o
 `Transient`.
 
 What it must not do: re-serialise the payload (it signs exactly the bytes it is given); echo a token
-(it is a credential); verify bundles (`keyless_verifier`); print.
+(it is a credential); verify bundles (`keyless_verifier`); print; import sigstore or id at module level
+(they are imported where used: importing them costs every process that loads the plugins ~0.15 s).
 """
 
 from __future__ import annotations
@@ -20,19 +21,17 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import TypeVar, cast
-
-import id as ambient
-from sigstore import dsse
-from sigstore.errors import Error as SigstoreError
-from sigstore.models import ClientTrustConfig
-from sigstore.oidc import ExpiredIdentity, IdentityError, IdentityToken, detect_credential
-from sigstore.sign import Signer as SigstoreSigner
-from sigstore.sign import SigningContext
+from typing import TYPE_CHECKING, TypeVar, cast
 
 from reconciler.api import IN_TOTO_PAYLOAD_TYPE, InvalidInput, Transient
 
 from .keyless_trust import TRUST_CONFIG_ENV, describe_error
+
+if TYPE_CHECKING:
+    from sigstore.models import ClientTrustConfig
+    from sigstore.oidc import IdentityToken
+    from sigstore.sign import Signer as SigstoreSigner
+    from sigstore.sign import SigningContext
 
 DEFAULT_TOKEN_REF = "env:SIGSTORE_ID_TOKEN"
 """Where the identity token is read from when the settings name no reference."""
@@ -77,6 +76,9 @@ class KeylessSigner:
                 f"keyless signing signs in-toto statements ({IN_TOTO_PAYLOAD_TYPE}) only, "
                 f"not {payload_type!r}"
             )
+        from sigstore import dsse
+        from sigstore.errors import Error as SigstoreError
+
         try:
             statement = dsse.Statement(payload)  # keeps these exact bytes as the DSSE payload
         except SigstoreError as exc:
@@ -95,6 +97,9 @@ class KeylessSigner:
     def _current_signer(self) -> SigstoreSigner:
         if self._signer is not None and time.monotonic() - self._signer_since < _SIGNER_REUSE_SECONDS:
             return self._signer
+        from sigstore.oidc import ExpiredIdentity
+        from sigstore.sign import Signer as SigstoreSigner
+
         context = self._signing_context()
         try:
             # Makes the ephemeral key and gets its certificate from Fulcio (checking its SCT).
@@ -118,6 +123,9 @@ class KeylessSigner:
 
     def _signing_context(self) -> SigningContext:
         if self._context is None:
+            from sigstore.models import ClientTrustConfig
+            from sigstore.sign import SigningContext
+
             try:
                 trust = self._trust_config or ClientTrustConfig.production()
                 self._context = bounded(
@@ -177,6 +185,9 @@ def _service_failure(exc: BaseException) -> bool:
     """Whether `exc` is sigstore (or its HTTP client, TUF, the OIDC library) reporting a failure of a
     service or of what it answered, as opposed to a bug. sigstore's Fulcio and Rekor client errors live
     in private modules, so they are recognised by module."""
+    from sigstore.errors import Error as SigstoreError
+    from sigstore.oidc import ExpiredIdentity
+
     if isinstance(exc, SigstoreError | ExpiredIdentity | OSError | ValueError | KeyError):
         return True  # OSError covers requests' exceptions; ValueError malformed answers
     return type(exc).__module__.split(".")[0] in ("sigstore", "tuf", "id", "rfc3161_client")
@@ -188,6 +199,8 @@ def _looks_like_jwt(value: str) -> bool:
 
 def _token_from(raw: str, origin: str) -> IdentityToken:
     """An IdentityToken from `raw` (never echoed: it is a credential)."""
+    from sigstore.oidc import IdentityError, IdentityToken
+
     if not _looks_like_jwt(raw):
         hint = ""
         if raw.startswith("-----BEGIN") or raw.startswith(("/", "~", ".")):
@@ -211,6 +224,9 @@ def _ambient_token(name: str) -> IdentityToken:
 
     Detection reads the process environment (sigstore's `detect_credential`), not `environ`.
     """
+    import id as ambient
+    from sigstore.oidc import IdentityError, detect_credential
+
     try:
         found = detect_credential()
     except IdentityError as exc:
