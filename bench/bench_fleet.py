@@ -40,9 +40,9 @@ job over the fetch and over the embedded no-op pass.
 
 `--tenants` defaults to 200 (`--burst` to 2.5 per tenant, 500), the sizes the fleet is measured at:
 about 8 minutes on a 2-core machine (about 2.4 s per tenant: three runs deciding every tenant, one of
-them one job at a time); `--tenants 100` takes about 4, and `--quick` is 10 tenants. Cleans up every process and directory it made, also on Ctrl-C or SIGTERM. Skips (exit 0, a
-message on stderr) when PostgreSQL is not installed. Run: `.venv/bin/python bench/bench_fleet.py`
-(`-o json` for the figures).
+them one job at a time); `--tenants 100` takes about 4, and `--quick` is 10 tenants. Cleans up every
+process and directory it made, also on Ctrl-C or SIGTERM. Skips (exit 0, a message on stderr) when
+PostgreSQL is not installed. Run: `.venv/bin/python bench/bench_fleet.py` (`-o json` for the figures).
 """
 
 from __future__ import annotations
