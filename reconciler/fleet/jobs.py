@@ -92,10 +92,15 @@ def tenant_lock(tenant: str) -> str:
     return f"tenant:{tenant}"
 
 
+DB_WAIT = 10.0
+"""How long a query waits for a connection of the app's pool: a worker whose database went away stops
+after this wait (and is started again) rather than after psycopg's 30 s."""
+
+
 def make_app(conninfo: str, fleet: Fleet | None = None) -> procrastinate.App:
     """The procrastinate app of the fleet on the database `conninfo`. With `fleet` (a worker), it also
     runs the jobs and has the periodic tasks (polls, stalled-job recovery)."""
-    app = procrastinate.App(connector=procrastinate.PsycopgConnector(conninfo=conninfo))
+    app = procrastinate.App(connector=procrastinate.PsycopgConnector(conninfo=conninfo, timeout=DB_WAIT))
     _yield_retries_to_queued_triggers(app)
 
     @app.task(name=RECONCILE, retry=RETRY)
@@ -601,7 +606,7 @@ def run_worker(fleet: Fleet, conninfo: str, concurrency: int) -> None:
     """Run jobs until SIGTERM or SIGINT (the jobs running then finish first), then return.
 
     procrastinate's worker stops by itself when the database goes away: at once when a restart ends its
-    LISTEN connection, after its pool's 30 s wait when the database stays down. It is then started
+    LISTEN connection, after its pool's `DB_WAIT` when the database stays down. It is then started
     again, with a new pool, after 1 s, doubling up to 30 s while it keeps stopping (1 s again after a
     run of a minute). A job it had not finished is taken back by `stella.retry_stalled` once its
     heartbeat is old. A signal stops it at any time, also while it waits to start again. `Transient`
