@@ -459,7 +459,10 @@ def test_postgres_restarted_and_down_under_webhooks_loses_no_trigger(tmp_path: P
             },
         )
         for name in workers:  # procrastinate's worker stopped with the database, and was started again
-            procs.eventually(f"{name} to start procrastinate's worker again", lambda: RESTARTED in procs.log(name))
+            procs.eventually(
+                f"{name} to start procrastinate's worker again",
+                lambda name=name: RESTARTED in procs.log(name),
+            )
             assert procs.stop(name) == 0, procs.tails()
         assert server.stop() == 0, procs.tails()
 
