@@ -1,4 +1,4 @@
-"""`stella fleet migrate`, `stella fleet token create TENANT` and `stella serve` (DESIGN §10).
+"""`stella fleet migrate`, `stella fleet token create|list|revoke TENANT` and `stella serve` (DESIGN §10).
 
 Both read `--config fleet.yaml` (bad config: exit 2, naming the file and line) and connect to the
 database URL (`STELLA_DATABASE_URL`, else the `database` reference of fleet.yaml) as its owner role; a
@@ -8,7 +8,10 @@ so that `stella --help` does not pay for them.
 `migrate` prints what it did (`-o json`: `{"procrastinate": {"schema", "version"}, "tables",
 "rowLevelSecurity", "serviceRole": {"name", "state"}, "tenants": {"added", "unlisted"}}`).
 `token create` prints one new token on one line (`-o json`: `{"tenant", "token"}`); only its SHA-256
-is stored.
+is stored. `token list` prints the tenant's tokens, one `ID CREATED` per line, oldest first (`-o json`:
+`{"tenant", "tokens": [{"id", "createdAt"}]}`); `token revoke TENANT ID` (or `--all`) deletes one (every)
+token of that tenant and prints what it revoked (`-o json`: `{"tenant", "revoked": [...]}`). A token
+id or tenant that matches nothing is exit 2.
 
 `serve` binds `--listen` (bad or busy: exit 2), resolves every tenant's webhook secret (one that does
 not resolve: exit 2, naming the reference), prints `listening on http://HOST:PORT` and serves
@@ -36,6 +39,23 @@ def add_fleet(sub: Subcommands, common: Parser) -> None:
     p.add_argument("tenant", metavar="TENANT")
     _config(p)
     p.set_defaults(func=cmd_fleet_token_create)
+    p = tsub.add_parser(
+        "list", parents=[common], help="the ids of TENANT's API tokens and when each was made"
+    )
+    p.add_argument("tenant", metavar="TENANT")
+    _config(p)
+    p.set_defaults(func=cmd_fleet_token_list)
+    p = tsub.add_parser(
+        "revoke", parents=[common], help="revoke one API token of TENANT (by its id), or --all"
+    )
+    p.add_argument("tenant", metavar="TENANT")
+    which = p.add_mutually_exclusive_group(required=True)
+    which.add_argument(
+        "id", metavar="ID", nargs="?", help="the token's id (`token list`), 8 hex digits or more"
+    )
+    which.add_argument("--all", action="store_true", help="revoke every token of TENANT")
+    _config(p)
+    p.set_defaults(func=cmd_fleet_token_revoke)
     p = fsub.add_parser(
         "reconcile", parents=[common], help="queue one reconcile of TENANT (a manual trigger)"
     )
@@ -79,6 +99,38 @@ def cmd_fleet_token_create(args: argparse.Namespace) -> int:
     fleet = load_fleet(args.config)
     token = create_token(database_url(fleet), fleet, args.tenant)
     emit(args, {"tenant": args.tenant, "token": token}, lambda: say(token))
+    return OK
+
+
+def cmd_fleet_token_list(args: argparse.Namespace) -> int:
+    from ..fleet.config import database_url, load_fleet
+    from ..fleet.schema import list_tokens
+
+    tokens = list_tokens(database_url(load_fleet(args.config)), args.tenant)
+
+    def text() -> None:
+        for token in tokens:
+            say(f"{token.id}  {token.as_json()['createdAt']}")
+        if not tokens:
+            say(f"tenant {args.tenant} has no API token")
+
+    emit(args, {"tenant": args.tenant, "tokens": [t.as_json() for t in tokens]}, text)
+    return OK
+
+
+def cmd_fleet_token_revoke(args: argparse.Namespace) -> int:
+    from ..fleet.config import database_url, load_fleet
+    from ..fleet.schema import revoke_tokens
+
+    revoked = revoke_tokens(database_url(load_fleet(args.config)), args.tenant, None if args.all else args.id)
+
+    def text() -> None:
+        for token in revoked:
+            say(f"revoked {token.id} (created {token.as_json()['createdAt']})")
+        if not revoked:
+            say(f"tenant {args.tenant} had no API token")
+
+    emit(args, {"tenant": args.tenant, "revoked": [t.as_json() for t in revoked]}, text)
     return OK
 
 

@@ -1,4 +1,4 @@
-"""`stella fleet migrate` and `stella fleet token create`: the fleet's PostgreSQL schema, roles and tokens.
+"""`stella fleet migrate` and `stella fleet token create|list|revoke`: the fleet's schema, roles and tokens.
 
 `migrate` runs as the owner role of the database URL, in one transaction under an advisory lock, so
 that it is idempotent and two migrations at once do not interleave. It applies procrastinate's schema
@@ -31,14 +31,16 @@ import logging
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any, Literal
 
 import psycopg
 from psycopg import sql
 
 from ..errors import InvalidInput, Transient
+from ..timefmt import rfc3339
 from .config import Fleet
-from .tokens import new_token, token_hash
+from .tokens import MIN_ID_LENGTH, new_token, token_hash, token_id
 
 log = logging.getLogger(__name__)
 
@@ -309,3 +311,77 @@ def create_token(url: str, fleet: Fleet, tenant: str) -> str:
             "INSERT INTO stella_tokens (tenant, token_hash) VALUES (%s, %s)", (tenant, token_hash(token))
         )
     return token
+
+
+@dataclass(frozen=True)
+class TokenEntry:
+    """One API token as the database knows it: its id (never the token) and when it was made."""
+
+    id: str
+    created_at: datetime
+
+    def as_json(self) -> dict[str, str]:
+        return {"id": self.id, "createdAt": rfc3339(self.created_at)}
+
+
+def list_tokens(url: str, tenant: str) -> list[TokenEntry]:
+    """The API tokens of `tenant`, oldest first. A tenant no longer in fleet.yaml is listed too (its
+    tokens are still in the database), an unknown one is `InvalidInput`."""
+    with connect(url) as conn, conn.transaction(), conn.cursor() as cur:
+        _known_tenant(cur, tenant)
+        return _tokens(cur, tenant)
+
+
+def revoke_tokens(url: str, tenant: str, prefix: str | None) -> list[TokenEntry]:
+    """Delete the token of `tenant` whose id starts with `prefix` (at least `MIN_ID_LENGTH` hex digits,
+    matching exactly one of that tenant's tokens), or all its tokens when `prefix` is None; return what
+    was revoked, oldest first. A server looks every request's token up, so a revoked token is refused
+    from the next request on. Another tenant's token is never matched."""
+    if prefix is not None:
+        prefix = prefix.strip().lower()
+        if not MIN_ID_LENGTH <= len(prefix) <= 64 or prefix.strip("0123456789abcdef"):
+            raise InvalidInput(
+                f"token id {prefix!r}: give at least {MIN_ID_LENGTH} hex digits of an id that"
+                " `stella fleet token list` shows"
+            )
+    with connect(url) as conn, conn.transaction(), conn.cursor() as cur:
+        _known_tenant(cur, tenant)
+        if prefix is None:
+            cur.execute(
+                "DELETE FROM stella_tokens WHERE tenant = %s RETURNING token_hash, created_at", (tenant,)
+            )
+        else:
+            cur.execute(
+                "SELECT token_hash FROM stella_tokens WHERE tenant = %s AND starts_with(token_hash, %s)"
+                " FOR UPDATE",
+                (tenant, prefix),
+            )
+            matches = [token_id(row[0]) for row in cur.fetchall()]
+            if not matches:
+                raise InvalidInput(f"tenant {tenant!r} has no token {prefix!r} (`stella fleet token list`)")
+            if len(matches) > 1:
+                raise InvalidInput(
+                    f"token id {prefix!r} of tenant {tenant!r} is ambiguous ({', '.join(sorted(matches))}):"
+                    " give more digits"
+                )
+            cur.execute(
+                "DELETE FROM stella_tokens WHERE tenant = %s AND starts_with(token_hash, %s)"
+                " RETURNING token_hash, created_at",
+                (tenant, prefix),
+            )
+        revoked = [TokenEntry(token_id(h), created) for h, created in cur.fetchall()]
+    return sorted(revoked, key=lambda t: (t.created_at, t.id))
+
+
+def _known_tenant(cur: psycopg.Cursor[Any], tenant: str) -> None:
+    cur.execute("SELECT 1 FROM stella_tenants WHERE name = %s", (tenant,))
+    if cur.fetchone() is None:
+        raise InvalidInput(f"unknown tenant {tenant!r}: the fleet database does not have it")
+
+
+def _tokens(cur: psycopg.Cursor[Any], tenant: str) -> list[TokenEntry]:
+    cur.execute(
+        "SELECT token_hash, created_at FROM stella_tokens WHERE tenant = %s ORDER BY created_at, token_hash",
+        (tenant,),
+    )
+    return [TokenEntry(token_id(h), created) for h, created in cur.fetchall()]

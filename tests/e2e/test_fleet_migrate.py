@@ -320,6 +320,54 @@ def test_token_create_stores_only_the_hash(migrated: ScratchDatabase, tmp_path: 
         assert dump is not None and token not in dump[0] and other["token"] not in dump[0]
 
 
+def test_tokens_are_listed_by_id_and_revoked_one_or_all_within_their_tenant(
+    migrated: ScratchDatabase, tmp_path: Path
+) -> None:
+    config = tmp_path / "fleet.yaml"
+    shop = [fleet(migrated, "token", "create", "shop", "--config", config).out.strip() for _ in range(3)]
+    blog = fleet(migrated, "token", "create", "blog", "--config", config).out.strip()
+    ids = [hashlib.sha256(t.encode()).hexdigest()[:12] for t in shop]
+    blog_id = hashlib.sha256(blog.encode()).hexdigest()[:12]
+
+    listed = fleet(migrated, "token", "list", "shop", "--config", config, "-o", "json")
+    assert (listed.code, listed.err) == (0, "")
+    assert listed.json()["tenant"] == "shop"
+    assert [t["id"] for t in listed.json()["tokens"]] == ids  # oldest first
+    assert all(t["createdAt"].endswith("Z") for t in listed.json()["tokens"])
+    text = fleet(migrated, "token", "list", "shop", "--config", config)
+    assert [line.split()[0] for line in text.out.splitlines()] == ids
+    assert not any(token in listed.out + text.out for token in shop)
+
+    # another tenant's token is not found through shop, and stays
+    refused = {
+        "blog's id under shop": fleet(migrated, "token", "revoke", "shop", blog_id, "--config", config),
+        "too short": fleet(migrated, "token", "revoke", "shop", ids[0][:7], "--config", config),
+        "not hex": fleet(migrated, "token", "revoke", "shop", "stl_" + ids[0], "--config", config),
+        "no id": fleet(migrated, "token", "revoke", "shop", "--config", config),
+        "id and --all": fleet(migrated, "token", "revoke", "shop", ids[0], "--all", "--config", config),
+        "unknown tenant": fleet(migrated, "token", "list", "nobody", "--config", config),
+    }
+    assert {what: (run.code, run.out) for what, run in refused.items()} == dict.fromkeys(refused, (2, ""))
+    assert refused["blog's id under shop"].err.strip() == (
+        f"error: tenant 'shop' has no token '{blog_id}' (`stella fleet token list`)"
+    )
+    assert "at least 8 hex digits" in refused["too short"].err and "at least 8" in refused["not hex"].err
+    assert (
+        refused["unknown tenant"].err.strip()
+        == "error: unknown tenant 'nobody': the fleet database does not have it"
+    )
+
+    one = fleet(migrated, "token", "revoke", "shop", ids[1][:8].upper(), "--config", config)
+    assert (one.code, one.err) == (0, "") and one.out.startswith(f"revoked {ids[1]} (created ")
+    every = fleet(migrated, "token", "revoke", "shop", "--all", "--config", config, "-o", "json")
+    assert every.code == 0 and [t["id"] for t in every.json()["revoked"]] == [ids[0], ids[2]]
+    again = fleet(migrated, "token", "revoke", "shop", "--all", "--config", config)
+    assert (again.code, again.out) == (0, "tenant shop had no API token\n")
+    with connect(migrated) as conn:
+        left = conn.execute("SELECT tenant, left(token_hash, 12) FROM stella_tokens").fetchall()
+    assert left == [("blog", blog_id)]
+
+
 def test_token_for_an_unknown_tenant_is_refused(migrated: ScratchDatabase, tmp_path: Path) -> None:
     run = fleet(migrated, "token", "create", "nobody", "--config", tmp_path / "fleet.yaml")
     assert (run.code, run.out) == (2, "")

@@ -428,6 +428,41 @@ def test_the_api_answers_a_tenant_its_own_rows_only(server: Server) -> None:
     )
 
 
+def test_a_revoked_token_is_refused_from_the_next_request_on(server: Server, tmp_path: Path) -> None:
+    config = write_fleet(tmp_path, server.db.role)
+    spare = stella(
+        "fleet", "token", "create", "shop", "--config", config, env={"STELLA_DATABASE_URL": server.db.url}
+    )
+    assert spare.code == 0, spare.err
+    headers = {name: {"Authorization": f"Bearer {token}"} for name, token in server.tokens.items()}
+    with server.client() as http:
+        before = http.get("/api/v1/tenants/shop/targets", headers=headers["shop"])
+        revoke = stella(
+            "fleet",
+            "token",
+            "revoke",
+            "shop",
+            hashlib.sha256(server.tokens["shop"].encode()).hexdigest()[:12],
+            "--config",
+            config,
+            env={"STELLA_DATABASE_URL": server.db.url},
+        )
+        assert revoke.code == 0, revoke.err
+        after = {
+            "revoked": http.get("/api/v1/tenants/shop/targets", headers=headers["shop"]),
+            "shop's other token": http.get(
+                "/api/v1/tenants/shop/targets", headers={"Authorization": f"Bearer {spare.out.strip()}"}
+            ),
+            "blog's": http.get("/api/v1/tenants/blog/targets", headers=headers["blog"]),
+        }
+    assert before.status_code == 200
+    assert {what: r.status_code for what, r in after.items()} == {
+        "revoked": 401,
+        "shop's other token": 200,
+        "blog's": 200,
+    }
+
+
 def test_healthz_and_a_clean_stop_on_sigterm(server: Server) -> None:
     with server.client() as http:
         health = http.get("/healthz")
