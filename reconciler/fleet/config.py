@@ -68,6 +68,14 @@ class Tenant(_Model):
     pollInterval: Duration = "60s"
 
 
+def _retention(value: str) -> str:
+    from ..models.common import parse_duration
+
+    if parse_duration(value).total_seconds() < 3600:
+        raise ValueError(f"{value!r} is less than an hour (finished jobs are pruned by the hour)")
+    return value
+
+
 class Fleet(_Model):
     """`fleet.yaml`."""
 
@@ -76,7 +84,14 @@ class Fleet(_Model):
     database: Ref = f"env:{DATABASE_ENV}"
     serviceRole: RoleName = DEFAULT_SERVICE_ROLE
     workdir: AbsolutePath
+    jobRetention: Annotated[Duration, AfterValidator(_retention)] = "7d"
+    """How long procrastinate's finished jobs (and their events) are kept before the workers prune them."""
     tenants: list[Tenant] = Field(default_factory=list)
+
+    def job_retention_hours(self) -> int:
+        from ..models.common import parse_duration
+
+        return int(parse_duration(self.jobRetention).total_seconds() // 3600)
 
     def tenant(self, name: str) -> Tenant | None:
         return next((t for t in self.tenants if t.name == name), None)

@@ -9,6 +9,7 @@ is stored. A bad fleet.yaml is exit 2 naming file and line; a database that does
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 from collections.abc import Iterator
@@ -21,6 +22,8 @@ import pytest
 from psycopg import sql
 from psycopg.conninfo import make_conninfo
 
+from reconciler.fleet.config import load_fleet
+from reconciler.fleet.jobs import PRUNE, PRUNE_CRON, RECONCILE, make_app
 from reconciler.fleet.schema import TABLES
 from tests.support.cli import Run, stella
 from tests.support.fleet import TenantEntry, write_fleet_yaml
@@ -300,6 +303,57 @@ def test_procrastinate_runs_as_the_service_role(migrated: ScratchDatabase) -> No
         assert jobs == [("reconcile", "succeeded")]
 
 
+def test_the_hourly_prune_deletes_finished_jobs_past_the_retention_only(
+    migrated: ScratchDatabase, tmp_path: Path
+) -> None:
+    config = load_fleet(tmp_path / "fleet.yaml")
+    assert config.jobRetention == "7d" and config.job_retention_hours() == 168
+
+    async def prune() -> int:
+        app = make_app(migrated.url, config)
+        async with app.open_async():
+            assert app.periodic_registry.periodic_tasks[(PRUNE, PRUNE)].cron == PRUNE_CRON
+            return await app.tasks[PRUNE](timestamp=0)
+
+    ends = {  # job: (its status, days since its last event)
+        "old-succeeded": ("succeeded", 8),
+        "old-failed": ("failed", 8),
+        "old-cancelled": ("cancelled", 8),
+        "recent-succeeded": ("succeeded", 6),
+        "old-todo": ("todo", 8),
+        "old-doing": ("doing", 8),
+    }
+    with make_app(migrated.url).open() as app:
+        for name in ends:
+            app.configure_task(RECONCILE, queue="elsewhere", queueing_lock=name).defer(
+                tenant=name, trigger="manual"
+            )
+    with connect(migrated) as conn:
+        for name, (status, days) in ends.items():
+            if status != "todo":
+                conn.execute(
+                    "UPDATE procrastinate_jobs SET status = 'doing' WHERE queueing_lock = %s", (name,)
+                )
+            if status not in ("todo", "doing"):
+                conn.execute(
+                    "UPDATE procrastinate_jobs SET status = %s WHERE queueing_lock = %s", (status, name)
+                )
+            conn.execute(
+                "UPDATE procrastinate_events SET at = now() - make_interval(days => %s) WHERE job_id ="
+                " (SELECT id FROM procrastinate_jobs WHERE queueing_lock = %s)",
+                (days, name),
+            )
+
+    assert asyncio.run(prune()) == 168
+    with connect(migrated) as conn:
+        left = conn.execute("SELECT queueing_lock FROM procrastinate_jobs ORDER BY queueing_lock").fetchall()
+        orphans = conn.execute(
+            "SELECT count(*) FROM procrastinate_events WHERE job_id NOT IN (SELECT id FROM procrastinate_jobs)"
+        ).fetchone()
+    assert [r[0] for r in left] == ["old-doing", "old-todo", "recent-succeeded"]
+    assert orphans == (0,)
+
+
 def test_token_create_stores_only_the_hash(migrated: ScratchDatabase, tmp_path: Path) -> None:
     config = tmp_path / "fleet.yaml"
     first = fleet(migrated, "token", "create", "shop", "--config", config)
@@ -399,6 +453,11 @@ BAD_CONFIGS = [
         HEAD.replace("kind: Fleet", "kind: Fleets"), "2: kind must be 'Fleet', not 'Fleets'", id="bad-kind"
     ),
     pytest.param(HEAD + "  - [\n", "6: YAML syntax error", id="bad-yaml"),
+    pytest.param(
+        HEAD.replace("tenants:", "jobRetention: 30m\ntenants:") + SHOP,
+        "4: jobRetention: '30m' is less than an hour",
+        id="short-retention",
+    ),
 ]
 
 
