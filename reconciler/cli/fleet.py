@@ -1,6 +1,6 @@
 """`stella fleet migrate`, `stella fleet token create|list|revoke TENANT` and `stella serve` (DESIGN §10).
 
-Both read `--config fleet.yaml` (bad config: exit 2, naming the file and line) and connect to the
+They read `--config fleet.yaml` (bad config: exit 2, naming the file and line) and connect to the
 database URL (`STELLA_DATABASE_URL`, else the `database` reference of fleet.yaml) as its owner role; a
 database that cannot be reached is exit 3. psycopg and procrastinate are imported by the handlers only,
 so that `stella --help` does not pay for them.

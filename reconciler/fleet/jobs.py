@@ -65,6 +65,9 @@ STALLED_AFTER = 10.0
 """A job whose worker has sent no heartbeat for this long is retried (its worker is dead)."""
 POLLING = 1.0
 """Seconds between a worker's polls of the queue, besides LISTEN/NOTIFY (which a restart can lose)."""
+DB_WAIT = 10.0
+"""How long a query waits for a connection of the app's pool: a worker whose database went away stops
+after this wait (and is started again) rather than after psycopg's 30 s."""
 PRUNE_CRON = "23 * * * *"
 """Once an hour: the finished jobs older than fleet.yaml's `jobRetention` are deleted."""
 HOUSEKEEPING = 100
@@ -93,11 +96,6 @@ RETRY = procrastinate.RetryStrategy(
 
 def tenant_lock(tenant: str) -> str:
     return f"tenant:{tenant}"
-
-
-DB_WAIT = 10.0
-"""How long a query waits for a connection of the app's pool: a worker whose database went away stops
-after this wait (and is started again) rather than after psycopg's 30 s."""
 
 
 def make_app(conninfo: str, fleet: Fleet | None = None) -> procrastinate.App:
