@@ -4,7 +4,9 @@ Migrating twice changes nothing the second time; the tables, the row-level secur
 role are there; as the service role a query without `stella.tenant` sees no evidence rows, with a
 tenant set only that tenant's, an insert for another tenant is refused and UPDATE and DELETE are not
 allowed at all, while procrastinate's defer and worker work. A token is printed once and only its SHA-256
-is stored. A bad fleet.yaml is exit 2 naming file and line; a database that does not answer, exit 3.
+is stored; tokens are listed by id and revoked within their tenant only. The hourly prune deletes the
+finished jobs past `jobRetention` and nothing else. A bad fleet.yaml is exit 2 naming file and line; a
+database that does not answer, exit 3.
 """
 
 from __future__ import annotations
